@@ -1,0 +1,81 @@
+"""The `active` command: `build_parser()` + `main(argv)`.
+
+Each subcommand lives in `active/commands/<name>.py` with ``add_arguments(parser)`` and
+``run(args) -> Result``. Those modules import torch only inside ``run``, so `active --help`
+starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from active.commands import Result
+from active.errors import UserError
+
+# name -> one-line help. Order is the order of `active --help`.
+COMMANDS: dict[str, str] = {
+    "init": "create a project folder (active.toml, database, artifacts/)",
+    "import": "import images: class folders, a flat folder, or a CSV/JSONL manifest",
+    "status": "what the project holds: items, labels, classes, annotators, models, disputes",
+    "classes": "list, add, rename or remove classes of the taxonomy",
+}
+
+
+def _module_name(command: str) -> str:
+    return "active.commands." + command.replace("-", "_")
+
+
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # On subcommands the defaults are SUPPRESS so a value given before the subcommand survives.
+    default = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument("--project", type=Path, metavar="DIR",
+                        help="project folder (default: the current directory)", **default)
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout", **default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="active",
+        description="Human-in-the-loop labelling and active learning for product photos.",
+    )
+    _add_common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(_module_name(name))
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        _add_common(p, top=False)
+        module.add_arguments(p)
+    return parser
+
+
+def _print(result: Result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.data, ensure_ascii=False, default=str))
+    elif result.text:
+        print(result.text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.project = (args.project or Path.cwd()).absolute()
+    module = importlib.import_module(_module_name(args.command))
+    try:
+        result = module.run(args)
+    except UserError as exc:
+        print(f"active {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"active {args.command}: interrupted; finished work is saved, re-run to continue", file=sys.stderr)
+        return 130
+    _print(result, args.json)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""List or change the taxonomy. `add` appends classes and keeps every label. `rename` and
+`remove --into` rewrite the class name in the stored labels and model versions (a change of
+vocabulary, not of anyone's decision) and say how many rows they changed. `remove` without
+--into refuses while any label uses the class."""
+
+from __future__ import annotations
+
+import argparse
+
+from active.commands import Result
+from active.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    sub.add_parser("list", help="print the classes with their label counts")
+    a = sub.add_parser("add", help="append classes (existing labels are kept)")
+    a.add_argument("names", nargs="+")
+    r = sub.add_parser("rename", help="rename a class everywhere it is used")
+    r.add_argument("old")
+    r.add_argument("new")
+    rm = sub.add_parser("remove", help="remove a class (refused while labels use it, unless --into)")
+    rm.add_argument("name")
+    rm.add_argument("--into", help="merge its labels into this existing class")
+
+
+def run(args: argparse.Namespace) -> Result:
+    from active.project import Project, validate_class_name
+    from active.taxonomy import count_uses, rewrite_class
+
+    project = Project.load(args.project)
+    classes = project.config.classes
+    if args.action == "list":
+        uses = count_uses(project)
+        return Result({"classes": classes, "labels": uses},
+                      "\n".join(f"{c}\t{uses.get(c, 0)}" for c in classes) or "(no classes yet)")
+    if args.action == "add":
+        added = project.add_classes([validate_class_name(n) for n in args.names])
+        return Result({"added": added, "classes": project.config.classes},
+                      f"added {', '.join(added) or 'nothing (all present)'}; {len(project.config.classes)} classes")
+    if args.action == "rename":
+        project.check_class(args.old)
+        new = validate_class_name(args.new)
+        if new in classes:
+            raise UserError(f"class {new!r} exists already: use `remove {args.old} --into {new}` to merge")
+        changed = rewrite_class(project, args.old, new)
+        project.config.classes = [new if c == args.old else c for c in classes]
+        project.save()
+        return Result({"renamed": [args.old, new], "rows_changed": changed},
+                      f"renamed {args.old!r} to {new!r}: " + ", ".join(f"{n} {k}" for k, n in changed.items()))
+    project.check_class(args.name)
+    if args.into is not None:
+        project.check_class(args.into)
+        if args.into == args.name:
+            raise UserError("--into must name another class")
+        changed = rewrite_class(project, args.name, args.into)
+    else:
+        uses = count_uses(project).get(args.name, 0)
+        if uses:
+            raise UserError(f"{uses} labels use {args.name!r}: pass --into OTHER to merge them, nothing was changed")
+        changed = {}
+    project.config.classes = [c for c in classes if c != args.name]
+    project.save()
+    text = f"removed {args.name!r}" + (f", merged into {args.into!r}: " + ", ".join(
+        f"{n} {k}" for k, n in changed.items()) if args.into else "")
+    text += "\nmodel versions trained before still know the old class: retrain to drop it"
+    return Result({"removed": args.name, "into": args.into, "rows_changed": changed}, text)

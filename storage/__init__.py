@@ -1,0 +1,1 @@
+"""The SQL store of active-labeler (SQLModel). Imports neither torch nor gradio."""

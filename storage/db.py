@@ -1,0 +1,146 @@
+"""Engine factory, schema-version check and the one place that retries locked writes."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from storage.tables import APP_ID, SCHEMA_VERSION, Meta
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 30_000
+# Retries after SQLite's own busy_timeout gave up (or a PostgreSQL serialization failure).
+WRITE_RETRIES = 6
+
+
+class StoreError(Exception):
+    """The database cannot be used as asked: the message says why and what to do."""
+
+
+class SchemaMismatchError(StoreError):
+    pass
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``: SQLite gets WAL, busy_timeout and foreign keys; others are unchanged.
+
+    ``sqlite://`` (in memory) uses one shared connection so tests see one database.
+    """
+    if not _is_sqlite(url):
+        return create_engine(url, pool_pre_ping=True)
+    memory = url in ("sqlite://", "sqlite:///:memory:")
+    kwargs: dict = {"connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}}
+    if memory:
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is deferred and late).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        # Write units take the write lock up front so a read-then-write cannot race another writer.
+        mode = "BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN"
+        conn.exec_driver_sql(mode)
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables of a new database and stamp it with the schema version."""
+    names = set(inspect(engine).get_table_names())
+    if "meta" in names:
+        check_schema(engine)
+        return
+    if names:
+        raise StoreError(
+            f"refusing to initialise a database that already holds other tables ({', '.join(sorted(names)[:5])}): "
+            "point --db at an empty database"
+        )
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as s:
+        s.add(Meta(key="app", value=APP_ID))
+        s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+        s.commit()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise `SchemaMismatchError` unless this is an active-labeler database of our version."""
+    names = set(inspect(engine).get_table_names())
+    if "meta" not in names:
+        what = "an empty database" if not names else "not an active-labeler database"
+        raise SchemaMismatchError(f"{engine.url.render_as_string()}: {what} (run `active init` first)")
+    with Session(engine) as s:
+        meta = {m.key: m.value for m in s.exec(select(Meta))}
+    if meta.get("app") != APP_ID:
+        raise SchemaMismatchError(f"{engine.url.render_as_string()}: not an active-labeler database")
+    found = meta.get("schema_version")
+    if found != str(SCHEMA_VERSION):
+        raise SchemaMismatchError(
+            f"database schema version {found} but this active-labeler needs {SCHEMA_VERSION}: "
+            "open it with the version that made it, or export and re-import; nothing was changed"
+        )
+
+
+def open_engine(url: str) -> Engine:
+    """An engine on an existing, schema-checked database."""
+    engine = make_engine(url)
+    check_schema(engine)
+    return engine
+
+
+@contextmanager
+def session(engine: Engine, *, write: bool = False) -> Iterator[Session]:
+    """One unit of work. ``write=True`` takes SQLite's write lock at BEGIN and commits at the end."""
+    bind = engine.execution_options(immediate=True) if write else engine
+    with Session(bind, expire_on_commit=False) as s:
+        yield s
+        if write:
+            s.commit()
+
+
+def _is_transient(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    return "locked" in text or "busy" in text or "could not serialize" in text or "deadlock" in text
+
+
+def write(engine: Engine, fn: Callable[[Session], T]) -> T:
+    """Run ``fn(session)`` in one write transaction, retrying with backoff when the store is busy.
+
+    This is the one place that retries: ``fn`` must be safe to run again (it is, because a failed
+    attempt rolled back everything it did).
+    """
+    delay = 0.05
+    for attempt in range(WRITE_RETRIES + 1):
+        try:
+            with session(engine, write=True) as s:
+                return fn(s)
+        except OperationalError as exc:
+            if attempt == WRITE_RETRIES or not _is_transient(exc):
+                raise StoreError(f"the database stayed busy after {attempt + 1} tries: {exc.orig}") from exc
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")

@@ -1,0 +1,144 @@
+"""The SQL tables of DESIGN.md. Plain SQLModel classes: no torch, no gradio.
+
+Labels are append-only: nothing in this package updates or deletes a ``Label`` row
+(``storage.labels`` only inserts); the current label of an item is derived.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+# Bump when a table changes; `storage.db.open_engine` refuses any other version.
+SCHEMA_VERSION = 1
+APP_ID = "active-labeler"
+
+SPLITS = ("pool", "holdout")
+LABEL_KINDS = ("imported", "human", "review")
+# `undo` appends a row that cancels an earlier human label (its id in `undoes_id`).
+DECISIONS = ("given", "accepted", "corrected", "unsure", "skipped", "resolved", "undo")
+ROLES = ("annotator", "reviewer")
+DISPUTE_REASONS = ("annotators_disagree", "model_disagrees", "imported_label_suspect")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Meta(SQLModel, table=True):
+    """Key/value facts about the database itself (app id, schema version)."""
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str
+
+
+class Item(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(max_length=64, unique=True, index=True)
+    path: str
+    width: int
+    height: int
+    mode: str = Field(max_length=16)
+    source: str = Field(default="", max_length=512, index=True)
+    split: str = Field(default="pool", max_length=16, index=True)
+    meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # Set when scoring could not decode the file, so it is not retried forever.
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Label(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    annotator: str = Field(max_length=128, index=True)
+    label: str | None = Field(default=None, max_length=256)  # None for skipped/unsure/undo
+    kind: str = Field(max_length=16)
+    decision: str = Field(max_length=16)
+    suggestion: str | None = Field(default=None, max_length=256)
+    confidence: float | None = None
+    model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    round_id: int | None = Field(default=None, foreign_key="round.id")
+    undoes_id: int | None = Field(default=None, foreign_key="label.id")
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class ModelVersion(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    backbone: str = Field(max_length=64)
+    weights: str = Field(max_length=512)  # origin: torchvision enum name, a .pth path, or "none"
+    parent_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    mode: str = Field(max_length=16)  # "pretrained" | "head" | "full"
+    classes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    snapshot: str = Field(default="", max_length=64)  # sha256 of the label snapshot
+    n_labels: int = 0
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    artifacts: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Prediction(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("item_id", "model_version_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    model_version_id: int = Field(foreign_key="modelversion.id", index=True)
+    pred: str | None = Field(default=None, max_length=256)  # None where the version has no head
+    confidence: float | None = None
+    margin: float | None = None
+    entropy: float | None = None
+    probs: list[float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    row: int  # row of this item in the version's embedding array
+
+
+class Round(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    strategy: str = Field(max_length=64)
+    batch_size: int
+    model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    closed_at: datetime | None = None
+
+
+class QueueEntry(SQLModel, table=True):
+    """An item queued by a round, with the score that put it there."""
+
+    __table_args__ = (UniqueConstraint("round_id", "item_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    round_id: int = Field(foreign_key="round.id", index=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    priority: int  # 0 = first
+    score: float
+    score_name: str = Field(max_length=64)
+
+
+class Lease(SQLModel, table=True):
+    __table_args__ = (Index("ix_lease_item_annotator", "item_id", "annotator"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    annotator: str = Field(max_length=128)
+    round_id: int | None = Field(default=None, foreign_key="round.id")
+    expires_at: datetime = Field(index=True)
+
+
+class Dispute(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: int = Field(foreign_key="item.id", index=True)
+    reason: str = Field(max_length=32)
+    score: float
+    status: str = Field(default="open", max_length=16, index=True)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    resolution_label_id: int | None = Field(default=None, foreign_key="label.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class User(SQLModel, table=True):
+    name: str = Field(primary_key=True, max_length=128)
+    role: str = Field(max_length=16)
+    salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    password_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)

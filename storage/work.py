@@ -1,0 +1,185 @@
+"""Rounds, their queues, and leases: how work is handed to annotators.
+
+`lease_next` hands out one item with a single INSERT ... SELECT inside a write transaction
+(SQLite: BEGIN IMMEDIATE, which takes the write lock first), so two annotators never get the
+same item unless the project asks for overlap. On PostgreSQL a transaction-scoped advisory lock
+serialises the hand-out in the same way (READ COMMITTED alone would let two INSERT ... SELECTs
+pick the same row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, exists, func, insert, literal, select, text
+from sqlmodel import Session
+
+from storage.tables import Label, Lease, QueueEntry, Round, utcnow
+
+DEFAULT_LEASE_TTL = timedelta(minutes=10)
+LEASE_LOCK_KEY = 0x6C656173  # any constant; names the lease hand-out lock on PostgreSQL
+# Decisions that mean an annotator has dealt with an item (it is not served to them again).
+SEEN_DECISIONS = ("accepted", "corrected", "unsure", "skipped")
+# Decisions that count towards an item being done.
+DONE_DECISIONS = ("accepted", "corrected", "unsure")
+
+
+@dataclass(frozen=True)
+class Queued:
+    item_id: int
+    round_id: int
+    priority: int
+    score: float
+    score_name: str
+    strategy: str
+
+
+def open_round(
+    session: Session,
+    *,
+    strategy: str,
+    model_version_id: int | None,
+    item_ids: Sequence[int],
+    scores: Sequence[float],
+    score_name: str,
+) -> Round:
+    """Open a round that queues ``item_ids`` in that order (priority 0 first)."""
+    if len(item_ids) != len(scores):
+        raise ValueError("item_ids and scores must have the same length")
+    rnd = Round(strategy=strategy, batch_size=len(item_ids), model_version_id=model_version_id)
+    session.add(rnd)
+    session.flush()
+    session.add_all(
+        QueueEntry(round_id=rnd.id, item_id=i, priority=p, score=float(s), score_name=score_name)
+        for p, (i, s) in enumerate(zip(item_ids, scores, strict=True))
+    )
+    session.flush()
+    return rnd
+
+
+def open_rounds(session: Session) -> list[Round]:
+    return list(session.scalars(select(Round).where(Round.closed_at.is_(None)).order_by(Round.id)))
+
+
+def close_round(session: Session, round_id: int) -> None:
+    rnd = session.get(Round, round_id)
+    if rnd is not None and rnd.closed_at is None:
+        rnd.closed_at = utcnow()
+        session.add(rnd)
+
+
+def lease_next(
+    session: Session,
+    annotator: str,
+    *,
+    ttl: timedelta = DEFAULT_LEASE_TTL,
+    overlap: int = 1,
+    now: datetime | None = None,
+) -> Queued | None:
+    """Lease the next queued item for ``annotator`` and return it, or None when nothing is left.
+
+    An annotator keeps their own unexpired lease (a reload shows the same item). An item is
+    served while fewer than ``overlap`` annotators have labelled or leased it, and never to an
+    annotator who already labelled or skipped it.
+    """
+    if overlap < 1:
+        raise ValueError("overlap must be at least 1")
+    now = now or utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LEASE_LOCK_KEY})
+    session.execute(delete(Lease).where(Lease.expires_at < now))
+
+    own = session.execute(
+        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator).order_by(Lease.id.desc()).limit(1)
+    ).first()
+    if own is not None:
+        session.execute(
+            Lease.__table__.update().where(Lease.annotator == annotator).values(expires_at=now + ttl)
+        )
+        return _queued(session, own.item_id, own.round_id)
+
+    q = QueueEntry.__table__.alias("q")
+    r = Round.__table__.alias("r")
+    lab = Label.__table__.alias("lab")
+    undo = Label.__table__.alias("undo")
+    lease = Lease.__table__.alias("l")
+    not_undone = ~exists(select(literal(1)).where(undo.c.undoes_id == lab.c.id))
+
+    seen_by_me = exists(
+        select(literal(1)).where(
+            lab.c.item_id == q.c.item_id,
+            lab.c.annotator == annotator,
+            lab.c.decision.in_(SEEN_DECISIONS),
+            not_undone,
+        )
+    )
+    reviewed = exists(select(literal(1)).where(lab.c.item_id == q.c.item_id, lab.c.kind == "review"))
+    done_count = (
+        select(func.count(func.distinct(lab.c.annotator)))
+        .where(lab.c.item_id == q.c.item_id, lab.c.kind == "human", lab.c.decision.in_(DONE_DECISIONS), not_undone)
+        .scalar_subquery()
+    )
+    lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
+    candidate = (
+        select(
+            q.c.item_id,
+            literal(annotator),
+            q.c.round_id,
+            literal(now + ttl),
+        )
+        .select_from(q.join(r, r.c.id == q.c.round_id))
+        .where(
+            r.c.closed_at.is_(None),
+            ~seen_by_me,
+            ~reviewed,
+            done_count + lease_count < overlap,
+        )
+        .order_by(r.c.id, q.c.priority)
+        .limit(1)
+    )
+    session.execute(
+        insert(Lease).from_select(["item_id", "annotator", "round_id", "expires_at"], candidate)
+    )
+    got = session.execute(
+        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator).order_by(Lease.id.desc()).limit(1)
+    ).first()
+    return None if got is None else _queued(session, got.item_id, got.round_id)
+
+
+def _queued(session: Session, item_id: int, round_id: int | None) -> Queued:
+    row = session.execute(
+        select(QueueEntry, Round.strategy)
+        .join(Round, Round.id == QueueEntry.round_id)
+        .where(QueueEntry.item_id == item_id, QueueEntry.round_id == round_id)
+    ).first()
+    if row is None:
+        return Queued(item_id, round_id or 0, 0, 0.0, "", "")
+    qe, strategy = row
+    return Queued(item_id, qe.round_id, qe.priority, qe.score, qe.score_name, strategy)
+
+
+def release(session: Session, annotator: str, item_id: int | None = None) -> None:
+    """Drop the annotator's lease (after a label, or when they leave)."""
+    cond = [Lease.annotator == annotator]
+    if item_id is not None:
+        cond.append(Lease.item_id == item_id)
+    session.execute(delete(Lease).where(and_(*cond)))
+
+
+def active_leases(session: Session, *, now: datetime | None = None) -> list[Lease]:
+    now = now or utcnow()
+    return list(session.scalars(select(Lease).where(Lease.expires_at >= now)))
+
+
+def round_progress(session: Session, round_id: int) -> tuple[int, int]:
+    """(items of the round with a human label, items queued in the round)."""
+    total = session.execute(select(func.count()).where(QueueEntry.round_id == round_id)).scalar_one()
+    done = session.execute(
+        select(func.count(func.distinct(QueueEntry.item_id)))
+        .select_from(QueueEntry)
+        .join(Label, Label.item_id == QueueEntry.item_id)
+        .where(QueueEntry.round_id == round_id, Label.kind == "human", Label.decision.in_(DONE_DECISIONS))
+    ).scalar_one()
+    return int(done), int(total)
