@@ -28,6 +28,10 @@ import numpy as np
 # "Diverse mini-batch active learning", uses 10): large enough for diversity to matter,
 # small enough that every candidate is still among the uncertain ones.
 HYBRID_PREFILTER = 10
+# No predicted class takes more than this many times its equal share of the candidates or of
+# the batch (while other classes are on offer). 2 = a guard against one class taking over,
+# loose enough not to spend picks on classes the model already gets right.
+HYBRID_CLASS_SHARE = 2.0
 # k-means restarts for the hybrid's clustering (seeded from ``rng``).
 KMEANS_INIT = 3
 KMEANS_MAX_ITER = 100
@@ -187,27 +191,30 @@ def _normalise_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPS)
 
 
-def _balanced_candidates(
-    uncertainty: np.ndarray, predicted: np.ndarray, ids: np.ndarray, m: int
+def _class_cap(share: float, total: int, n_classes: int) -> int:
+    """At most ``share`` times an equal share of ``total`` per class (at least 1)."""
+    return max(1, int(np.ceil(share * total / max(n_classes, 1))))
+
+
+def _capped_candidates(
+    uncertainty: np.ndarray, predicted: np.ndarray, ids: np.ndarray, m: int, *, cap: int
 ) -> np.ndarray:
-    """Positions of ``m`` candidates: the most uncertain items of each predicted class in equal
-    shares (round robin over classes, most uncertain first), so no class the model currently
-    favours can take over the batch. Classes with too few items leave their share to others."""
+    """Positions of the ``m`` most uncertain items, taking at most ``cap`` of any predicted
+    class while others are left; when the other classes run out, the skipped items fill up."""
     order = _rank(uncertainty, ids, descending=True)
-    by_class: dict[int, list[int]] = {}
-    for pos in order:
-        by_class.setdefault(int(predicted[pos]), []).append(int(pos))
-    queues = [by_class[c] for c in sorted(by_class)]
+    taken: dict[int, int] = {}
     out: list[int] = []
-    depth = 0
-    while len(out) < m:
-        layer = [q[depth] for q in queues if depth < len(q)]
-        if not layer:
+    skipped: list[int] = []
+    for pos in order:
+        if len(out) == m:
             break
-        # Within one layer the most uncertain go first, so a partial last layer is still fair.
-        layer.sort(key=lambda p: (-uncertainty[p], ids[p]))
-        out.extend(layer[: m - len(out)])
-        depth += 1
+        c = int(predicted[pos])
+        if taken.get(c, 0) < cap:
+            taken[c] = taken.get(c, 0) + 1
+            out.append(int(pos))
+        else:
+            skipped.append(int(pos))
+    out.extend(skipped[: m - len(out)])
     return np.asarray(out, dtype=np.int64)
 
 
@@ -218,24 +225,24 @@ def _one_per_group(
     predicted: np.ndarray,
     ids: np.ndarray,
     n: int,
+    *,
+    cap: int,
 ) -> np.ndarray:
-    """Positions of ``n`` picks, one per group: the most uncertain member of the group's least
-    represented predicted class among those that have not had their share of the batch yet
-    (n / classes among the candidates, rounded up), else its most uncertain member. Groups are visited most uncertain first. Empty
-    groups (k-means can leave some) are made up with the most uncertain candidates left."""
-    n_classes = np.unique(predicted[cand]).shape[0]
-    share = -(-n // n_classes)
-    taken: dict[int, int] = {}
-    members_of = {g: cand[groups == g] for g in np.unique(groups)}
-    for g, members in members_of.items():
-        members_of[g] = members[_rank(uncertainty[members], ids[members], descending=True)]
+    """Positions of ``n`` picks, one per group: the group's most uncertain member whose
+    predicted class has fewer than ``cap`` picks, else its most uncertain member. Groups are
+    visited most uncertain first. Groups k-means left empty are made up with the most
+    uncertain candidates left."""
+    members_of = {}
+    for g in np.unique(groups):
+        members = cand[groups == g]
+        members_of[int(g)] = members[_rank(uncertainty[members], ids[members], descending=True)]
     visit = sorted(members_of, key=lambda g: (-uncertainty[members_of[g][0]], ids[members_of[g][0]]))
+    taken: dict[int, int] = {}
     chosen: list[int] = []
     for g in visit:
         members = members_of[g]
-        # Among classes still under their share, the least represented so far goes first.
-        open_ = [int(p) for p in members if taken.get(int(predicted[p]), 0) < share]
-        pick = min(open_, key=lambda p: taken.get(int(predicted[p]), 0)) if open_ else int(members[0])
+        open_ = [int(p) for p in members if taken.get(int(predicted[p]), 0) < cap]
+        pick = open_[0] if open_ else int(members[0])
         taken[int(predicted[pick])] = taken.get(int(predicted[pick]), 0) + 1
         chosen.append(pick)
     if len(chosen) < n:
@@ -253,33 +260,39 @@ def _hybrid(
     embeddings: np.ndarray,
     rng: np.random.Generator,
     prefilter: int = HYBRID_PREFILTER,
+    class_share: float = HYBRID_CLASS_SHARE,
     **_: object,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Uncertain, diverse and class-balanced (after Zhdanov 2019, "Diverse mini-batch active
-    learning", with a class-balanced prefilter):
+    learning"):
 
-    1. uncertainty = 1 - margin; take ``prefilter * n`` candidates, the most uncertain of each
-       predicted class in equal shares;
-    2. cluster their (L2-normalised) embeddings into ``n`` groups with k-means weighted by
-       uncertainty;
-    3. from each group take its most uncertain item, unless its predicted class already has
-       its share of the batch (then the group's most uncertain item of another class).
+    1. uncertainty = 1 - margin; take the ``prefilter * n`` most uncertain items as candidates,
+       no predicted class taking more than ``class_share`` times its equal share;
+    2. cluster the candidates' L2-normalised embeddings into ``n`` groups with k-means weighted
+       by uncertainty (seeded from ``rng``);
+    3. from each group take its most uncertain item, again with no predicted class taking more
+       than ``class_share`` times its equal share of the batch while another class is on offer.
 
     Plain uncertainty sampling spends a batch on near-duplicates of one confusing look; one
-    pick per cluster spends it on ``n`` different looks. Scores are margins (lower = picked
-    for being more uncertain); the batch is ordered most uncertain first.
+    pick per cluster spends it on ``n`` different looks, and the class cap keeps one confusing
+    class from taking the batch over. The cap is loose on purpose: forcing exactly equal shares
+    spends picks on classes the model already gets right. Scores are margins (lower = more
+    uncertain); the batch is ordered most uncertain first.
     """
     margin = margin_scores(probs)
     uncertainty = 1.0 - margin
     if n >= ids.shape[0]:
         return _by_score(margin, ids, n, descending=False)
+    predicted = probs.argmax(axis=1)
+    n_classes = int(np.unique(predicted).shape[0])
     m = min(ids.shape[0], max(prefilter, 1) * n)
-    cand = _balanced_candidates(uncertainty, probs.argmax(axis=1), ids, m)
+    cand = _capped_candidates(uncertainty, predicted, ids, m, cap=_class_cap(class_share, m, n_classes))
     if cand.shape[0] <= n:
         chosen = cand
     else:
         groups = _kmeans(_normalise_rows(embeddings[cand]), n, weights=uncertainty[cand] + EPS, rng=rng)
-        chosen = _one_per_group(cand, groups, uncertainty, probs.argmax(axis=1), ids, n)
+        chosen = _one_per_group(cand, groups, uncertainty, predicted, ids, n,
+                                cap=_class_cap(class_share, n, n_classes))
     order = chosen[_rank(margin[chosen], ids[chosen], descending=False)]
     return order, margin[order]
 
