@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "import": "import images: class folders, a flat folder, or a CSV/JSONL manifest",
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
+    "explain": "attribution map of an item (Grad-CAM, IG, Guided Backprop, Occlusion) as a PNG",
 }
 
 

@@ -84,14 +84,17 @@ def check_method(method: str) -> str:
 # --------------------------------------------------------------------------- preprocessing
 
 
+def input_size(width: int, height: int, *, size: int = DEFAULT_SIZE) -> tuple[int, int]:
+    """(h, w) of the network input `preprocess` makes from a ``width`` x ``height`` photo."""
+    scale = min(size / min(width, height), MAX_ASPECT * size / max(width, height))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
 def preprocess(image: Image.Image, *, size: int = DEFAULT_SIZE) -> torch.Tensor:
     """The whole photo as the network input: shorter side ``size`` (aspect kept, longer side
     capped at ``MAX_ASPECT * size``), ImageNet normalisation. Returns (1, 3, h, w) float32."""
-    w, h = image.size
-    scale = size / min(w, h)
-    scale = min(scale, MAX_ASPECT * size / max(w, h))
-    new = (max(1, round(w * scale)), max(1, round(h * scale)))
-    rgb = image.convert("RGB").resize(new, Image.Resampling.BILINEAR)
+    h, w = input_size(image.width, image.height, size=size)
+    rgb = image.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
     x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -183,7 +186,7 @@ def forget(model: nn.Module) -> None:
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
-def find_target_layer(model: nn.Module, *, input_size: int = DEFAULT_SIZE) -> str:
+def find_target_layer(model: nn.Module, *, probe_size: int = DEFAULT_SIZE) -> str:
     """Name of the last convolutional block, the layer Grad-CAM explains.
 
     ResNet-like models: the last module named ``layer4``. Models with a ``features`` Sequential
@@ -199,10 +202,10 @@ def find_target_layer(model: nn.Module, *, input_size: int = DEFAULT_SIZE) -> st
         module = names[name]
         if name.rpartition(".")[2] == "features" and isinstance(module, nn.Sequential) and len(module):
             return f"{name}.{len(module) - 1}"
-    return _trace_last_spatial(model, input_size)
+    return _trace_last_spatial(model, probe_size)
 
 
-def _trace_last_spatial(model: nn.Module, input_size: int) -> str:
+def _trace_last_spatial(model: nn.Module, probe_size: int) -> str:
     calls: dict[str, int] = {}
     outputs: list[tuple[str, torch.Tensor]] = []
 
@@ -219,7 +222,7 @@ def _trace_last_spatial(model: nn.Module, input_size: int) -> str:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size, device=device))
+            model(torch.zeros(1, 3, probe_size, probe_size, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -258,13 +261,13 @@ def _gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int, *
     return cam[0, 0].detach()
 
 
-def _ig(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int, *, ig_steps: int = IG_STEPS,
-        internal_batch_size: int = IG_BATCH, **_: object) -> torch.Tensor:
+def _ig(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int, *, ig_steps: int | None = None,
+        internal_batch_size: int | None = None, **_: object) -> torch.Tensor:
     from captum.attr import IntegratedGradients
 
     attr = IntegratedGradients(model).attribute(
-        x, baselines=torch.zeros_like(x), target=target, n_steps=ig_steps,
-        internal_batch_size=internal_batch_size,
+        x, baselines=torch.zeros_like(x), target=target, n_steps=ig_steps or IG_STEPS,
+        internal_batch_size=internal_batch_size or IG_BATCH,
     )
     return attr[0].abs().sum(0).detach()
 
@@ -286,7 +289,7 @@ def occlusion_geometry(height: int, width: int) -> tuple[int, int]:
 
 def _occlusion(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int, *,
                occlusion_window: int | None = None, occlusion_stride: int | None = None,
-               internal_batch_size: int = OCCLUSION_BATCH, **_: object) -> torch.Tensor:
+               internal_batch_size: int | None = None, **_: object) -> torch.Tensor:
     from captum.attr import Occlusion
 
     window, stride = occlusion_geometry(x.shape[-2], x.shape[-1])
@@ -299,7 +302,7 @@ def _occlusion(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int,
     with torch.no_grad():
         attr = Occlusion(probs).attribute(
             x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
-            baselines=0.0, target=target, perturbations_per_eval=internal_batch_size,
+            baselines=0.0, target=target, perturbations_per_eval=internal_batch_size or OCCLUSION_BATCH,
         )
     return attr[0, 0].detach()
 
@@ -331,9 +334,11 @@ def explain(
     transform: Callable[[Image.Image], torch.Tensor] | None = None,
     size: int = DEFAULT_SIZE,
     layer: str | None = None,
+    output_size: tuple[int, int] | None = None,
     **options: object,
 ) -> Attribution:
-    """Like `attribute`, and also says which output index was explained."""
+    """Like `attribute`, and also says which output index was explained. ``output_size``
+    (height, width) overrides the size of the returned map (default: the photo's)."""
     check_method(method)
     prep = _prepare(model, layer)
     x, out_size = _as_input(image, transform, size)
@@ -348,6 +353,7 @@ def explain(
         fn, percentile = METHODS[method]
         raw = fn(net, net.get_submodule(prep.layer_name), x, target, **options)
     raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    out_size = tuple(output_size) if output_size is not None else out_size
     up = F.interpolate(raw[None, None], size=out_size, mode="bilinear", align_corners=False)[0, 0]
     heat = _scale(up, percentile=percentile)
     return Attribution(heat.cpu().numpy().astype(np.float32), target, method)
@@ -362,6 +368,7 @@ def attribute(
     transform: Callable[[Image.Image], torch.Tensor] | None = None,
     size: int = DEFAULT_SIZE,
     layer: str | None = None,
+    output_size: tuple[int, int] | None = None,
     **options: object,
 ) -> np.ndarray:
     """Heatmap of where ``model`` looked to score class ``target`` on ``image``.
@@ -372,12 +379,13 @@ def attribute(
     method: one of ``METHOD_NAMES``.
     target: output index to explain; None = the model's top class.
     layer: Grad-CAM layer name; None = `find_target_layer`.
+    output_size: (height, width) of the map, if not the photo's (e.g. `input_size` for storage).
     options: ``ig_steps``, ``internal_batch_size``, ``occlusion_window``, ``occlusion_stride``.
 
     Returns (H, W) float32 in [0, 1] at the size of the photo (or of the tensor).
     """
     return explain(model, image, method, target, transform=transform, size=size, layer=layer,
-                   **options).heatmap
+                   output_size=output_size, **options).heatmap
 
 
 # --------------------------------------------------------------------------- pictures
