@@ -63,6 +63,10 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
         # Write units take the write lock up front so a read-then-write cannot race another writer.
+        if memory and conn.connection.dbapi_connection.in_transaction:
+            # sqlite:// shares one connection (StaticPool): a second session opened while the
+            # first is still in its transaction joins it instead of failing on a nested BEGIN.
+            return
         mode = "BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN"
         conn.exec_driver_sql(mode)
 
