@@ -74,9 +74,11 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _walk(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
-    """Regular files under ``root`` in a stable order; hidden files and escaping links reported."""
-    for dirpath, dirnames, filenames in os.walk(root):
+def _walk(folder: Path, skipped: list[Skipped], *, root: Path | None = None) -> Iterator[Path]:
+    """Regular files under ``folder`` in a stable order; hidden files and links escaping ``root``
+    (the import root, default ``folder``) reported."""
+    root = root or folder
+    for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
         for d in sorted(dirnames):
             if (here / d).is_symlink():
@@ -113,7 +115,7 @@ def scan_folder(root: Path, *, layout: str = "auto") -> tuple[list[Candidate], l
             if sub.is_symlink():
                 skipped.append(Skipped(str(sub), "symlinked folder: not followed"))
             elif sub.is_dir():
-                found += [Candidate(p, label=sub.name) for p in _walk(sub, skipped)]
+                found += [Candidate(p, label=sub.name) for p in _walk(sub, skipped, root=root)]
             else:
                 skipped.append(Skipped(str(sub), "file outside any class folder"))
     else:
