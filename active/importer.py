@@ -70,7 +70,7 @@ def _inside(path: Path, root: Path) -> bool:
     """True when ``path`` (symlinks resolved) lies under ``root``."""
     try:
         return path.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # a symlink loop
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
         return False
 
 
@@ -223,6 +223,9 @@ def read_manifest(
             continue
         if not rel.strip():
             skipped.append(Skipped(where, f"empty value in column {path_column!r}"))
+            continue
+        if "\x00" in rel:  # no file system takes it; Path.resolve would raise
+            skipped.append(Skipped(where, "path holds a NUL character"))
             continue
         file = Path(rel)
         file = file if file.is_absolute() else root / file
