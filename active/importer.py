@@ -298,14 +298,19 @@ def import_candidates(
     allowed = set(project.config.classes)
 
     bar = tqdm(total=len(candidates), unit="img", desc="import", disable=not progress)
+    batches = [candidates[i : i + BATCH_SIZE] for i in range(0, len(candidates), BATCH_SIZE)]
+    done = 0
     with ThreadPoolExecutor(IMPORT_WORKERS) as pool:
-        for start in range(0, len(candidates), BATCH_SIZE):
-            batch = candidates[start : start + BATCH_SIZE]
-            checked = list(pool.map(_check, batch))
-            bar.update(len(batch))
+        # The workers check the next batch while this thread records the current one.
+        pending = [pool.submit(_check, c) for c in batches[0]] if batches else []
+        for k in range(len(batches)):
+            checked = [f.result() for f in pending]
+            pending = [pool.submit(_check, c) for c in batches[k + 1]] if k + 1 < len(batches) else []
+            bar.update(len(checked))
             _record_batch(engine, checked, allowed, split=split, source=source, report=report)
+            done += len(checked)
             if on_batch is not None:
-                on_batch(start + len(batch))
+                on_batch(done)
     bar.close()
     return report
 
@@ -346,13 +351,11 @@ def _record_batch(engine, checked: list[_Checked], allowed: set[str], *, split: 
                         source=source, split=split, meta=meta)
             new_items.append((item, c))
         items.add(session, [i for i, _ in new_items])
-        n_labels = 0
-        for item, c in new_items:
-            if c.cand.label is not None:
-                labels.append(session, Label(item_id=item.id, annotator=IMPORTER, label=c.cand.label,
-                                             kind="imported", decision="given"))
-                n_labels += 1
-        return len(new_items), n_labels, already, new_skips
+        given = labels.append_many(session, [
+            Label(item_id=item.id, annotator=IMPORTER, label=c.cand.label, kind="imported", decision="given")
+            for item, c in new_items if c.cand.label is not None
+        ])
+        return len(new_items), len(given), already, new_skips
 
     added, n_labels, already, dup_skips = db.write(engine, tx)
     report.added += added
