@@ -110,7 +110,7 @@ def changes(project: Project, since: datetime) -> list[Change]:
     with db.session(project.engine) as s:
         ids = set(s.exec(select(Label.item_id).where(Label.created_at >= since)))
         grouped = labels.for_items(s, ids) if ids else {}
-        paths = dict(s.exec(select(Item.id, Item.path).where(Item.id.in_(sorted(ids))))) if ids else {}
+        paths = {i: p for i, p in s.exec(select(Item.id, Item.path)).all() if i in ids} if ids else {}
     out: list[Change] = []
     for item_id in sorted(grouped):
         rows: Sequence[Label] = grouped[item_id]
