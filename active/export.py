@@ -395,6 +395,9 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if opts.min_agreement is not None and cur.agreement is not None and cur.agreement < opts.min_agreement:
             excluded["below_min_agreement"] += 1
             continue
+        if item.error is not None and opts.format in IMAGE_FORMATS:
+            excluded["unreadable_image"] += 1  # scoring could not decode it: no loader could either
+            continue
         reasons = disputes.get(item_id, [])
         if reasons and opts.include == "exclude":
             excluded["open_dispute"] += 1
@@ -570,7 +573,7 @@ def _check_destination(out: Path, *, overwrite: bool) -> bool:
     if not out.exists() and not out.is_symlink():
         return False
     if not out.is_dir() or out.is_symlink():
-        raise UserError(f"{out}: exists and is not a folder; choose another --out")
+        raise UserError(f"{out}: exists and is a file or a symlink, not a folder; choose another --out")
     if not any(out.iterdir()):
         return False
     if not overwrite:

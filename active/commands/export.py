@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only-human", action="store_true",
                    help="leave out items whose label comes only from import")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
-    p.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them")
+    p.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them (a hard link shares the file: editing one edits both)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

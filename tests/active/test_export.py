@@ -205,6 +205,16 @@ def test_a_changed_or_missing_original_is_reported_not_exported(project, store, 
     assert len(ex.read_csv(out / "labels.csv")) == manifest["counts"]["exported"] == 14
 
 
+def test_unreadable_items_stay_out_of_image_exports_only(project, store):  # noqa: ANN001
+    from storage import items as item_repo
+
+    db.write(project.engine, lambda s: item_repo.mark_unreadable(s, store["shirt/3.png"], "cannot decode"))
+    m = ex.export(project, _opts(project.root / "exports" / "i", "imagefolder"))
+    assert m["counts"]["excluded"]["unreadable_image"] == 1 and m["counts"]["exported"] == 15
+    m = ex.export(project, _opts(project.root / "exports" / "t", "csv"))
+    assert "unreadable_image" not in m["counts"]["excluded"] and m["counts"]["exported"] == 16
+
+
 def test_hf_layout_has_relative_metadata(project, store):  # noqa: ANN001
     out = project.root / "exports" / "hf"
     manifest = ex.export(project, _opts(out, "hf", splits={"train": 0.5, "val": 0.5}))
