@@ -23,6 +23,9 @@ COMMANDS: dict[str, str] = {
     "import": "import images: class folders, a flat folder, or a CSV/JSONL manifest",
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
+    "export": "export the labelled dataset (imagefolder, csv, jsonl, hf) with provenance",
+    "history": "every label of one item: the audit trail",
+    "changes": "items whose current label changed since a date",
 }
 
 
