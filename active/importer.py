@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -290,12 +290,12 @@ def import_candidates(
     source = source or f"import {datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
 
     # Labels first: decide the classes before anything is written.
+    # Labels are stored as `validate_class_name` normalises them (a folder "dress " is "dress").
+    candidates = [c if c.label is None else replace(c, label=validate_class_name(c.label)) for c in candidates]
     wanted = []
     for c in candidates:
-        if c.label is not None:
-            validate_class_name(c.label)
-            if c.label not in wanted:
-                wanted.append(c.label)
+        if c.label is not None and c.label not in wanted:
+            wanted.append(c.label)
     unknown = [c for c in wanted if c not in project.config.classes]
     if unknown and (taxonomy_was_empty or add_classes):
         report.new_classes = project.add_classes(unknown)

@@ -284,3 +284,11 @@ def test_folder_layouts(tmp_path: Path, make_image) -> None:  # noqa: ANN001
     assert "file outside any class folder" in [s.reason for s in skipped]
     with pytest.raises(UserError, match="not a folder"):
         scan_folder(tmp_path / "nope")
+
+
+def test_folder_labels_are_normalised(cli, open_project_dir: Path, make_image, tmp_path: Path) -> None:  # noqa: ANN001
+    make_image(tmp_path / "src" / "dress " / "a.png", 0, seed=1)
+    make_image(tmp_path / "src" / " dress" / "b.png", 0, seed=2)
+    d = cli("--project", open_project_dir, "import", tmp_path / "src", "--json", "--no-progress").data
+    assert d["new_classes"] == ["dress"] and d["labelled"] == 2
+    assert {r.label for r in _labels(open_project_dir)} == {"dress"}
