@@ -1,7 +1,8 @@
 """active/explain.py and `active explain`: cached overlays per (item, version, method, class),
 class averages, clear errors. Model versions are inserted directly and `_load_model` returns
 mobilenet_v2 (real weights) with a seeded 3-class head, so these tests do not depend on how
-versions are trained; tests/active/test_explain_e2e.py runs the real modelstore."""
+versions are trained; tests/active/test_explain_e2e.py runs the real modelstore. (Named apart from
+tests/models/test_explain.py: the test folders are not packages, so basenames must differ.)"""
 
 from __future__ import annotations
 
