@@ -42,6 +42,8 @@ METHOD_NAMES = ("gradcam", "ig", "guided", "occlusion")
 CLASS_AVERAGE_LIMIT = 32
 # Overlays of very large photos are scaled down to this longer side (the UI shows them smaller).
 MAX_OVERLAY_SIDE = 1600
+# zlib level of the overlay PNGs: photos barely compress, so the fastest level costs little space.
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def explain(
     heat = result.heatmap
     _save_atomic(npy, lambda fh: np.save(fh, heat.astype(np.float16)))
     picture = mx.overlay(_fit(photo), heat)
-    _save_atomic(png, lambda fh: picture.save(fh, format="PNG"))
+    _save_atomic(png, lambda fh: picture.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
     return ItemExplanation(png, npy, item.id, version.id, method, target, cached=False)
 
 
@@ -250,5 +252,5 @@ def class_average(
     info = {"version": version.id, "method": method, "class": cls, "items": used, "skipped": skipped}
     _save_atomic(png.with_suffix(".npy"), lambda fh: np.save(fh, mean_map))
     _save_atomic(png.with_suffix(".json"), lambda fh: fh.write(json.dumps(info, indent=1).encode()))
-    _save_atomic(png, lambda fh: picture.save(fh, format="PNG"))
+    _save_atomic(png, lambda fh: picture.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
     return png

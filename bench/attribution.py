@@ -1,12 +1,13 @@
 """Milliseconds per image of each attribution method, next to the model-only forward pass.
 
     TORCH_HOME=../shared/torch python bench/attribution.py [--backbones mobilenet_v2 resnet50]
-        [--methods gradcam ig guided occlusion] [--images 6] [--slow-images 2] [--size 224]
+        [--methods gradcam ig guided occlusion] [--images 6] [--slow-images 1] [--size 224]
 
 Real photos from ../shared/datasets/clothing-small, preprocessed as the labeller does (whole
 photo, shorter side --size). Per backbone and method it reports the median ms per image of
 `models.explain.attribute` (the heatmap at photo size), and of the forward pass alone
-(`torch.inference_mode`, batch 1, same input tensors, same run), and their ratio. The gradcam row
+(`torch.inference_mode`, batch 1, same input tensors, same run), and their ratio, in wall and
+in process CPU time (the latter is steadier on a shared machine). The gradcam row
 also gives the overlay + PNG encode time (what `active.explain` adds on a cache miss).
 mobilenet_v2 uses its ImageNet weights when found under TORCH_HOME; resnet50 runs with random
 weights (none are shipped here): the cost of attribution does not depend on the weights' values.
@@ -50,13 +51,19 @@ def build(backbone: str):  # noqa: ANN201
     return torchvision.models.get_model(backbone, weights=weights).eval(), weights or "random"
 
 
-def timed(fn, reps: int) -> list[float]:  # noqa: ANN001
+def timed(fn, reps: int) -> list[tuple[float, float]]:  # noqa: ANN001
+    """(wall ms, process CPU ms) of each of ``reps`` calls. CPU time says less about a machine
+    shared with other jobs than wall time does, so both are reported."""
     out = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        out.append((time.perf_counter() - t) * 1000)
+        out.append(((time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000))
     return out
+
+
+def median(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     win, stride = occlusion_geometry(h, w)
     print(f"ig: {IG_STEPS} steps; occlusion: window {win}, stride {stride} on {h}x{w}; "
           f"load average at start {os.getloadavg()[0]:.1f}")
-    header = f"{'backbone':<13} {'weights':<14} {'method':<10} {'n':>3} {'ms/image':>9} {'forward ms':>10} {'ratio':>7}  note"
+    header = (f"{'backbone':<13} {'weights':<14} {'method':<10} {'n':>3} {'ms/image':>9} {'fwd ms':>7} "
+              f"{'ratio':>6} {'cpu ms/image':>12} {'fwd cpu ms':>10} {'cpu ratio':>9}  note")
     print(header)
     print("-" * len(header))
     for backbone in args.backbones:
@@ -94,27 +102,27 @@ def main(argv: list[str] | None = None) -> int:
                 model(x)
         for method in args.methods:
             n = args.slow_images if method in SLOW_METHODS else args.images
-            attribute(model, photos[0], method, size=args.size)  # warm-up for this method's shapes
-            per_image = []
-            forward = []
+            if method not in SLOW_METHODS:  # warm-up for this method's shapes (slow ones: too dear)
+                attribute(model, photos[0], method, size=args.size)
+            per_image, forward = [], []
             for photo, x in zip(photos[:n], inputs[:n], strict=True):
                 per_image += timed(lambda p=photo, m=model, k=method: attribute(m, p, k, size=args.size), 1)
                 with torch.inference_mode():
                     forward += timed(lambda x=x, m=model: m(x), 3)
-            ms, fwd = statistics.median(per_image), statistics.median(forward)
+            (ms, cpu), (fwd, fwd_cpu) = median(per_image), median(forward)
             note = ""
             if method == "gradcam":
                 heat = attribute(model, photos[0], "gradcam", size=args.size)
 
                 def render(heat=heat) -> None:
                     buf = io.BytesIO()
-                    overlay(photos[0], heat).save(buf, format="PNG")
+                    overlay(photos[0], heat).save(buf, format="PNG", compress_level=1)
 
                 render()
-                note = f"overlay+PNG {statistics.median(timed(render, 5)):.0f} ms"
-            note += f" (load {os.getloadavg()[0]:.1f})"
-            print(f"{backbone:<13} {weights:<14} {method:<10} {n:>3} {ms:>9.1f} {fwd:>10.1f} {ms / fwd:>7.1f}  {note}",
-                  flush=True)
+                note = "overlay+PNG {:.0f} ms ({:.0f} cpu); ".format(*median(timed(render, 5)))
+            note += f"load {os.getloadavg()[0]:.1f}"
+            print(f"{backbone:<13} {weights:<14} {method:<10} {n:>3} {ms:>9.1f} {fwd:>7.1f} {ms / fwd:>6.1f} "
+                  f"{cpu:>12.1f} {fwd_cpu:>10.1f} {cpu / fwd_cpu:>9.1f}  {note}", flush=True)
     return 0
 
 
