@@ -308,6 +308,26 @@ def _occlusion(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: int,
     return attr[0, 0].detach()
 
 
+class _TopClass(nn.Module):
+    """The network's top logit as a (1, 1) output: explaining output 0 of this explains the
+    predicted class (the gradient of a max is the gradient of its argmax) with no extra forward
+    pass. Only for methods that evaluate the network at the input alone (gradcam, guided)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.picked = -1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        idx = out.detach().argmax(dim=1, keepdim=True)
+        self.picked = int(idx[0, 0])
+        return out.gather(1, idx)
+
+
+# Methods that run the network once, at the input: `_TopClass` serves them.
+SINGLE_PASS = frozenset({"gradcam", "guided"})
+
 # method -> (function giving a non-negative (h, w) map, percentile used to scale it)
 METHODS: dict[str, tuple[Callable[..., torch.Tensor], float | None]] = {
     "gradcam": (_gradcam, None),
@@ -345,18 +365,24 @@ def explain(
     x, out_size = _as_input(image, transform, size)
     net = prep.model
     x = x.to(_device(net))
+    fn, percentile = METHODS[method]
     with prep.lock:
-        if target is None:
-            with torch.no_grad():
-                target = int(net(x).argmax(dim=1)[0])
+        layer_module = net.get_submodule(prep.layer_name)
+        if target is None and method in SINGLE_PASS:
+            top = _TopClass(net)  # the top class is found in the attribution's own forward pass
+            raw = fn(top, layer_module, x, 0, **options)
+            target = top.picked
         else:
-            target = int(target)
-        fn, percentile = METHODS[method]
-        raw = fn(net, net.get_submodule(prep.layer_name), x, target, **options)
-    raw = torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0)
+            if target is None:
+                with torch.no_grad():
+                    target = int(net(x).argmax(dim=1)[0])
+            raw = fn(net, layer_module, x, int(target), **options)
+    # Scale at the network's resolution (a percentile of a 50-megapixel map would be dear), then
+    # resize onto the photo and bring the top back to exactly 1.
+    raw = _scale(torch.nan_to_num(raw.float(), nan=0.0, posinf=0.0, neginf=0.0), percentile=percentile)
     out_size = tuple(output_size) if output_size is not None else out_size
     up = F.interpolate(raw[None, None], size=out_size, mode="bilinear", align_corners=False)[0, 0]
-    heat = _scale(up, percentile=percentile)
+    heat = _scale(up, percentile=None)
     return Attribution(heat.cpu().numpy().astype(np.float32), target, method)
 
 

@@ -92,6 +92,16 @@ def test_target_class_changes_gradcam(mobilenet, photos) -> None:
     assert np.abs(top.heatmap - other.heatmap).mean() > 0.02
 
 
+@pytest.mark.parametrize("method", ["gradcam", "guided"])
+def test_default_target_is_the_top_class(mobilenet, photos, method) -> None:
+    x = preprocess(photos[1], size=SIZE)
+    with torch.no_grad():
+        top = int(mobilenet(x).argmax(1)[0])
+    found = explain(mobilenet, x, method)
+    assert found.target == top
+    np.testing.assert_allclose(found.heatmap, attribute(mobilenet, x, method, target=top), atol=1e-5)
+
+
 def test_tensor_input_gives_map_at_tensor_size(resnet18) -> None:
     x = torch.randn(3, 64, 80)
     check_map(attribute(resnet18, x, "gradcam", target=0), (64, 80))
