@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "import": "import images: class folders, a flat folder, or a CSV/JSONL manifest",
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
+    "score": "score the pool with the current model version (resumable)",
 }
 
 
