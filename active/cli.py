@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
     "score": "score the pool with the current model version (resumable)",
+    "retrain": "train a new model version on the current labels (--mode head|full)",
 }
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ EMBEDDINGS_DIR = "embeddings"
 CHECKPOINT = "model.pth"
 HEAD_FILE = "head.npz"
 STAGING_PREFIX = ".staging-"
+# A staging folder untouched this long belongs to a crashed run (a full fine-tune writes its
+# files at the end, so this must exceed the longest training).
+STALE_STAGING_S = 7 * 24 * 3600
 
 _cache: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -143,11 +147,14 @@ def publish(project: Project, version: ModelVersion, staging: Path, *,
     return version
 
 
-def clear_stale_staging(project: Project) -> None:
-    """Remove staging folders of crashed publishes (they never became versions)."""
+def clear_stale_staging(project: Project, *, older_than_s: float = STALE_STAGING_S) -> None:
+    """Remove staging folders of crashed publishes (they never became versions). Only old ones:
+    a young folder may belong to a retrain running in another process."""
     if project.artifacts.is_dir():
+        now = time.time()
         for p in project.artifacts.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(p, ignore_errors=True)
+            if now - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- building networks

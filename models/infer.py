@@ -76,7 +76,7 @@ def collate(samples: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple
     return index, images, errors
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
     torch.set_num_threads(1)  # each decoding worker is one core; the model owns the others
 
 
@@ -124,7 +124,7 @@ def iter_batches(
     loader = DataLoader(
         ImageFiles(paths, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
         collate_fn=collate, pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
     bar = tqdm(total=len(paths), unit="img", desc="scoring", disable=not progress, smoothing=0.1)
