@@ -204,13 +204,13 @@ def head_to_linear(head_arrays: dict[str, np.ndarray]):  # noqa: ANN201
 
 
 def _network_of(project: Project, version: ModelVersion) -> nn.Module:
-    if version.mode == "pretrained":
+    if version.mode == "pretrained" and "checkpoint" not in version.artifacts:
         return build_network(version.backbone, None, version.weights)
-    if version.mode == "full":
+    if version.mode in ("pretrained", "full"):
         ckpt = version_dir(project, version) / version.artifacts.get("checkpoint", CHECKPOINT)
         if not ckpt.is_file():
             raise UserError(f"model version {version.id}: checkpoint {ckpt} is missing")
-        return build_network(version.backbone, len(version.classes), str(ckpt))
+        return build_network(version.backbone, len(version.classes) or None, str(ckpt))
     if version.mode == "head":
         from models.backbones import replace_final_linear
 

@@ -169,10 +169,19 @@ def ensure_version(project: Project) -> tuple[ModelVersion, bool]:
     cfg = project.config
     spec = modelstore.weights_spec(cfg.backbone, cfg.weights)  # fails here, before anything is written
     staging = modelstore.new_staging(project)
+    artifacts = {"embeddings": modelstore.EMBEDDINGS_DIR, "image_size": cfg.image_size}
+    if spec.kind == "none":
+        # Random weights differ per build: keep the ones drawn now, so that a resumed run (another
+        # process) embeds with the same network.
+        import torch
+
+        net = modelstore.build_network(cfg.backbone, None, "none")
+        torch.save(net.state_dict(), staging / modelstore.CHECKPOINT)
+        artifacts["checkpoint"] = modelstore.CHECKPOINT
     modelstore.write_json(staging / "meta.json", {"mode": "pretrained", "backbone": cfg.backbone,
                                                   "weights": spec.name, "image_size": cfg.image_size})
     version = ModelVersion(backbone=cfg.backbone, weights=spec.name, mode="pretrained", classes=[],
-                           artifacts={"embeddings": modelstore.EMBEDDINGS_DIR, "image_size": cfg.image_size})
+                           artifacts=artifacts)
     published = modelstore.publish(project, version, staging, only_if_first=True)
     return published, published is version
 
