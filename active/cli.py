@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "import": "import images: class folders, a flat folder, or a CSV/JSONL manifest",
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
+    "users": "add or list the people who label (salted password hashes)",
+    "serve": "start the labelling app in the browser",
 }
 
 
