@@ -17,9 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Result:
-    from labeler.app import serve
-
     from active.project import Project
+    from labeler.app import serve
 
     project = Project.load(args.project)
     serve(project, host=args.host, port=args.port)
