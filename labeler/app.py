@@ -489,7 +489,7 @@ class LabelerApp:
 
             chain(demo.load(self.start, None, item_out, api_name="start", **fast), api=True)
             demo.load(self.on_load, None, [review_tab, who], api_name=False)
-            demo.load(self.status, None, status, api_name=False)
+            demo.load(self.status, None, status, api_name="status")
             chain(accept.click(self.accept, [state], item_out, api_name="accept", **fast))
             for i, b in enumerate(picks):
                 chain(b.click(self.pick(i), [state], item_out, api_name=f"pick_{i + 1}", **fast))
