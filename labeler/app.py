@@ -101,7 +101,7 @@ KEYS_JS = """
 """
 
 CSS = """
-#photo img { object-fit: contain; }
+#photo img, .plot img { object-fit: contain !important; }
 .pick-btn { min-width: 0 !important; }
 #why, #progress { font-size: 0.95rem; }
 """
@@ -468,11 +468,13 @@ class LabelerApp:
                         by_annot = gr.Dataframe(label="Labels per annotator", interactive=False)
                     agree = gr.Markdown()
                     with gr.Row():
-                        curve = gr.Image(label="learning curve", type="filepath", interactive=False)
+                        curve = gr.Image(label="learning curve", type="filepath", interactive=False, height=380,
+                                         elem_classes="plot")
                         confusion = gr.Image(label="confusion matrix (current version, holdout)", type="filepath",
-                                             interactive=False)
+                                             interactive=False, height=380, elem_classes="plot")
                     with gr.Row():
-                        dist = gr.Image(label="labels vs predictions over the pool", type="filepath", interactive=False)
+                        dist = gr.Image(label="labels vs predictions over the pool", type="filepath", interactive=False,
+                                        height=380, elem_classes="plot")
                         averages = gr.Gallery(label="class-average attention (current version)", columns=5,
                                               height=300)
                     dash_note = gr.Markdown()
