@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "classes": "list, add, rename or remove classes of the taxonomy",
     "users": "add or list the people who label (salted password hashes)",
     "serve": "start the labelling app in the browser",
+    "export": "export the labelled dataset (imagefolder, csv, jsonl, hf) with provenance",
+    "history": "every label of one item: the audit trail",
+    "changes": "items whose current label changed since a date",
 }
 
 

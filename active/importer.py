@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -147,7 +148,8 @@ def _read_rows(path: Path, skipped: list[Skipped]) -> tuple[list[tuple[int, dict
     rows: list[tuple[int, dict[str, Any]]] = []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         columns: list[str] = []
-        for n, line in enumerate(text.splitlines(), start=1):
+        # split on "\n" only: str.splitlines would also cut at U+2028 and friends inside JSON strings
+        for n, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -165,9 +167,11 @@ def _read_rows(path: Path, skipped: list[Skipped]) -> tuple[list[tuple[int, dict
     if path.suffix.lower() not in (".csv", ".tsv"):
         raise UserError(f"{path}: manifests must end in .csv, .tsv, .jsonl or .ndjson")
     try:
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        # csv needs the raw newlines: a quoted cell may hold a line break
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         columns = [c for c in (reader.fieldnames or []) if c is not None]
-        for n, row in enumerate(reader, start=2):
+        for row in reader:
+            n = reader.line_num
             if None in row:  # more cells than header columns
                 skipped.append(Skipped(f"{path}:{n}", "more cells than the header has columns"))
                 continue
