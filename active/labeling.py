@@ -117,12 +117,19 @@ def decide(task: Task, label: str) -> str:
     return "accepted" if top is not None and top[0] == label else "corrected"
 
 
+def _already_labelled(session: Session, annotator: str, item_id: int) -> bool:
+    rows = session.exec(select(Label).where(Label.item_id == item_id, Label.annotator == annotator,
+                                            Label.kind == HUMAN)).all()
+    return any(r.decision in LABEL_DECISIONS for r in labels.effective(rows))
+
+
 def record(project: Project, annotator: str, task: Task, *, decision: str,
-           label: str | None = None) -> tuple[Label, Task | None]:
+           label: str | None = None) -> tuple[Label | None, Task | None]:
     """Append the annotator's decision on ``task`` and lease their next item, in one transaction.
 
     The label is kept even when the lease ran out meanwhile: losing work is worse than a rare
-    second label (which the agreement and dispute views then show).
+    second label (which the agreement and dispute views then show). A second decision on an item
+    the annotator has already labelled (a double key press) is not recorded: the label is None.
     """
     if decision not in LABEL_DECISIONS:
         raise UserError(f"unknown decision {decision!r}: use one of {', '.join(LABEL_DECISIONS)}")
@@ -134,7 +141,10 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
         label = None
     top = task.top
 
-    def fn(s: Session) -> tuple[Label, Task | None]:
+    def fn(s: Session) -> tuple[Label | None, Task | None]:
+        if _already_labelled(s, annotator, task.item_id):
+            q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+            return None, (None if q is None else _task(s, q))
         row = labels.append(s, Label(
             item_id=task.item_id, annotator=annotator, label=label, kind=HUMAN, decision=decision,
             suggestion=top[0] if top else None, confidence=top[1] if top else None,

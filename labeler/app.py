@@ -219,6 +219,8 @@ class LabelerApp:
         except UserError as exc:
             raise gr.Error(str(exc)) from None
         self._after_label(annotator, nxt)
+        if row is None:
+            return self.show(nxt, f"#{task.item_id} was already labelled by you; not recorded twice")
         what = f"{row.decision} {esc(row.label)}" if row.label else row.decision
         return self.show(nxt, f"#{task.item_id}: {what}")
 

@@ -117,3 +117,26 @@ def test_abandoned_lease_expires(labeller):
     with db.session(labeller.project.engine, write=True) as s:  # ann walks away; time passes
         got = work.lease_next(s, "bob", now=utcnow() + timedelta(minutes=11))
     assert got is not None and got.item_id == held
+
+
+def test_double_submission_is_recorded_once(project):
+    """Two keys pressed before the page showed the next item label the first item only once."""
+    from active import labeling
+    from storage import work
+    from storage.tables import Item  # noqa: I001
+    from tests.conftest import draw_image
+
+    path = draw_image(project.root / "a.png", 0)
+
+    def setup(s):  # noqa: ANN001, ANN202
+        s.add(Item(sha256="a" * 64, path=str(path), width=64, height=48, mode="RGB"))
+        s.flush()
+        work.open_round(s, strategy="margin", model_version_id=None, item_ids=[1], scores=[0.1], score_name="margin")
+
+    db.write(project.engine, setup)
+    task = labeling.next_task(project, "ann")
+    row, nxt = labeling.record(project, "ann", task, decision="corrected", label="dress")
+    assert row is not None and nxt is None
+    again, _ = labeling.record(project, "ann", task, decision="skipped")
+    assert again is None
+    assert [r.decision for r in human_labels(project)] == ["corrected"]
