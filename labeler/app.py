@@ -151,12 +151,14 @@ class LabelerApp:
             return users.verify(s, name, password) is not None
 
     # -- the label tab ------------------------------------------------------------------------
-    def show(self, task: Task | None, note: str = "") -> list[Any]:
-        """Outputs of every event that changes the item: state, photo, bars, why, 9 picks, note, picker."""
+    def show(self, task: Task | None, note: str = "", view: tuple[bool, str] = (True, "gradcam")) -> list[Any]:
+        """Outputs of every event that changes the item: state, photo, bars, why, 9 picks, note,
+        picker, map, map note. The map comes along when it is already made (prefetched); otherwise
+        it is left empty here and the chained attribution event fills it."""
         if task is None:
             picks = [gr.Button(value=f"{i + 1}", visible="hidden") for i in range(N_PICKS)]
             done = "**Nothing left to label** in the open rounds. Open a new round with `active select`."
-            return [None, None, None, done, *picks, note, gr.Dropdown(value=None)]
+            return [None, None, None, done, *picks, note, gr.Dropdown(value=None), None, ""]
         photo = self.prefetch.photo(task.item_id, task.path)
         bars = {c: p for c, p in task.ranked[:TOP_BARS]} if task.ranked else None
         picks = []
@@ -168,7 +170,18 @@ class LabelerApp:
                 picks.append(gr.Button(value=f"{i + 1}", visible="hidden"))
         model = f"model v{task.version_id}" if task.version_id else "no model suggestions yet"
         why = f"**Why this item:** {esc(task.why())} · {esc(model)} · item #{task.item_id}"
-        return [task.to_state(), str(photo), bars, why, *picks, note, gr.Dropdown(value=None)]
+        attr_img, attr_text = None, ""
+        show_attr, method = view
+        if show_attr and task.version_id is not None and task.top is not None:
+            ready = self.prefetch.ready(("map", task.item_id, task.version_id, method, task.top[0]))
+            if ready is not None:
+                attr_img, attr_text = str(ready), self._map_note(method, task.top[0])
+        return [task.to_state(), str(photo), bars, why, *picks, note, gr.Dropdown(value=None), attr_img, attr_text]
+
+    @staticmethod
+    def _map_note(method: str, target: str) -> str:
+        name = dict((v, k) for k, v in METHODS).get(method, "unknown method")
+        return f"{name} for **{esc(target)}**"
 
     def _after_label(self, annotator: str, task: Task | None) -> None:
         """Background: prefetch what comes next, then let the policy decide on a head refresh."""
@@ -194,25 +207,25 @@ class LabelerApp:
             with self._lock:
                 self.training = Training(latest.id if latest else None, n)
 
-    def start(self, request: gr.Request) -> list[Any]:
+    def start(self, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
         annotator = self.user(request)
         task = labeling.next_task(self.project, annotator)
         self._after_label(annotator, task)
-        return self.show(task)
+        return self.show(task, view=(show_attr, method))
 
-    def _label(self, state: dict | None, request: gr.Request, *, decision: str, label: str | None = None,
-               choose: int | None = None) -> list[Any]:
+    def _label(self, state: dict | None, view: tuple[bool, str], request: gr.Request, *, decision: str,
+               label: str | None = None, choose: int | None = None) -> list[Any]:
         annotator = self.user(request)
         if state is None:
-            return self.start(request)
+            return self.start(*view, request)
         task = Task.from_state(state)
         if choose is not None:
             if choose >= len(task.ranked):
-                return self.show(task, f"there is no suggestion {choose + 1} for this item")
+                return self.show(task, f"there is no suggestion {choose + 1} for this item", view)
             label = task.ranked[choose][0]
         if decision == "pick":
             if not label:
-                return self.show(task, "no suggestion to accept: pick a class (press /)")
+                return self.show(task, "no suggestion to accept: pick a class (press /)", view)
             decision = labeling.decide(task, label)
         try:
             row, nxt = labeling.record(self.project, annotator, task, decision=decision, label=label)
@@ -220,39 +233,40 @@ class LabelerApp:
             raise gr.Error(str(exc)) from None
         self._after_label(annotator, nxt)
         if row is None:
-            return self.show(nxt, f"#{task.item_id} was already labelled by you; not recorded twice")
+            return self.show(nxt, f"#{task.item_id} was already labelled by you; not recorded twice", view)
         what = f"{row.decision} {esc(row.label)}" if row.label else row.decision
-        return self.show(nxt, f"#{task.item_id}: {what}")
+        return self.show(nxt, f"#{task.item_id}: {what}", view)
 
-    def accept(self, state: dict | None, request: gr.Request) -> list[Any]:
+    def accept(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
         task = Task.from_state(state) if state else None
         top = task.top[0] if task and task.top else None
-        return self._label(state, request, decision="pick", label=top)
+        return self._label(state, (show_attr, method), request, decision="pick", label=top)
 
     def pick(self, n: int):  # noqa: ANN201
-        def fn(state: dict | None, request: gr.Request) -> list[Any]:
-            return self._label(state, request, decision="pick", choose=n)
+        def fn(state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
+            return self._label(state, (show_attr, method), request, decision="pick", choose=n)
 
         fn.__name__ = f"pick_{n + 1}"
         return fn
 
-    def correct(self, state: dict | None, cls: str | None, request: gr.Request) -> list[Any]:
+    def correct(self, state: dict | None, cls: str | None, show_attr: bool, method: str,
+                request: gr.Request) -> list[Any]:
         if not cls:
-            return self.show(Task.from_state(state) if state else None)
-        return self._label(state, request, decision="pick", label=cls)
+            return self.show(Task.from_state(state) if state else None, view=(show_attr, method))
+        return self._label(state, (show_attr, method), request, decision="pick", label=cls)
 
-    def skip(self, state: dict | None, request: gr.Request) -> list[Any]:
-        return self._label(state, request, decision="skipped")
+    def skip(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
+        return self._label(state, (show_attr, method), request, decision="skipped")
 
-    def unsure(self, state: dict | None, request: gr.Request) -> list[Any]:
-        return self._label(state, request, decision="unsure")
+    def unsure(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
+        return self._label(state, (show_attr, method), request, decision="unsure")
 
-    def undo(self, state: dict | None, request: gr.Request) -> list[Any]:
+    def undo(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
         annotator = self.user(request)
         undone, task = labeling.undo_last(self.project, annotator)
         self._after_label(annotator, task)
         note = f"undid your label on #{undone.item_id}" if undone else "nothing to undo"
-        return self.show(task, note)
+        return self.show(task, note, (show_attr, method))
 
     def attribution(self, state: dict | None, show: bool, method: str) -> tuple[Any, str]:
         """The attribution overlay of the shown item for its top suggestion (own event)."""
@@ -269,8 +283,7 @@ class LabelerApp:
         except Exception as exc:  # show the reason on the page; labelling goes on
             log.exception("attribution failed")
             return None, f"attention map failed: {esc(exc)}"
-        name = dict((v, k) for k, v in METHODS).get(method, "unknown method")
-        return str(path), f"{name} for **{esc(task.top[0])}**"
+        return str(path), self._map_note(method, task.top[0])
 
     def side(self, state: dict | None, request: gr.Request) -> tuple[str, list]:
         """Progress line and similar items (own event, after the item is on screen)."""
@@ -481,7 +494,8 @@ class LabelerApp:
                                               height=300)
                     dash_note = gr.Markdown()
 
-            item_out = [state, photo, bars, why, *picks, note, picker]
+            item_out = [state, photo, bars, why, *picks, note, picker, attr, attr_note]
+            view = [show_attr, method]
             fast = {"concurrency_limit": None, "show_progress": "hidden"}
 
             def chain(ev: Any, *, api: bool = False) -> None:
@@ -491,16 +505,16 @@ class LabelerApp:
                         api_name="attribution" if api else False).then(
                     self.side, [state], [progress, similar], **fast, api_name="side" if api else False)
 
-            chain(demo.load(self.start, None, item_out, api_name="start", **fast), api=True)
+            chain(demo.load(self.start, view, item_out, api_name="start", **fast), api=True)
             demo.load(self.on_load, None, [review_tab, who], api_name=False)
             demo.load(self.status, None, status, api_name="status")
-            chain(accept.click(self.accept, [state], item_out, api_name="accept", **fast))
+            chain(accept.click(self.accept, [state, *view], item_out, api_name="accept", **fast))
             for i, b in enumerate(picks):
-                chain(b.click(self.pick(i), [state], item_out, api_name=f"pick_{i + 1}", **fast))
-            chain(picker.input(self.correct, [state, picker], item_out, api_name="correct", **fast))
-            chain(skip.click(self.skip, [state], item_out, api_name="skip", **fast))
-            chain(unsure.click(self.unsure, [state], item_out, api_name="unsure", **fast))
-            chain(undo.click(self.undo, [state], item_out, api_name="undo", **fast))
+                chain(b.click(self.pick(i), [state, *view], item_out, api_name=f"pick_{i + 1}", **fast))
+            chain(picker.input(self.correct, [state, picker, *view], item_out, api_name="correct", **fast))
+            chain(skip.click(self.skip, [state, *view], item_out, api_name="skip", **fast))
+            chain(unsure.click(self.unsure, [state, *view], item_out, api_name="unsure", **fast))
+            chain(undo.click(self.undo, [state, *view], item_out, api_name="undo", **fast))
             for ctl in (show_attr, method):
                 ctl.input(self.attribution, [state, show_attr, method], [attr, attr_note], api_name=False,
                           concurrency_limit=2, concurrency_id="attribution", trigger_mode="always_last")

@@ -65,6 +65,14 @@ class Prefetcher:
                 self._futures.pop(old_key)
             return fut
 
+    def ready(self, key: Hashable) -> Any | None:
+        """The result of finished work under ``key`` (never waits); None when not done or failed."""
+        with self._lock:
+            fut = self._futures.get(key)
+        if fut is None or not fut.done() or fut.exception() is not None:
+            return None
+        return fut.result()
+
     # -- photos ------------------------------------------------------------------------------
     def _make_display(self, item_id: int, path: str) -> Path:
         out = self.folder / f"item-{item_id}.jpg"
