@@ -134,13 +134,16 @@ def grow(root: Path, n_total: int) -> None:
 
 def model_only_ms(root: Path, n: int = 10) -> float:
     """Median time of one uncached Grad-CAM map (the model's share of the latency)."""
+    import torch
     from active.explain import explain_item
     from sqlmodel import select
 
     from active.project import Project
+    from labeler.prefetch import ATTRIBUTION_THREADS
     from storage import db, versions
     from storage.tables import Prediction
 
+    torch.set_num_threads(ATTRIBUTION_THREADS)  # as the server runs it
     project = Project.load(root)
     with db.session(project.engine) as s:
         v = versions.latest(s)
