@@ -119,7 +119,8 @@ def _candidates(annotator: str, overlap: int):  # noqa: ANN202
     lab = Label.__table__.alias("lab")
     undo = Label.__table__.alias("undo")
     lease = Lease.__table__.alias("l")
-    not_undone = ~exists(select(literal(1)).where(undo.c.undoes_id == lab.c.id))
+    # item_id first so the lookup uses its index (an undo row always names a label of its own item).
+    not_undone = ~exists(select(literal(1)).where(undo.c.item_id == lab.c.item_id, undo.c.undoes_id == lab.c.id))
 
     seen_by_me = exists(
         select(literal(1)).where(
