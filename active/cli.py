@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
     "explain": "attribution map of an item (Grad-CAM, IG, Guided Backprop, Occlusion) as a PNG",
+    "users": "add or list the people who label (salted password hashes)",
+    "serve": "start the labelling app in the browser",
     "score": "score the pool with the current model version (resumable)",
     "retrain": "train a new model version on the current labels (--mode head|full)",
     "export": "export the labelled dataset (imagefolder, csv, jsonl, hf) with provenance",
