@@ -134,9 +134,9 @@ def grow(root: Path, n_total: int) -> None:
 def model_only_ms(root: Path, n: int = 10) -> float:
     """Median time of one uncached Grad-CAM map (the model's share of the latency)."""
     import torch
-    from active.explain import explain
     from sqlmodel import select
 
+    from active.explain import explain
     from active.project import Project
     from labeler.prefetch import ATTRIBUTION_THREADS
     from storage import db, versions
