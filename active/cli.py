@@ -23,6 +23,14 @@ COMMANDS: dict[str, str] = {
     "import": "import images: class folders, a flat folder, or a CSV/JSONL manifest",
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
+    "explain": "attribution map of an item (Grad-CAM, IG, Guided Backprop, Occlusion) as a PNG",
+    "users": "add or list the people who label (salted password hashes)",
+    "serve": "start the labelling app in the browser",
+    "score": "score the pool with the current model version (resumable)",
+    "retrain": "train a new model version on the current labels (--mode head|full)",
+    "export": "export the labelled dataset (imagefolder, csv, jsonl, hf) with provenance",
+    "history": "every label of one item: the audit trail",
+    "changes": "items whose current label changed since a date",
 }
 
 
@@ -38,6 +46,15 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout", **default)
 
 
+def _add_common_to_actions(parser: argparse.ArgumentParser) -> None:
+    """Give nested actions (`classes add ...`) --project/--json too, so they work after them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_common(sub, top=False)
+                _add_common_to_actions(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="active",
@@ -50,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
         _add_common(p, top=False)
         module.add_arguments(p)
+        _add_common_to_actions(p)
     return parser
 
 
@@ -60,6 +78,10 @@ def _print(result: Result, as_json: bool) -> None:
         print(result.text)
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -68,8 +90,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = module.run(args)
     except UserError as exc:
-        print(f"active {args.command}: error: {exc}", file=sys.stderr)
+        print(f"active {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from storage.db import StoreError  # here, not at the top: `active --help` stays light
+
+        if not isinstance(exc, StoreError):
+            raise
+        # The store failed (busy beyond the retries, server gone): not the user's input, no traceback.
+        print(f"active {args.command}: database error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"active {args.command}: interrupted; finished work is saved, re-run to continue", file=sys.stderr)
         return 130

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,15 @@ def _inside(path: Path, root: Path) -> bool:
     """True when ``path`` (symlinks resolved) lies under ``root``."""
     try:
         return path.resolve().is_relative_to(root.resolve())
-    except (OSError, RuntimeError):  # a symlink loop
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
         return False
 
 
-def _walk(root: Path, skipped: list[Skipped]) -> Iterator[Path]:
-    """Regular files under ``root`` in a stable order; hidden files and escaping links reported."""
-    for dirpath, dirnames, filenames in os.walk(root):
+def _walk(folder: Path, skipped: list[Skipped], *, root: Path | None = None) -> Iterator[Path]:
+    """Regular files under ``folder`` in a stable order; hidden files and links escaping ``root``
+    (the import root, default ``folder``) reported."""
+    root = root or folder
+    for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
         for d in sorted(dirnames):
             if (here / d).is_symlink():
@@ -113,7 +116,7 @@ def scan_folder(root: Path, *, layout: str = "auto") -> tuple[list[Candidate], l
             if sub.is_symlink():
                 skipped.append(Skipped(str(sub), "symlinked folder: not followed"))
             elif sub.is_dir():
-                found += [Candidate(p, label=sub.name) for p in _walk(sub, skipped)]
+                found += [Candidate(p, label=sub.name) for p in _walk(sub, skipped, root=root)]
             else:
                 skipped.append(Skipped(str(sub), "file outside any class folder"))
     else:
@@ -147,7 +150,8 @@ def _read_rows(path: Path, skipped: list[Skipped]) -> tuple[list[tuple[int, dict
     rows: list[tuple[int, dict[str, Any]]] = []
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         columns: list[str] = []
-        for n, line in enumerate(text.splitlines(), start=1):
+        # split on "\n" only: str.splitlines would also cut at U+2028 and friends inside JSON strings
+        for n, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -165,9 +169,11 @@ def _read_rows(path: Path, skipped: list[Skipped]) -> tuple[list[tuple[int, dict
     if path.suffix.lower() not in (".csv", ".tsv"):
         raise UserError(f"{path}: manifests must end in .csv, .tsv, .jsonl or .ndjson")
     try:
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        # csv needs the raw newlines: a quoted cell may hold a line break
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         columns = [c for c in (reader.fieldnames or []) if c is not None]
-        for n, row in enumerate(reader, start=2):
+        for row in reader:
+            n = reader.line_num
             if None in row:  # more cells than header columns
                 skipped.append(Skipped(f"{path}:{n}", "more cells than the header has columns"))
                 continue
@@ -221,6 +227,9 @@ def read_manifest(
             continue
         if not rel.strip():
             skipped.append(Skipped(where, f"empty value in column {path_column!r}"))
+            continue
+        if "\x00" in rel:  # no file system takes it; Path.resolve would raise
+            skipped.append(Skipped(where, "path holds a NUL character"))
             continue
         file = Path(rel)
         file = file if file.is_absolute() else root / file
@@ -281,26 +290,31 @@ def import_candidates(
     source = source or f"import {datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
 
     # Labels first: decide the classes before anything is written.
+    # Labels are stored as `validate_class_name` normalises them (a folder "dress " is "dress").
+    candidates = [c if c.label is None else replace(c, label=validate_class_name(c.label)) for c in candidates]
     wanted = []
     for c in candidates:
-        if c.label is not None:
-            validate_class_name(c.label)
-            if c.label not in wanted:
-                wanted.append(c.label)
+        if c.label is not None and c.label not in wanted:
+            wanted.append(c.label)
     unknown = [c for c in wanted if c not in project.config.classes]
     if unknown and (taxonomy_was_empty or add_classes):
         report.new_classes = project.add_classes(unknown)
     allowed = set(project.config.classes)
 
     bar = tqdm(total=len(candidates), unit="img", desc="import", disable=not progress)
+    batches = [candidates[i : i + BATCH_SIZE] for i in range(0, len(candidates), BATCH_SIZE)]
+    done = 0
     with ThreadPoolExecutor(IMPORT_WORKERS) as pool:
-        for start in range(0, len(candidates), BATCH_SIZE):
-            batch = candidates[start : start + BATCH_SIZE]
-            checked = list(pool.map(_check, batch))
-            bar.update(len(batch))
+        # The workers check the next batch while this thread records the current one.
+        pending = [pool.submit(_check, c) for c in batches[0]] if batches else []
+        for k in range(len(batches)):
+            checked = [f.result() for f in pending]
+            pending = [pool.submit(_check, c) for c in batches[k + 1]] if k + 1 < len(batches) else []
+            bar.update(len(checked))
             _record_batch(engine, checked, allowed, split=split, source=source, report=report)
+            done += len(checked)
             if on_batch is not None:
-                on_batch(start + len(batch))
+                on_batch(done)
     bar.close()
     return report
 
@@ -341,13 +355,11 @@ def _record_batch(engine, checked: list[_Checked], allowed: set[str], *, split: 
                         source=source, split=split, meta=meta)
             new_items.append((item, c))
         items.add(session, [i for i, _ in new_items])
-        n_labels = 0
-        for item, c in new_items:
-            if c.cand.label is not None:
-                labels.append(session, Label(item_id=item.id, annotator=IMPORTER, label=c.cand.label,
-                                             kind="imported", decision="given"))
-                n_labels += 1
-        return len(new_items), n_labels, already, new_skips
+        given = labels.append_many(session, [
+            Label(item_id=item.id, annotator=IMPORTER, label=c.cand.label, kind="imported", decision="given")
+            for item, c in new_items if c.cand.label is not None
+        ])
+        return len(new_items), len(given), already, new_skips
 
     added, n_labels, already, dup_skips = db.write(engine, tx)
     report.added += added

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event, inspect, make_url
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -29,6 +29,22 @@ class StoreError(Exception):
 
 class SchemaMismatchError(StoreError):
     pass
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying why a database call failed: the driver's own message, without
+    SQLAlchemy's statement dump and background link."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [ln.strip() for ln in str(orig).splitlines() if ln.strip() and not ln.startswith("(Background")]
+    return " ".join(lines) or type(orig).__name__
 
 
 def _is_sqlite(url: str) -> bool:
@@ -63,6 +79,10 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
         # Write units take the write lock up front so a read-then-write cannot race another writer.
+        if memory and conn.connection.dbapi_connection.in_transaction:
+            # sqlite:// shares one connection (StaticPool): a second session opened while the
+            # first is still in its transaction joins it instead of failing on a nested BEGIN.
+            return
         mode = "BEGIN IMMEDIATE" if conn.get_execution_options().get("immediate") else "BEGIN"
         conn.exec_driver_sql(mode)
 
@@ -106,9 +126,14 @@ def check_schema(engine: Engine) -> None:
 
 
 def open_engine(url: str) -> Engine:
-    """An engine on an existing, schema-checked database."""
-    engine = make_engine(url)
-    check_schema(engine)
+    """An engine on an existing, schema-checked database; `StoreError` when it cannot be reached."""
+    try:
+        engine = make_engine(url)
+        check_schema(engine)
+    except StoreError:
+        raise
+    except SQLAlchemyError as exc:  # unreachable server, bad credentials, not a database file
+        raise StoreError(f"cannot open database {safe_url(url)}: {describe_error(exc)}") from exc
     return engine
 
 

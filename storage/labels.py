@@ -38,6 +38,19 @@ class CurrentLabel:
 
 def append(session: Session, label: Label) -> Label:
     """Validate and insert one label row; returns it with its id."""
+    return append_many(session, [label])[0]
+
+
+def append_many(session: Session, rows: Sequence[Label]) -> list[Label]:
+    """Validate and insert label rows in one flush (an import's batch); returns them with ids."""
+    for label in rows:
+        _validate(label)
+    session.add_all(rows)
+    session.flush()
+    return list(rows)
+
+
+def _validate(label: Label) -> None:
     if label.kind not in LABEL_KINDS:
         raise ValueError(f"unknown label kind {label.kind!r}: use one of {', '.join(LABEL_KINDS)}")
     if label.decision not in DECISIONS:
@@ -47,9 +60,6 @@ def append(session: Session, label: Label) -> Label:
         raise ValueError(f"a {label.decision!r} label needs a class")
     if label.decision == "undo" and label.undoes_id is None:
         raise ValueError("an undo label must name the label it undoes (undoes_id)")
-    session.add(label)
-    session.flush()
-    return label
 
 
 def for_items(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, list[Label]]:

@@ -111,3 +111,46 @@ def project(project_dir: Path):  # noqa: ANN201
     from active.project import Project
 
     return Project.load(project_dir)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+PG_ENV = "ACTIVE_TEST_PG_URL"
+
+
+def _pg_admin_url() -> str:
+    """The server URL from ACTIVE_TEST_PG_URL, or skip saying why there is none."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"{PG_ENV} is not set: no PostgreSQL server to test against (.ci/run starts one)")
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server": skip with the reason
+        pytest.skip(f"PostgreSQL at {PG_ENV} is unreachable: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    return url
+
+
+@pytest.fixture
+def pg_url():  # noqa: ANN201
+    """The URL of a fresh, empty PostgreSQL database (dropped after the test), or skip."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin_url = _pg_admin_url()
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

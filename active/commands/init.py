@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> Result:
-    from storage.db import StoreError, create_schema, make_engine
+    from storage.db import StoreError, create_schema, describe_error, make_engine, safe_url
 
     root = (args.dir or args.project).absolute()
     if (root / CONFIG_NAME).exists():
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> Result:
     except StoreError as exc:
         raise UserError(str(exc)) from None
     except Exception as exc:  # a bad URL or an unreachable server: one line, not a traceback
-        raise UserError(f"cannot open database {args.db}: {exc}") from None
+        raise UserError(f"cannot open database {safe_url(args.db)}: {describe_error(exc)}") from None
     project.artifacts.mkdir(exist_ok=True)
     project.exports.mkdir(exist_ok=True)
     project.save()

@@ -1,0 +1,50 @@
+"""Train a new model version on the current labels: `--mode head` fits a class-balanced linear
+head on the cached embeddings (seconds on CPU); `--mode full` fine-tunes the whole network (GPU
+when present). Labels are snapshotted at the start, the model is calibrated (temperature scaling
+on a validation slice of the labelled pool), evaluated on the holdout split when there is one, and
+published atomically; then the pool is scored with it (skip with --no-score)."""
+
+from __future__ import annotations
+
+import argparse
+
+from active.commands import Result, table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=["head", "full"], default="head", help="what to train (default: head)")
+    p.add_argument("--epochs", type=int, help="full mode: epochs (default: [retrain] full_epochs of active.toml)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: 128 on GPU, 32 on CPU)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    p.add_argument("--workers", type=int, help="decoding workers (default: one per core, at most 8)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--no-score", action="store_true", help="do not score the pool with the new version")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> Result:
+    from active.project import Project
+    from active.retrain import retrain
+    from active.scoring import score
+
+    project = Project.load(args.project)
+    progress = not args.no_progress and not args.json
+    version = retrain(project, mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
+                      num_workers=args.workers, seed=args.seed, score_after=False, progress=progress)
+    m = version.metrics
+    lines = [f"published version {version.id} ({version.mode}, {version.backbone}) trained on {version.n_labels} "
+             f"labels in {m.get('seconds', 0):.1f} s; temperature {m.get('temperature', 1.0):.3f}"]
+    data = {"version": version.id, "mode": version.mode, "n_labels": version.n_labels, "metrics": m}
+    hold = m.get("holdout")
+    if hold:
+        lines.append(f"holdout ({hold['n']} items): accuracy {hold['accuracy']:.4f}  macro-F1 {hold['macro_f1']:.4f}  "
+                     f"ECE {hold['ece']:.4f}")
+        lines.append(table([[c, r] for c, r in hold["per_class_recall"].items()], ["class", "recall"]))
+    else:
+        lines.append("no labelled holdout items: import some with `active import DIR --split holdout`")
+    if not args.no_score:
+        report = score(project, version_id=version.id, batch_size=args.batch_size, num_workers=args.workers,
+                       device=args.device, progress=progress)
+        data["score"] = report.as_dict()
+        lines.append(f"scored {report.scored} items with version {version.id} in {report.seconds:.1f} s")
+    return Result(data, "\n".join(lines))

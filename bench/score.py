@@ -1,0 +1,83 @@
+"""Pool-scoring throughput: images/s from JPEG files on disk (decode + eval transform + network,
+the `active score` path through `models.infer.embed_and_predict`) next to the model-only
+throughput on synthetic tensors, same batch size, same run; prints the ratio.
+
+    python bench/score.py --n 256 --batch-size 32            # CPU
+    python bench/score.py --n 4096 --batch-size 256 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import DEFAULT_DATA, jpegs, report, weights_for
+
+
+def model_only(model, n: int, batch_size: int, size: int, device) -> float:  # noqa: ANN001
+    import torch
+
+    from models.infer import autocast, prepare
+
+    model = prepare(model, device)
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps = max(1, n // batch_size)
+    with torch.inference_mode(), autocast(device):
+        model(x)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            model(x).float().cpu()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbones", default="mobilenet_v2,resnet50")
+    p.add_argument("--weights", default="IMAGENET1K_V1")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--n", type=int, default=256, help="images per measurement")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core, max 8)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    from pathlib import Path
+
+    import torch
+
+    from models.backbones import build, eval_transform, resolve_weights
+    from models.infer import default_device, default_workers, embed_and_predict
+
+    device = torch.device(args.device) if args.device else default_device()
+    workers = default_workers() if args.workers is None else args.workers
+    paths, _ = jpegs(Path(args.data), args.n)
+    rows = []
+    for backbone in args.backbones.split(","):
+        weights = weights_for(backbone, args.weights)
+        spec = resolve_weights(backbone, weights)
+        model = build(backbone, None, spec)
+        tf = eval_transform(spec, image_size=args.image_size)
+        embed_and_predict(model, paths[: args.batch_size], transform=tf, batch_size=args.batch_size,
+                          num_workers=0, device=device)  # warm-up (first-call allocations)
+        t = time.perf_counter()
+        inf = embed_and_predict(model, paths, transform=tf, batch_size=args.batch_size, num_workers=workers,
+                                device=device)
+        pipeline = len(inf.index) / (time.perf_counter() - t)
+        synthetic = model_only(model, len(paths), args.batch_size, args.image_size, device)
+        rows.append({"backbone": backbone, "weights": weights, "device": str(device), "n": len(paths),
+                     "batch": args.batch_size, "workers": workers, "pipeline_img_s": pipeline,
+                     "model_only_img_s": synthetic, "ratio": pipeline / synthetic})
+    report(rows, args.json, ["backbone", "weights", "device", "n", "batch", "workers", "pipeline_img_s",
+                             "model_only_img_s", "ratio"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Full fine-tune throughput: training images/s from JPEG files on disk (decode + augmentation +
+forward/backward/Adam, `models.train.fine_tune`) next to the model-only training throughput on
+synthetic tensors, same batch size, same run; prints the ratio.
+
+    python bench/train.py --n 64 --batch-size 16              # CPU
+    python bench/train.py --n 2048 --batch-size 128 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from _common import DEFAULT_DATA, jpegs, report, weights_for
+
+
+def model_only(model, n: int, batch_size: int, size: int, n_classes: int, device) -> float:  # noqa: ANN001
+    import torch
+    from torch import nn
+
+    from models.infer import autocast
+    from models.train import param_groups
+
+    cuda = device.type == "cuda"
+    model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
+    model.train()
+    opt = torch.optim.Adam(param_groups(model, lr_head=1e-3, lr_backbone=1e-4))
+    loss_fn = nn.CrossEntropyLoss()
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_classes, (batch_size,), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with autocast(device):
+            loss = loss_fn(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        float(loss.detach())  # the pipeline reads the loss every step too
+
+    step()  # warm-up
+    steps = max(1, n // batch_size)
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    return steps * batch_size / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbones", default="mobilenet_v2,resnet50")
+    p.add_argument("--weights", default="IMAGENET1K_V1")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--n", type=int, default=64, help="training images (one epoch)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    import torch
+
+    from models.backbones import build, eval_transform, resolve_weights, train_transform
+    from models.infer import default_device, default_workers
+    from models.train import fine_tune
+
+    device = torch.device(args.device) if args.device else default_device()
+    workers = default_workers() if args.workers is None else args.workers
+    paths, labels = jpegs(Path(args.data), args.n)
+    n_classes = max(labels) + 1
+    rows = []
+    for backbone in args.backbones.split(","):
+        weights = weights_for(backbone, args.weights)
+        spec = resolve_weights(backbone, weights)
+        # the pipeline: epoch 1 warms up (allocations, cudnn autotune), epoch 2 is measured
+        result = fine_tune(build(backbone, n_classes, spec), paths, labels, [], [],
+                           train_transform=train_transform(spec, image_size=args.image_size),
+                           eval_transform=eval_transform(spec, image_size=args.image_size), epochs=2,
+                           batch_size=args.batch_size, device=device, num_workers=workers, progress=False)
+        pipeline = result.history[-1]["images_per_s"]
+        synthetic = model_only(build(backbone, n_classes, spec), len(paths), args.batch_size, args.image_size,
+                               n_classes, device)
+        rows.append({"backbone": backbone, "weights": weights, "device": str(device), "n": len(paths),
+                     "batch": args.batch_size, "workers": workers, "pipeline_img_s": float(pipeline),
+                     "model_only_img_s": synthetic, "ratio": pipeline / synthetic})
+    report(rows, args.json, ["backbone", "weights", "device", "n", "batch", "workers", "pipeline_img_s",
+                             "model_only_img_s", "ratio"])
+
+
+if __name__ == "__main__":
+    main()

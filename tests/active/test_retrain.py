@@ -1,0 +1,136 @@
+"""active.retrain: head and full modes, metrics, calibration slice, atomic publish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from modelfixtures import CLASSES, make_tiny_project
+
+from active import modelstore
+from active import retrain as retrain_mod
+from active.cli import main
+from active.errors import UserError
+from active.retrain import retrain, stratified_split, take_snapshot
+from active.scoring import load_probs
+from storage import db, labels, versions
+from storage.tables import Label
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():  # noqa: ANN202
+    modelstore.clear_cache()
+    yield
+    modelstore.clear_cache()
+
+
+def test_stratified_split_keeps_every_class_in_training() -> None:
+    y = np.array([0] * 20 + [1] * 3 + [2])
+    tr, va = stratified_split(y, 0.1, np.random.default_rng(0))
+    assert sorted(tr.tolist() + va.tolist()) == list(range(24))
+    assert (y[va] == 0).sum() == 2 and set(y[tr].tolist()) == {0, 1, 2}
+
+
+def test_head_retrain_metrics_and_publish(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    project = make_tiny_project(tmp_path, make_image, per_class=8, holdout_per_class=3)
+    v = retrain(project, mode="head", num_workers=0)  # publishes v1 (pretrained) and scores it first
+    assert (v.id, v.mode, v.parent_id, v.n_labels) == (2, "head", 1, 24)
+    hold = v.metrics["holdout"]
+    assert hold["n"] == 9 and 0.0 <= hold["accuracy"] <= 1.0 and 0.0 <= hold["ece"] <= 1.0
+    assert set(hold) >= {"accuracy", "macro_f1", "ece", "per_class_recall", "confusion"}
+    assert np.array(hold["confusion"]).sum() == 9 and set(hold["per_class_recall"]) == set(CLASSES)
+    assert v.metrics["temperature"] > 0 and v.metrics["train"]["n"] + v.metrics["validation"]["n"] == 24
+    assert modelstore.current_version(project).id == 2
+    assert (project.artifacts / "v2" / "head.npz").is_file()
+    assert not list(project.artifacts.glob(".staging-*"))
+    ids, probs = load_probs(project, 2)  # scored after publishing: pool and holdout
+    assert len(ids) == 33 and probs.shape == (33, 3)
+    # the holdout accuracy is the stored predictions' accuracy on the holdout items
+    with db.session(project.engine) as s:
+        preds = versions.predictions(s, 2)
+        cur = labels.current(s)
+        from storage.tables import Item
+
+        hold_ids = [i for i in cur if s.get(Item, i).split == "holdout"]
+    acc = np.mean([preds[i].pred == cur[i].label for i in hold_ids])
+    assert acc == pytest.approx(hold["accuracy"])
+
+
+def test_full_retrain_one_epoch(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    project = make_tiny_project(tmp_path, make_image, per_class=4, holdout_per_class=1)
+    v = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0)
+    assert v.mode == "full" and v.id == 1 and v.parent_id is None
+    assert v.metrics["train"]["epochs"] == 1 and len(v.metrics["train"]["history"]) == 1
+    assert v.metrics["holdout"]["n"] == 3
+    assert (project.artifacts / "v1" / "model.pth").is_file()
+    ids, probs = load_probs(project, 1)
+    assert probs.shape == (15, 3)
+    lm = modelstore.load_model(project, 1)
+    from models.infer import embed_and_predict
+    from storage.tables import Item
+
+    with db.session(project.engine) as s:
+        paths = [s.get(Item, int(i)).path for i in ids[:3]]
+    direct = embed_and_predict(lm.model, paths, transform=lm.transform, num_workers=0)
+    np.testing.assert_allclose(direct.probs, probs[:3], atol=1e-4)
+
+
+def test_crash_before_the_row_keeps_the_previous_version(tmp_path: Path, make_image, monkeypatch) -> None:  # noqa: ANN001
+    project = make_tiny_project(tmp_path, make_image, per_class=4)
+    first = retrain(project, mode="head", num_workers=0, score_after=False)
+
+    def boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("power cut")
+
+    # crash inside the publishing transaction, after the files were renamed into place
+    real_replace = modelstore.os.replace
+
+    def replace_then_crash(src, dst):  # noqa: ANN001, ANN202
+        real_replace(src, dst)
+        if Path(dst).name.startswith("v"):
+            boom()
+
+    monkeypatch.setattr(modelstore.os, "replace", replace_then_crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        retrain(project, mode="head", num_workers=0, score_after=False)
+    monkeypatch.undo()
+    assert modelstore.current_version(project).id == first.id
+    assert sorted(p.name for p in project.artifacts.iterdir()) == ["v1", "v2"]
+    # a crash while training: nothing is published either
+    monkeypatch.setattr("models.head.fit_head", boom)
+    with pytest.raises(RuntimeError):
+        retrain(project, mode="head", num_workers=0, score_after=False)
+    monkeypatch.undo()
+    assert modelstore.current_version(project).id == first.id
+    again = retrain(project, mode="head", num_workers=0, score_after=False)
+    assert again.id == first.id + 1 and (project.artifacts / f"v{again.id}" / "head.npz").is_file()
+
+
+def test_snapshot_follows_labels_and_needs_two_classes(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    project = make_tiny_project(tmp_path, make_image, per_class=2)
+    snap = take_snapshot(project)
+    assert snap.n_labels == 6 and snap.skipped == 0
+    with db.session(project.engine, write=True) as s:
+        labels.append(s, Label(item_id=1, annotator="ann", label="shoes", kind="human", decision="corrected"))
+    assert take_snapshot(project).snapshot != snap.snapshot
+    with pytest.raises(UserError, match="mode"):
+        retrain(project, mode="linear")
+    bare = tmp_path / "bare"
+    assert main(["init", str(bare), "--classes", "a,b", "--backbone", "shufflenet_v2_x0_5", "--weights", "none"]) == 0
+    from active.project import Project
+
+    with pytest.raises(UserError, match="at least 2 classes"):
+        retrain_mod.take_snapshot(Project.load(bare))
+
+
+def test_retrain_command_prints_holdout(tmp_path: Path, make_image, capsys) -> None:  # noqa: ANN001
+    project = make_tiny_project(tmp_path, make_image, per_class=4, holdout_per_class=1)
+    assert main(["--project", str(project.root), "retrain", "--mode", "head", "--workers", "0", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "published version 2 (head" in out and "holdout (3 items): accuracy" in out and "scored 15" in out
+    assert main(["--project", str(project.root), "--json", "status"]) == 0
+    import json
+
+    st = json.loads(capsys.readouterr().out)
+    assert st["current_version"] == 2 and "accuracy" in st["model_versions"][-1]["metrics"]["holdout"]
