@@ -31,6 +31,10 @@ COMMANDS: dict[str, str] = {
     "export": "export the labelled dataset (imagefolder, csv, jsonl, hf) with provenance",
     "history": "every label of one item: the audit trail",
     "changes": "items whose current label changed since a date",
+    "select": "open a round: queue the next batch to label (--strategy, --batch)",
+    "loop": "one loop step for cron: score the pool, then open a round when the queue runs low",
+    "disputes": "disputed labels for review: annotators disagree, the model disagrees (--refresh)",
+    "simulate": "replay an imported labelled dataset to compare strategies (learning curves)",
 }
 
 

@@ -37,7 +37,7 @@ def replace_open(session: Session, reason: str, rows: Sequence[tuple[int, float,
     return len(rows)
 
 
-def open_ranked(session: Session, *, reason: str | None = None, limit: int | None = None) -> list[Dispute]:
+def open_disputes(session: Session, *, reason: str | None = None, limit: int | None = None) -> list[Dispute]:
     """Open disputes, highest score first (ties: oldest id first)."""
     query = select(Dispute).where(Dispute.status == OPEN)
     if reason is not None:
@@ -55,13 +55,14 @@ def for_item(session: Session, item_id: int, *, status: str | None = None) -> li
     return list(session.exec(query.order_by(Dispute.id)))
 
 
-def resolve(session: Session, dispute_id: int, label_id: int) -> list[Dispute]:
-    """Mark a dispute resolved by the label ``label_id`` (normally a ``review`` label of the
-    same item), together with every other open dispute of that item: one review settles the
-    item. Returns the disputes resolved."""
+def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispute]:
+    """Mark a dispute resolved by ``label`` (a label id or row; normally the ``review`` label
+    the reviewer just appended for the same item), together with every other open dispute of
+    that item: one review settles the item. Returns the disputes resolved."""
     dispute = session.get(Dispute, dispute_id)
     if dispute is None:
         raise ValueError(f"no dispute {dispute_id}")
+    label_id = label.id if isinstance(label, Label) else int(label)
     label = session.get(Label, label_id)
     if label is None or label.item_id != dispute.item_id:
         raise ValueError(f"label {label_id} is not a label of item {dispute.item_id}")
