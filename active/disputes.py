@@ -11,8 +11,8 @@ Jiang & Chuang, JAIR 2021), written here on numpy + scikit-learn:
 
 1. **Out-of-fold probabilities**: a head (`models.head.fit_head`) is fitted on K-1 folds of the
    labelled embeddings and predicts the K-th, so no item is judged by a head that saw its own
-   label. The head is strongly regularised (`DISPUTE_C`) so it cannot memorise the very labels
-   it is checking.
+   label. The head is strongly regularised (`DISPUTE_REG_ITEMS`) so it cannot memorise the
+   very labels it is checking.
 2. **Per-class thresholds** t_j = mean probability of class j over the items labelled j; an
    item is *confidently* class k when p_k >= t_k. Counting given-vs-confident classes gives the
    confident joint, calibrated to the class counts, and from it the noise transition
@@ -40,10 +40,12 @@ from typing import Any
 import numpy as np
 
 DEFAULT_FOLDS = 5
-# L2 strength of the cross-validated heads: 100x stronger than the labelling head's default,
-# because here the head must not fit individual labels (some of which are wrong) but the
-# classes' broad structure.
-DISPUTE_C = 0.01
+# L2 strength of the cross-validated heads, as sklearn's C = DISPUTE_REG_ITEMS / n_train: the
+# penalty weighs as much as the loss of about this many items, whatever the set's size (sklearn
+# sums the loss over items, so a fixed C would regularise small sets far more than large ones).
+# Strong on purpose (C ~ 0.01 at 2,500 items, 100x the labelling head's default): the head must
+# learn the classes' broad structure, not fit individual labels, some of which are wrong.
+DISPUTE_REG_ITEMS = 25.0
 # Flag an item when the posterior that its label is wrong exceeds this (the Bayes decision).
 FLAG_POSTERIOR = 0.5
 # Fewest labelled items for the model-side check (K-fold needs a few per fold).
@@ -172,12 +174,13 @@ def out_of_fold_probs(
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     exclude: np.ndarray | None = None,
-    C: float = DISPUTE_C,
+    C: float | None = None,
     fit: FitFn | None = None,
 ) -> np.ndarray:
     """Cross-validated probabilities (n, num_classes): item i is predicted by a head fitted on
     the folds that do not hold i. ``exclude`` (n,) bool leaves items out of every training
-    fold (they are still predicted). ``fit`` defaults to `models.head.fit_head`.
+    fold (they are still predicted). ``C`` defaults to ``DISPUTE_REG_ITEMS / n_train`` per fold;
+    ``fit`` defaults to `models.head.fit_head`.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -205,7 +208,8 @@ def out_of_fold_probs(
         kept = train[keep[train]]
         if kept.size == 0:  # everything in these folds was excluded: use them all after all
             kept = train
-        head = fit(x[kept], y[kept], num_classes, C=C, seed=seed)
+        c_fold = C if C is not None else DISPUTE_REG_ITEMS / kept.size
+        head = fit(x[kept], y[kept], num_classes, C=c_fold, seed=seed)
         out[test] = head.predict_proba(x[test])
     return out
 
@@ -217,6 +221,7 @@ def find_label_issues(
     *,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
+    C: float | None = None,
     fit: FitFn | None = None,
 ) -> LabelIssues:
     """Confident-learning label issues from embeddings (n, dim) and given labels (n,).
@@ -224,13 +229,13 @@ def find_label_issues(
     Two passes of out-of-fold probabilities: the second leaves the first pass's off-diagonal
     items (those confidently another class) out of training. See the module docstring.
     """
-    first = out_of_fold_probs(embeddings, labels, num_classes, folds=folds, seed=seed, fit=fit)
+    first = out_of_fold_probs(embeddings, labels, num_classes, folds=folds, seed=seed, C=C, fit=fit)
     y = np.asarray(labels, dtype=np.int64)
     _joint, conf = confident_joint(first, y)
     suspect = (conf >= 0) & (conf != y)
     if not suspect.any():
         return issues_from_probs(first, y)
-    second = out_of_fold_probs(embeddings, y, num_classes, folds=folds, seed=seed, exclude=suspect, fit=fit)
+    second = out_of_fold_probs(embeddings, y, num_classes, folds=folds, seed=seed, exclude=suspect, C=C, fit=fit)
     return issues_from_probs(second, y)
 
 
