@@ -1,7 +1,8 @@
 """Open a round: the loop's side of the strategies (it owns the pool; strategies see arrays).
 
-The candidates are readable ``pool`` items with no current label that no open round has
-queued yet. Scores come from the current model version's cached arrays
+The candidates are readable ``pool`` items that no human has labelled yet (no label, or only
+an imported one: imported catalogue labels are what the tool checks, not truth) and that no open
+round has queued yet. Scores come from the current model version's cached arrays
 (`active.scoring.load_probs` / `load_embeddings`). A version without a head for our classes
 (the pretrained backbone) has no probabilities: then the round is ``kcenter`` on its
 embeddings, or ``random`` when there are none (no model at all).
@@ -35,7 +36,8 @@ class Pool:
 
 
 def candidate_pool(project: Project) -> Pool:
-    """Unlabelled, readable pool items not queued in an open round; and the labelled pool items."""
+    """Readable pool items without a human label, not queued in an open round; and the pool items
+    a human has labelled (reviewed, or labelled in the app)."""
     from sqlmodel import select
 
     from storage import db, items, labels, versions
@@ -47,8 +49,9 @@ def candidate_pool(project: Project) -> Pool:
         queued = set(s.exec(select(QueueEntry.item_id).join(Round, Round.id == QueueEntry.round_id)
                             .where(Round.closed_at.is_(None))))
         version = versions.latest(s)
-    candidates = np.array([i for i in pool if i not in current and i not in queued], dtype=np.int64)
-    labelled = np.array(sorted(i for i in pool if i in current), dtype=np.int64)
+    confirmed = {i for i, cur in current.items() if cur.source != "imported"}
+    candidates = np.array([i for i in pool if i not in confirmed and i not in queued], dtype=np.int64)
+    labelled = np.array(sorted(confirmed), dtype=np.int64)
     return Pool(candidates, labelled, version.id if version is not None else None)
 
 
@@ -70,7 +73,7 @@ def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Sel
         raise UserError(str(exc)) from None
     pool = candidate_pool(project)
     if pool.candidates.size == 0:
-        raise UserError("no unlabelled pool items left that are not already queued in an open round")
+        raise UserError("every pool item has a human label or is queued in an open round already")
     probs_ids = probs = emb_ids = emb = None
     if pool.version_id is not None:
         probs_ids, probs = load_probs(project, pool.version_id)

@@ -29,7 +29,7 @@ def _queue(project, round_id: int) -> list[QueueEntry]:  # noqa: ANN001
 def test_no_model_gives_a_random_round_of_unlabelled_items(project) -> None:  # noqa: ANN001
     ids = add_items(project, 12)
     add_items(project, 3, split="holdout")
-    add_labels(project, [(ids[0], "dress"), (ids[1], "shirt")])
+    add_labels(project, [(ids[0], "dress"), (ids[1], "shirt")], kind="human", annotator="ann")
     rnd = select_round(project, strategy="hybrid", batch=4)
     assert rnd.strategy == "random" and rnd.model_version_id is None
     queued = [q.item_id for q in _queue(project, rnd.id)]
@@ -38,7 +38,7 @@ def test_no_model_gives_a_random_round_of_unlabelled_items(project) -> None:  # 
     # The next round skips what the open round already queued.
     again = select_round(project, strategy="random", batch=100)
     assert set(q.item_id for q in _queue(project, again.id)) == set(ids[2:]) - set(queued)
-    with pytest.raises(UserError, match="no unlabelled pool items"):
+    with pytest.raises(UserError, match="every pool item has a human label"):
         select_round(project, strategy="random", batch=1)
 
 
@@ -79,6 +79,16 @@ def test_candidates_include_skipped_but_not_labelled_items(project) -> None:  # 
     add_label(project, ids[1], "", kind="human", annotator="ann", decision="skipped")
     pool = candidate_pool(project)
     assert pool.candidates.tolist() == [ids[1], ids[2]]
+
+
+def test_items_with_only_an_imported_label_are_candidates(project) -> None:  # noqa: ANN001
+    # Catalogue labels are what the tool checks: a human still has to confirm them.
+    ids = add_items(project, 3)
+    add_labels(project, [(i, "dress") for i in ids])
+    add_label(project, ids[2], "shirt", kind="human", annotator="ann")
+    pool = candidate_pool(project)
+    assert pool.candidates.tolist() == [ids[0], ids[1]]
+    assert pool.labelled.tolist() == [ids[2]]
 
 
 def test_select_command(project, cli) -> None:  # noqa: ANN001
