@@ -26,7 +26,7 @@ from active.labeling import Task
 from active.project import Project
 from labeler import dashboard
 from labeler.prefetch import Prefetcher
-from labeler.services import Services, Unavailable, default_services
+from labeler.services import Services, default_services
 from storage import db, users, versions
 
 log = logging.getLogger(__name__)
@@ -278,8 +278,6 @@ class LabelerApp:
         try:
             path = self.prefetch.attribution(self.project, task.item_id, task.version_id, method=method,
                                              target=task.top[0])
-        except Unavailable as exc:
-            return None, esc(exc)
         except Exception as exc:  # show the reason on the page; labelling goes on
             log.exception("attribution failed")
             return None, f"attention map failed: {esc(exc)}"
@@ -302,8 +300,6 @@ class LabelerApp:
                 for item_id, path, label, sim in labeling.similar_labelled(self.project, task.item_id, ids, unit,
                                                                            k=SIMILAR_K):
                     gallery.append((str(self.prefetch.photo(item_id, path)), f"{label} · {sim:.2f}"))
-            except Unavailable:
-                pass
             except Exception:
                 log.exception("similar items failed")
         return ", ".join(parts), gallery
@@ -351,10 +347,7 @@ class LabelerApp:
     def review_next(self, request: gr.Request, skip: dict | None = None) -> list[Any]:  # noqa: B006
         self._require_reviewer(request)
         skipped = list((skip or {}).get("skipped", []))
-        try:
-            d = dashboard.next_dispute(self.project, self.services, skip=skipped)
-        except Unavailable as exc:
-            return [None, None, esc(exc), None, None, [], gr.Dropdown(value=None)]
+        d = dashboard.next_dispute(self.project, self.services, skip=skipped)
         if d is None:
             return [None, None, "**No open disputes.**", None, None, dashboard.dispute_table(self.project, self.services),
                     gr.Dropdown(value=None)]
@@ -388,7 +381,7 @@ class LabelerApp:
         try:
             self.project.check_class(label)
             dashboard.resolve(self.project, self.services, state, label, reviewer)
-        except (UserError, Unavailable) as exc:
+        except UserError as exc:
             raise gr.Error(str(exc)) from None
         return self.review_next(request, {"skipped": state.get("skipped", [])})
 

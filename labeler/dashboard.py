@@ -20,7 +20,7 @@ import numpy as np
 from active import labeling
 from active.agreement import agreement
 from active.project import Project
-from labeler.services import Services, Unavailable
+from labeler.services import Services
 from storage import db, labels, versions
 from storage.tables import Item, Label, Prediction
 
@@ -187,10 +187,7 @@ class DashboardCache:
                 if not fut.done():
                     pending += 1
                 elif fut.exception() is not None:
-                    err = fut.exception()
-                    if isinstance(err, Unavailable):
-                        notes.append(str(err))
-                        break
+                    notes.append(f"class-average attention for {cls} failed: {fut.exception()}")
                 else:
                     averages.append((str(fut.result()), cls))
             if pending:
@@ -199,7 +196,7 @@ class DashboardCache:
                 _frame(by_annot, ["annotator", "labels", "accepted", "corrected", "unsure", "skipped", "resolved",
                                   "undone"]),
                 agree, curve and str(curve), confusion and str(confusion), dist and str(dist), averages,
-                "  \n".join(notes)]
+                "  \n".join(_esc(n) for n in notes)]
 
 
 def _frame(rows: list[list[Any]], headers: list[str]) -> Any:
@@ -257,6 +254,12 @@ def next_dispute(project: Project, services: Services, *, skip: list[int]) -> di
             "suggestion": suggestion, "confidence": confidence, "version_id": version_id, "labels": people}
 
 
+def _esc(text: object) -> str:
+    from labeler.app import esc  # late: labeler.app imports this module
+
+    return esc(text)
+
+
 def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
     conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
     lines = [
@@ -273,12 +276,9 @@ def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
 
 
 def dispute_table(project: Project, services: Services) -> list[list[Any]]:
-    try:
-        with db.session(project.engine) as s:
-            return [[d.id, d.item_id, d.reason, round(float(d.score), 3)]
-                    for d in services.open_disputes(s, limit=DISPUTES_SHOWN)]
-    except Unavailable:
-        return []
+    with db.session(project.engine) as s:
+        return [[d.id, d.item_id, d.reason, round(float(d.score), 3)]
+                for d in services.open_disputes(s, limit=DISPUTES_SHOWN)]
 
 
 def resolve(project: Project, services: Services, d: dict, label: str, reviewer: str) -> Label:
