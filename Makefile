@@ -22,21 +22,32 @@ install: $(BIN)/python
 install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
-# The sample project: the shared clothing photos (train+validation = pool, test = holdout).
+# The sample project: the shared clothing photos (train+validation = pool, test = holdout),
+# scored with mobilenet_v2, a first head, a first round, and a local user demo/demo.
+# Each step is skipped or resumed when it already ran, so `make run` is cheap the second time.
+ACTIVE := $(BIN)/active --project $(SAMPLE)
+
 sample: install
 	@if [ ! -d "$(SAMPLE_SRC)" ]; then \
 	  echo "No sample photos at $(SAMPLE_SRC): run 'make run SAMPLE_SRC=/path/to/photos' with a folder of class subfolders (or a flat folder)."; exit 2; fi
 	@if [ ! -f "$(SAMPLE)/active.toml" ]; then \
-	  $(BIN)/active init $(SAMPLE) --backbone mobilenet_v2 --weights IMAGENET1K_V1 && \
-	  if [ -d "$(SAMPLE_SRC)/train" ]; then \
-	    $(BIN)/active --project $(SAMPLE) import "$(SAMPLE_SRC)/train" && \
-	    $(BIN)/active --project $(SAMPLE) import "$(SAMPLE_SRC)/validation" && \
-	    $(BIN)/active --project $(SAMPLE) import "$(SAMPLE_SRC)/test" --split holdout; \
-	  else $(BIN)/active --project $(SAMPLE) import "$(SAMPLE_SRC)"; fi; fi
-	$(BIN)/active --project $(SAMPLE) status
+	  $(BIN)/active init $(SAMPLE) --backbone mobilenet_v2 --weights IMAGENET1K_V1; fi
+	@if [ -d "$(SAMPLE_SRC)/train" ]; then \
+	  $(ACTIVE) import "$(SAMPLE_SRC)/train" && \
+	  $(ACTIVE) import "$(SAMPLE_SRC)/validation" && \
+	  $(ACTIVE) import "$(SAMPLE_SRC)/test" --split holdout; \
+	else $(ACTIVE) import "$(SAMPLE_SRC)"; fi
+	$(ACTIVE) score
+	@if [ "$$($(ACTIVE) --json status | $(BIN)/python -c 'import json,sys; print(len(json.load(sys.stdin)["model_versions"]))')" -lt 2 ]; then \
+	  $(ACTIVE) retrain --mode head; fi
+	@if [ "$$($(ACTIVE) --json status | $(BIN)/python -c 'import json,sys; print(len(json.load(sys.stdin)["open_rounds"]))')" -eq 0 ]; then \
+	  $(ACTIVE) select --batch 100; fi
+	@$(ACTIVE) users list | grep -q '^demo' || echo demo | $(ACTIVE) users add demo --role reviewer
+	$(ACTIVE) status
 
 run: sample
-	$(BIN)/active --project $(SAMPLE) status
+	@echo "Labeller on http://127.0.0.1:$(PORT)  (user demo, password demo; Ctrl-C stops it)"
+	$(ACTIVE) serve --port $(PORT)
 
 test: install-dev
 	$(BIN)/python -m pytest -q

@@ -23,11 +23,18 @@ COMMANDS: dict[str, str] = {
     "import": "import images: class folders, a flat folder, or a CSV/JSONL manifest",
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy",
+    "explain": "attribution map of an item (Grad-CAM, IG, Guided Backprop, Occlusion) as a PNG",
+    "users": "add or list the people who label (salted password hashes)",
+    "serve": "start the labelling app in the browser",
     "score": "score the pool with the current model version (resumable)",
     "retrain": "train a new model version on the current labels (--mode head|full)",
     "export": "export the labelled dataset (imagefolder, csv, jsonl, hf) with provenance",
     "history": "every label of one item: the audit trail",
     "changes": "items whose current label changed since a date",
+    "select": "open a round: queue the next batch to label (--strategy, --batch)",
+    "loop": "one loop step for cron: score the pool, then open a round when the queue runs low",
+    "disputes": "disputed labels for review: annotators disagree, the model disagrees (--refresh)",
+    "simulate": "replay an imported labelled dataset to compare strategies (learning curves)",
 }
 
 

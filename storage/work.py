@@ -100,12 +100,27 @@ def lease_next(
         )
         return _queued(session, own.item_id, own.round_id)
 
+    base = _candidates(annotator, overlap)
+    item_col, round_col = base.selected_columns
+    candidate = base.with_only_columns(item_col, literal(annotator), round_col, literal(now + ttl)).limit(1)
+    session.execute(
+        insert(Lease).from_select(["item_id", "annotator", "round_id", "expires_at"], candidate)
+    )
+    got = session.execute(
+        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator).order_by(Lease.id.desc()).limit(1)
+    ).first()
+    return None if got is None else _queued(session, got.item_id, got.round_id)
+
+
+def _candidates(annotator: str, overlap: int):  # noqa: ANN202
+    """SELECT item_id, round_id of the items ``annotator`` may be served next, best first."""
     q = QueueEntry.__table__.alias("q")
     r = Round.__table__.alias("r")
     lab = Label.__table__.alias("lab")
     undo = Label.__table__.alias("undo")
     lease = Lease.__table__.alias("l")
-    not_undone = ~exists(select(literal(1)).where(undo.c.undoes_id == lab.c.id))
+    # item_id first so the lookup uses its index (an undo row always names a label of its own item).
+    not_undone = ~exists(select(literal(1)).where(undo.c.item_id == lab.c.item_id, undo.c.undoes_id == lab.c.id))
 
     seen_by_me = exists(
         select(literal(1)).where(
@@ -122,13 +137,8 @@ def lease_next(
         .scalar_subquery()
     )
     lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
-    candidate = (
-        select(
-            q.c.item_id,
-            literal(annotator),
-            q.c.round_id,
-            literal(now + ttl),
-        )
+    return (
+        select(q.c.item_id, q.c.round_id)
         .select_from(q.join(r, r.c.id == q.c.round_id))
         .where(
             r.c.closed_at.is_(None),
@@ -137,15 +147,28 @@ def lease_next(
             done_count + lease_count < overlap,
         )
         .order_by(r.c.id, q.c.priority)
-        .limit(1)
     )
-    session.execute(
-        insert(Lease).from_select(["item_id", "annotator", "round_id", "expires_at"], candidate)
-    )
-    got = session.execute(
-        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator).order_by(Lease.id.desc()).limit(1)
-    ).first()
-    return None if got is None else _queued(session, got.item_id, got.round_id)
+
+
+def peek_next(session: Session, annotator: str, *, n: int = 1, overlap: int = 1) -> list[int]:
+    """The items ``annotator`` would be leased next (read-only; nothing is leased).
+
+    Items leased by anyone (including the annotator's own current lease) are not counted, so
+    with overlap 1 this is what comes after the current item. Used to prefetch.
+    """
+    rows = session.execute(_candidates(annotator, overlap).limit(n)).all()
+    return [int(r.item_id) for r in rows]
+
+
+def lease_item(session: Session, annotator: str, item_id: int, round_id: int | None, *,
+               ttl: timedelta = DEFAULT_LEASE_TTL, now: datetime | None = None) -> Queued:
+    """Give ``annotator`` a lease on one given item, dropping their other leases (undo re-serves
+    the undone item this way)."""
+    now = now or utcnow()
+    release(session, annotator)
+    session.add(Lease(item_id=item_id, annotator=annotator, round_id=round_id, expires_at=now + ttl))
+    session.flush()
+    return _queued(session, item_id, round_id)
 
 
 def _queued(session: Session, item_id: int, round_id: int | None) -> Queued:

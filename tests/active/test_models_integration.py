@@ -22,7 +22,7 @@ TRAIN_PER_CLASS = 3  # 30 pool images + 10 holdout images
 
 @pytest.fixture(scope="module")
 def real_project(tmp_path_factory) -> Project:  # noqa: ANN001
-    from conftest import DATASET, TORCH_HOME, shared_images
+    from tests.conftest import DATASET, TORCH_HOME, shared_images
 
     weights = TORCH_HOME / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth"
     if not DATASET.is_dir() or not weights.is_file():

@@ -1,0 +1,63 @@
+"""Disputed items, most suspect first, each with its reason: annotators who disagree, and labels
+a cross-validated head confidently contradicts (model_disagrees for human labels,
+imported_label_suspect for imported ones). --refresh recomputes them from the current labels
+and the current version's cached embeddings. Disputes go to human review (the Review tab);
+nothing is relabelled automatically."""
+
+from __future__ import annotations
+
+import argparse
+
+from active.commands import Result, table
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refresh", action="store_true", help="recompute the open disputes first")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="disputes to list (default: 20)")
+    p.add_argument("--reason", choices=["annotators_disagree", "model_disagrees", "imported_label_suspect"],
+                   help="only this reason")
+
+
+def _detail_text(d) -> str:  # noqa: ANN001
+    det = d.detail or {}
+    if d.reason == "annotators_disagree":
+        return ", ".join(f"{a}: {c}" for a, c in det.get("labels", {}).items())
+    if "given" in det:
+        return f"given {det['given']} ({det.get('p_given', 0):.2f}), model says {det['suggested']} ({det.get('p_suggested', 0):.2f})"
+    return ""
+
+
+def run(args: argparse.Namespace) -> Result:
+    from active.disputes import refresh
+    from active.errors import UserError
+    from active.project import Project
+    from storage import db
+    from storage import disputes as store
+
+    if args.limit < 0:
+        raise UserError("--limit must be 0 or more")
+    project = Project.load(args.project)
+    data: dict = {}
+    lines: list[str] = []
+    if args.refresh:
+        rep = refresh(project)
+        data["refresh"] = {"open": rep.counts, "checked": rep.checked, "version": rep.version_id,
+                           "estimated_noise_rate": rep.noise_rate, "skipped": rep.skipped}
+        lines += rep.skipped
+        lines.append("refreshed: " + ", ".join(f"{n} {r}" for r, n in rep.counts.items())
+                     + (f" (model checked {rep.checked} labels with version {rep.version_id}; estimated "
+                        f"{rep.noise_rate:.1%} wrong)" if rep.noise_rate is not None else ""))
+    with db.session(project.engine) as s:
+        rows = store.open_disputes(s, reason=args.reason, limit=args.limit)
+        total = len(store.open_disputes(s, reason=args.reason))
+    data["open"] = total
+    data["disputes"] = [{"id": d.id, "item_id": d.item_id, "reason": d.reason, "score": d.score, "detail": d.detail}
+                        for d in rows]
+    if rows:
+        lines.append(table([[d.id, d.item_id, d.reason, d.score, _detail_text(d)] for d in rows],
+                           ["dispute", "item", "reason", "score", "detail"]))
+        if total > len(rows):
+            lines.append(f"... {total - len(rows)} more open (raise --limit)")
+    else:
+        lines.append("no open disputes" + ("" if args.refresh else " (run with --refresh to compute them)"))
+    return Result(data, "\n".join(lines))

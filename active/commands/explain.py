@@ -1,0 +1,57 @@
+"""Show where the model looked: an attribution map of one item over its photo, with a colour bar
+(Grad-CAM by default; ig, guided and occlusion take longer). The map explains the class the
+model version predicts for the item, or --target CLASS. With --class-average CLASS instead of an
+item: the mean map of the items predicted as that class, over their mean photo. Maps are cached
+under artifacts/attributions/."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from active.commands import Result
+from active.errors import UserError
+from active.explain import CLASS_AVERAGE_LIMIT, DEFAULT_METHOD, METHOD_NAMES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("item", nargs="?", type=int, metavar="ITEM", help="item id (see `active status`)")
+    p.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
+                   help=f"attribution method (default: {DEFAULT_METHOD})")
+    p.add_argument("--target", metavar="CLASS", help="class to explain (default: the predicted class)")
+    p.add_argument("--version", type=int, metavar="N", help="model version (default: the current one)")
+    p.add_argument("--class-average", metavar="CLASS",
+                   help="instead of one item: the mean map of the items predicted as CLASS")
+    p.add_argument("--limit", type=int, default=CLASS_AVERAGE_LIMIT,
+                   help=f"items in a class average (default: {CLASS_AVERAGE_LIMIT})")
+    p.add_argument("--out", type=Path, metavar="FILE.png", help="copy the overlay PNG here")
+
+
+def run(args: argparse.Namespace) -> Result:
+    from active import explain
+    from active.project import Project
+
+    if (args.item is None) == (args.class_average is None):
+        raise UserError("give either an ITEM id or --class-average CLASS")
+    project = Project.load(args.project)
+    if args.class_average is not None:
+        png = explain.class_average(project, args.class_average, version_id=args.version,
+                                    method=args.method, limit=args.limit, progress=not args.json)
+        data = {"class": args.class_average, "method": args.method, "path": str(png)}
+        what = f"class average of {args.class_average!r} ({args.method})"
+    else:
+        done = explain.explain(project, args.item, version_id=args.version, method=args.method,
+                               target=args.target)
+        png = done.png
+        data = {"item": done.item_id, "version": done.version_id, "method": done.method,
+                "target": done.target, "path": str(png), "heatmap": str(done.heatmap), "cached": done.cached}
+        what = (f"item {done.item_id}, model v{done.version_id}, {done.method}, "
+                f"class {done.target if done.target is not None else '(top output)'}")
+    if args.out is not None:
+        out = args.out.expanduser()
+        if out.parent and not out.parent.is_dir():
+            raise UserError(f"--out: folder {out.parent} does not exist")
+        shutil.copyfile(png, out)
+        data["out"] = str(out)
+    return Result(data, f"{what}: {data.get('out', png)}")

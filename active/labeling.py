@@ -1,0 +1,245 @@
+"""What one annotator does, as functions the labeller UI calls: lease the next item with its
+suggestions, record a decision, undo, and the figures around it (progress, similar items).
+
+Every call is a short unit of work with targeted queries (one item, one annotator), never a scan
+of all labels, so the cost of serving the next item does not grow with the size of the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func
+from sqlmodel import Session, select
+
+from active.errors import UserError
+from active.project import Project
+from storage import db, labels, work
+from storage.tables import Item, Label, ModelVersion, Prediction
+
+HUMAN = "human"
+# Decisions an annotator makes on the Label tab (the `undo` row is written by `undo_last`).
+LABEL_DECISIONS = ("accepted", "corrected", "unsure", "skipped")
+# Candidates looked at (nearest first) to find k neighbours that carry a label.
+SIMILAR_CANDIDATES = 200
+
+
+@dataclass(frozen=True)
+class Task:
+    """One leased item as the annotator sees it."""
+
+    item_id: int
+    path: str
+    round_id: int | None
+    score: float
+    score_name: str
+    strategy: str
+    version_id: int | None  # the model version whose suggestions are shown (None: no suggestions)
+    ranked: tuple[tuple[str, float], ...] = ()  # every class by calibrated probability, best first
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top(self) -> tuple[str, float] | None:
+        return self.ranked[0] if self.ranked else None
+
+    def why(self) -> str:
+        """Why this item was picked, e.g. "round 4, margin 0.03"."""
+        if not self.round_id:
+            return "re-served after undo"
+        what = self.score_name or self.strategy or "score"
+        return f"round {self.round_id}, {what} {self.score:.2f}"
+
+    def to_state(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "path": self.path, "round_id": self.round_id, "score": self.score,
+                "score_name": self.score_name, "strategy": self.strategy, "version_id": self.version_id,
+                "ranked": [list(r) for r in self.ranked], "meta": self.meta}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Task:
+        return cls(d["item_id"], d["path"], d["round_id"], d["score"], d["score_name"], d["strategy"],
+                   d["version_id"], tuple((c, float(p)) for c, p in d["ranked"]), d.get("meta") or {})
+
+
+def _ttl(project: Project) -> timedelta:
+    return timedelta(minutes=project.config.labeling.lease_minutes)
+
+
+def latest_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:
+    """The newest version's prediction with probabilities for one item (one indexed lookup)."""
+    row = session.exec(
+        select(Prediction, ModelVersion)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.item_id == item_id, Prediction.probs.is_not(None))
+        .order_by(Prediction.model_version_id.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], row[1])
+
+
+def _task(session: Session, q: work.Queued) -> Task:
+    item = session.get(Item, q.item_id)
+    if item is None:
+        raise UserError(f"item {q.item_id} is queued but missing from the store")
+    ranked: tuple[tuple[str, float], ...] = ()
+    version_id = None
+    found = latest_prediction(session, q.item_id)
+    if found is not None:
+        pred, version = found
+        order = np.argsort(-np.asarray(pred.probs, dtype=np.float64), kind="stable")
+        ranked = tuple((version.classes[i], float(pred.probs[i])) for i in order if i < len(version.classes))
+        version_id = version.id
+    return Task(q.item_id, item.path, q.round_id or None, q.score, q.score_name, q.strategy, version_id,
+                ranked, dict(item.meta or {}))
+
+
+def next_task(project: Project, annotator: str) -> Task | None:
+    """Lease (or keep) the annotator's next item; None when the open rounds hold nothing for them."""
+    def fn(s: Session) -> Task | None:
+        q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+        return None if q is None else _task(s, q)
+
+    return db.write(project.engine, fn)
+
+
+def upcoming(project: Project, annotator: str, *, n: int = 1) -> list[Task]:
+    """The items this annotator would get after the current one (read-only, for prefetching)."""
+    with db.session(project.engine) as s:
+        ids = work.peek_next(s, annotator, n=n, overlap=project.config.labeling.overlap)
+        return [_task(s, work.Queued(i, 0, 0, 0.0, "", "")) for i in ids]
+
+
+def decide(task: Task, label: str) -> str:
+    """accepted when ``label`` is the top suggestion shown, corrected otherwise."""
+    top = task.top
+    return "accepted" if top is not None and top[0] == label else "corrected"
+
+
+def _already_labelled(session: Session, annotator: str, item_id: int) -> bool:
+    rows = session.exec(select(Label).where(Label.item_id == item_id, Label.annotator == annotator,
+                                            Label.kind == HUMAN)).all()
+    return any(r.decision in LABEL_DECISIONS for r in labels.effective(rows))
+
+
+def record(project: Project, annotator: str, task: Task, *, decision: str,
+           label: str | None = None) -> tuple[Label | None, Task | None]:
+    """Append the annotator's decision on ``task`` and lease their next item, in one transaction.
+
+    The label is kept even when the lease ran out meanwhile: losing work is worse than a rare
+    second label (which the agreement and dispute views then show). A second decision on an item
+    the annotator has already labelled (a double key press) is not recorded: the label is None.
+    """
+    if decision not in LABEL_DECISIONS:
+        raise UserError(f"unknown decision {decision!r}: use one of {', '.join(LABEL_DECISIONS)}")
+    if decision in ("accepted", "corrected"):
+        if not label:
+            raise UserError(f"a {decision} label needs a class")
+        project.check_class(label)
+    else:
+        label = None
+    top = task.top
+
+    def fn(s: Session) -> tuple[Label | None, Task | None]:
+        if _already_labelled(s, annotator, task.item_id):
+            q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+            return None, (None if q is None else _task(s, q))
+        row = labels.append(s, Label(
+            item_id=task.item_id, annotator=annotator, label=label, kind=HUMAN, decision=decision,
+            suggestion=top[0] if top else None, confidence=top[1] if top else None,
+            model_version_id=task.version_id, round_id=task.round_id,
+        ))
+        work.release(s, annotator)
+        q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+        return row, (None if q is None else _task(s, q))
+
+    return db.write(project.engine, fn)
+
+
+def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | None]:
+    """Cancel the annotator's latest label (appends an `undo` row) and serve that item again.
+
+    Returns (the undone label or None when there is nothing to undo, the task now shown)."""
+    def fn(s: Session) -> tuple[Label | None, Task | None]:
+        last = labels.last_human(s, annotator)
+        if last is None:
+            q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+            return None, (None if q is None else _task(s, q))
+        labels.append(s, Label(item_id=last.item_id, annotator=annotator, kind=HUMAN, decision="undo",
+                               undoes_id=last.id, model_version_id=last.model_version_id,
+                               round_id=last.round_id))
+        q = work.lease_item(s, annotator, last.item_id, last.round_id, ttl=_ttl(project))
+        return last, _task(s, q)
+
+    return db.write(project.engine, fn)
+
+
+def progress(project: Project, annotator: str, round_id: int | None) -> dict[str, int]:
+    """Figures for "37 / 100 in this round, 1,204 labelled of 3,781" (a handful of counts)."""
+    with db.session(project.engine) as s:
+        done, total = work.round_progress(s, round_id) if round_id else (0, 0)
+        labelled = s.exec(
+            select(func.count(func.distinct(Label.item_id)))
+            .where(Label.kind.in_((HUMAN, "review")), Label.label.is_not(None))
+        ).one()
+        items = s.exec(select(func.count()).select_from(Item)).one()
+        mine = s.exec(select(func.count()).where(Label.annotator == annotator, Label.kind == HUMAN,
+                                                 Label.decision != "undo")).one()
+    return {"round_done": done, "round_total": total, "labelled": int(labelled), "items": int(items),
+            "mine": int(mine)}
+
+
+def human_label_count(session: Session) -> int:
+    return int(session.exec(select(func.count()).where(Label.kind == HUMAN, Label.label.is_not(None))).one())
+
+
+def similar_labelled(project: Project, item_id: int, ids: np.ndarray, unit: np.ndarray, *,
+                     k: int = 6) -> list[tuple[int, str, str, float]]:
+    """The ``k`` labelled items nearest to ``item_id`` by cosine similarity of embeddings.
+
+    ids: (n,) item ids; unit: (n, d) L2-normalised embeddings of one model version.
+    Returns [(item_id, path, current label, cosine)] nearest first; empty when the item has no
+    embedding in this version.
+    """
+    where = np.flatnonzero(ids == item_id)
+    if where.size == 0:
+        return []
+    sims = unit @ unit[where[0]]
+    sims[where[0]] = -np.inf
+    m = min(SIMILAR_CANDIDATES, sims.size)
+    cand = np.argpartition(-sims, m - 1)[:m] if m < sims.size else np.arange(sims.size)
+    cand = cand[np.argsort(-sims[cand], kind="stable")]
+    cand_ids = [int(ids[c]) for c in cand if np.isfinite(sims[c])]
+    with db.session(project.engine) as s:
+        current = labels.current(s, cand_ids)
+        paths = dict(s.exec(select(Item.id, Item.path).where(Item.id.in_(cand_ids))).all()) if cand_ids else {}
+    out = []
+    for c in cand:
+        i = int(ids[c])
+        if i in current and i in paths:
+            out.append((i, paths[i], current[i].label, float(sims[c])))
+            if len(out) == k:
+                break
+    return out
+
+
+def normalise(embeddings: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, d) rows scaled to unit length (zero rows stay zero)."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    norm = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.maximum(norm, 1e-12)
+
+
+
+def human_ratings(session: Session) -> dict[int, dict[str, str]]:
+    """item -> {annotator: class} from human labels that still count (latest per annotator).
+
+    Reads every human label (for the dashboard, not the labelling hot path)."""
+    rows = session.exec(select(Label).where(Label.kind == HUMAN).order_by(Label.id)).all()
+    undone = {r.undoes_id for r in rows if r.decision == "undo"}
+    out: dict[int, dict[str, str]] = {}
+    for r in rows:
+        if r.decision in labels.HUMAN_DECISIONS and r.label and r.id not in undone:
+            out.setdefault(r.item_id, {})[r.annotator] = r.label
+    return out

@@ -1,0 +1,151 @@
+"""Open a round: the loop's side of the strategies (it owns the pool; strategies see arrays).
+
+The candidates are readable ``pool`` items that no human has labelled yet (no label, or only
+an imported one: imported catalogue labels are what the tool checks, not truth) and that no open
+round has queued yet. Scores come from the current model version's cached arrays
+(`active.scoring.load_probs` / `load_embeddings`). A version without a head for our classes
+(the pretrained backbone) has no probabilities: then the round is ``kcenter`` on its
+embeddings, or ``random`` when there are none (no model at all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from active import strategies
+from active.errors import UserError
+
+if TYPE_CHECKING:
+    from active.project import Project
+    from storage.tables import Round
+
+# Seed of the strategies' randomness: a round is reproducible from the store's state.
+SELECTION_SEED = 0
+
+
+@dataclass
+class Pool:
+    """What a strategy may choose from: candidate ids (n,) and the labelled pool's ids."""
+
+    candidates: np.ndarray
+    labelled: np.ndarray
+    version_id: int | None
+
+
+def candidate_pool(project: Project) -> Pool:
+    """Readable pool items without a human label, not queued in an open round; and the pool items
+    a human has labelled (reviewed, or labelled in the app)."""
+    from sqlmodel import select
+
+    from storage import db, items, labels, versions
+    from storage.tables import QueueEntry, Round
+
+    with db.session(project.engine) as s:
+        pool = items.ids(s, split="pool")
+        current = labels.current(s, pool)
+        queued = set(s.exec(select(QueueEntry.item_id).join(Round, Round.id == QueueEntry.round_id)
+                            .where(Round.closed_at.is_(None))))
+        version = versions.latest(s)
+    confirmed = {i for i, cur in current.items() if cur.source != "imported"}
+    candidates = np.array([i for i in pool if i not in confirmed and i not in queued], dtype=np.int64)
+    labelled = np.array(sorted(confirmed), dtype=np.int64)
+    return Pool(candidates, labelled, version.id if version is not None else None)
+
+
+def _rows(ids: np.ndarray, array_ids: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """The rows of ``array`` (keyed by ``array_ids``) of ``ids``, in that order; all must exist."""
+    row_of = {int(i): r for r, i in enumerate(array_ids.tolist())}
+    return array[[row_of[int(i)] for i in ids]]
+
+
+def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Selection, str, int | None]:
+    """Choose the batch without writing anything: (selection, strategy actually used, version)."""
+    from active.scoring import load_embeddings, load_probs
+
+    if batch < 1:
+        raise UserError("--batch must be at least 1")
+    try:
+        wanted = strategies.get(strategy)
+    except strategies.UnknownStrategyError as exc:
+        raise UserError(str(exc)) from None
+    pool = candidate_pool(project)
+    if pool.candidates.size == 0:
+        raise UserError("every pool item has a human label or is queued in an open round already")
+    probs_ids = probs = emb_ids = emb = None
+    if pool.version_id is not None:
+        probs_ids, probs = load_probs(project, pool.version_id)
+        emb_ids, emb = load_embeddings(project, pool.version_id)
+        if probs.size == 0:
+            probs_ids = probs = None
+        if emb.size == 0:
+            emb_ids = emb = None
+
+    name = wanted.name
+    if wanted.needs_probs and probs is None:
+        name = strategies.COLD_START_STRATEGY if emb is not None else "random"
+    if strategies.get(name).needs_embeddings and emb is None:
+        name = "margin" if probs is not None else "random"
+
+    chosen = strategies.get(name)
+    use_probs, use_emb = chosen.needs_probs, chosen.needs_embeddings
+    ids = pool.candidates
+    if use_probs:
+        ids = ids[np.isin(ids, probs_ids)]
+    if use_emb:
+        ids = ids[np.isin(ids, emb_ids)]
+    if ids.size == 0:
+        raise UserError(f"version {pool.version_id} has not scored the {pool.candidates.size} candidate items: "
+                        "run `active score` first")
+    kwargs: dict = {}
+    if use_probs:
+        kwargs["probs"] = _rows(ids, probs_ids, probs)
+    if use_emb:
+        kwargs["embeddings"] = _rows(ids, emb_ids, emb)
+        if name == "kcenter":  # the core-set grows from what is labelled already
+            kwargs["labelled"] = _rows(pool.labelled[np.isin(pool.labelled, emb_ids)], emb_ids, emb)
+    try:
+        sel = strategies.select(name, ids, batch, rng=np.random.default_rng(SELECTION_SEED), **kwargs)
+    except strategies.StrategyError as exc:
+        raise UserError(str(exc)) from None
+    return sel, name, pool.version_id
+
+
+def select_round(project: Project, *, strategy: str = strategies.DEFAULT_STRATEGY, batch: int) -> Round:
+    """Open a Round that queues the chosen batch in priority order with the score that picked
+    each item. Returns the Round (its ``strategy`` is the one actually used)."""
+    from storage import db, work
+
+    sel, name, version_id = plan(project, strategy=strategy, batch=batch)
+
+    def write(s):  # noqa: ANN001, ANN202
+        return work.open_round(s, strategy=name, model_version_id=version_id, item_ids=sel.ids.tolist(),
+                               scores=sel.scores.tolist(), score_name=sel.score_name)
+
+    return db.write(project.engine, write)
+
+
+def close_finished_rounds(project: Project) -> list[int]:
+    """Close open rounds whose every queued item has a human label; returns their ids."""
+    from storage import db, work
+
+    def fn(s):  # noqa: ANN001, ANN202
+        closed = []
+        for rnd in work.open_rounds(s):
+            done, total = work.round_progress(s, rnd.id)
+            if total and done >= total:
+                work.close_round(s, rnd.id)
+                closed.append(int(rnd.id))
+        return closed
+
+    return db.write(project.engine, fn)
+
+
+def queued_left(project: Project) -> int:
+    """Items queued in open rounds that have no human label yet."""
+    from storage import db, work
+
+    with db.session(project.engine) as s:
+        return sum(total - done for done, total in (work.round_progress(s, r.id) for r in work.open_rounds(s)))

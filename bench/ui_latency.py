@@ -1,0 +1,261 @@
+"""How long after a label the next item (photo + suggestions + Grad-CAM) is ready, through the UI.
+
+Runs `python -m labeler` as a separate server process and drives it with gradio_client like a
+browser does: submit a label (`/accept`), then fetch the next item's attention map
+(`/attribution`, Grad-CAM), with a think time between items (the annotator looking at the
+photo, which is when the prefetch works). Measured on a 3,781-item project and on a 50,000-item
+project (synthetic rows pointing at the same photos, same models), to show that the hot path has
+no per-request scan that grows with the project.
+
+    python bench/ui_latency.py                  # builds both projects from ../shared (minutes)
+    python bench/ui_latency.py --project DIR    # an existing scored project (one figure)
+
+Last line: ``p95_ms_small=<n> p95_ms_large=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
+DATASET = SHARED / "datasets" / "clothing-small"
+LARGE_ITEMS = 50_000
+USER, PASSWORD = "bench", "bench-password"
+ROUND_SIZE = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str) -> None:
+    from active.cli import main
+
+    code = main(list(args))
+    if code != 0:
+        raise SystemExit(f"active {' '.join(args)} failed with exit code {code}")
+
+
+def build_small(root: Path) -> None:
+    """3,781 photos: train + validation as the pool, test as the holdout; scored; head retrained."""
+    from active.importer import import_candidates, scan_folder
+    from active.project import Project
+    from active.retrain import retrain
+    from active.scoring import score
+
+    cli("init", str(root), "--preset", "clothing10", "--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1")
+    project = Project.load(root)
+    for split, folders in (("pool", ("train", "validation")), ("holdout", ("test",))):
+        for f in folders:
+            cands, _skipped, _layout = scan_folder(DATASET / f)
+            import_candidates(project, cands, split=split, progress=False)
+    t = time.perf_counter()
+    rep = score(project, progress=True)
+    print(f"scored {rep.embedded} photos with mobilenet_v2 in {time.perf_counter() - t:.0f} s", flush=True)
+    v = retrain(project, mode="head", progress=False)
+    print(f"head version v{v.id}: holdout accuracy {v.metrics.get('holdout', {}).get('accuracy')}", flush=True)
+
+
+def open_round(project) -> int:  # noqa: ANN001
+    """Queue the ROUND_SIZE smallest-margin pool items of the current version."""
+    from sqlmodel import select
+
+    from storage import db, versions, work
+    from storage.tables import Item, Prediction
+
+    with db.session(project.engine) as s:
+        v = versions.latest(s)
+        rows = s.exec(select(Prediction.item_id, Prediction.margin).join(Item, Item.id == Prediction.item_id)
+                      .where(Prediction.model_version_id == v.id, Item.split == "pool")
+                      .order_by(Prediction.margin).limit(ROUND_SIZE)).all()
+    ids, margins = [r[0] for r in rows], [float(r[1]) for r in rows]
+    return db.write(project.engine, lambda s: work.open_round(
+        s, strategy="margin", model_version_id=v.id, item_ids=ids, scores=margins, score_name="margin").id)
+
+
+def grow(root: Path, n_total: int) -> None:
+    """Add synthetic items (same photos, fresh hashes) with imported labels and predictions of
+    every version, until the project holds ``n_total`` items."""
+    from sqlmodel import select
+
+    from active.project import Project
+    from storage import db
+    from storage.tables import Item, Label, Prediction
+
+    project = Project.load(root)
+    with db.session(project.engine) as s:
+        base = list(s.exec(select(Item).where(Item.split == "pool").order_by(Item.id)))
+        preds = list(s.exec(select(Prediction)))
+        given = {lab.item_id: lab.label for lab in s.exec(select(Label).where(Label.kind == "imported"))}
+        n_have = len(list(s.exec(select(Item.id))))
+    by_item: dict[int, list[Prediction]] = {}
+    for p in preds:
+        by_item.setdefault(p.item_id, []).append(p)
+    need = n_total - n_have
+    batch = 2000
+    for start in range(0, need, batch):
+        def fn(s, start=start):  # noqa: ANN001, ANN202
+            new = []
+            for k in range(start, min(start + batch, need)):
+                src = base[k % len(base)]
+                sha = hashlib.sha256(f"{src.sha256}/{k}".encode()).hexdigest()
+                new.append((src, Item(sha256=sha, path=src.path, width=src.width, height=src.height, mode=src.mode,
+                                      source="synthetic", split="pool", meta={"copy_of": src.id})))
+            s.add_all(it for _, it in new)
+            s.flush()
+            for src, it in new:
+                if src.id in given:
+                    s.add(Label(item_id=it.id, annotator="import", label=given[src.id], kind="imported",
+                                decision="given"))
+                for p in by_item.get(src.id, []):
+                    s.add(Prediction(item_id=it.id, model_version_id=p.model_version_id, pred=p.pred,
+                                     confidence=p.confidence, margin=p.margin, entropy=p.entropy, probs=p.probs,
+                                     row=p.row))  # same photo, same embedding row
+
+        db.write(project.engine, fn)
+    print(f"grew {root.name} to {n_total:,} items", flush=True)
+
+
+def model_only_ms(root: Path, n: int = 10) -> float:
+    """Median time of one uncached Grad-CAM map (the model's share of the latency)."""
+    import torch
+    from sqlmodel import select
+
+    from active.explain import explain
+    from active.project import Project
+    from labeler.prefetch import ATTRIBUTION_THREADS
+    from storage import db, versions
+    from storage.tables import Prediction
+
+    torch.set_num_threads(ATTRIBUTION_THREADS)  # as the server runs it
+    project = Project.load(root)
+    with db.session(project.engine) as s:
+        v = versions.latest(s)
+        preds = list(s.exec(select(Prediction).where(Prediction.model_version_id == v.id)
+                            .order_by(Prediction.item_id.desc())))
+    times: list[float] = []
+    loaded = False
+    for p in preds:  # maps already on disk (earlier runs, the UI) are skipped: only fresh ones count
+        t = time.perf_counter()
+        got = explain(project, p.item_id, version_id=v.id, method="gradcam", target=p.pred)
+        if got.cached:
+            continue
+        if loaded:
+            times.append((time.perf_counter() - t) * 1000)
+        loaded = True  # the first fresh map also loads the model
+        if len(times) == n:
+            break
+    return float(np.median(times))
+
+
+def measure(root: Path, *, n: int, think_s: float, warmup: int) -> list[float]:
+    from gradio_client import Client
+
+    from active.project import Project
+    from storage import db, users
+
+    project = Project.load(root)
+    db.write(project.engine, lambda s: users.add(s, USER, PASSWORD, role="annotator"))
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
+    server = subprocess.Popen([sys.executable, "-m", "labeler", "--project", str(root), "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit(f"server died: {server.stderr.read()[-2000:]}") from None
+                time.sleep(0.1)
+        client = Client(f"http://127.0.0.1:{port}/", auth=(USER, PASSWORD), verbose=False)
+        client.predict(api_name="/start")
+        client.predict(True, "gradcam", api_name="/attribution")
+        times, hits = [], 0
+        for k in range(warmup + n):
+            time.sleep(think_s)  # the annotator looks at the photo; the server prefetches
+            t = time.perf_counter()
+            out = client.predict(True, "gradcam", api_name="/accept")
+            overlay = out[-2]  # the map comes with the item when it was prefetched
+            if overlay is None:
+                overlay, _ = client.predict(True, "gradcam", api_name="/attribution")
+            else:
+                hits += 1
+            dt = (time.perf_counter() - t) * 1000
+            if overlay is None:
+                raise SystemExit("no attention map came back")
+            if k >= warmup:
+                times.append(dt)
+        client.close()
+        print(f"{root.name}: the Grad-CAM map came with the item {hits} of {warmup + n} times", flush=True)
+        return times
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, help="an existing scored project (measured alone)")
+    ap.add_argument("--items", type=int, default=60, help="labels measured per project")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--think-ms", type=float, default=1500, help="time spent looking at each item")
+    ap.add_argument("--large", type=int, default=LARGE_ITEMS)
+    ap.add_argument("--keep", type=Path, help="build the projects here and keep them (default: a temp dir)")
+    args = ap.parse_args()
+    os.environ.setdefault("TORCH_HOME", str(SHARED / "torch"))
+    if args.project:
+        times = measure(args.project, n=args.items, think_s=args.think_ms / 1000, warmup=args.warmup)
+        p95 = float(np.percentile(times, 95))
+        print(f"p50 {np.median(times):.0f} ms, p95 {p95:.0f} ms; model-only Grad-CAM {model_only_ms(args.project):.0f} ms")
+        print(f"p95_ms_small={p95:.0f} p95_ms_large=nan")
+        return
+    if not DATASET.is_dir():
+        raise SystemExit(f"{DATASET} not found: pass --project DIR or put ../shared beside the checkout")
+    work = args.keep or Path(tempfile.mkdtemp(prefix="ui-latency-"))
+    small, large = work / "small", work / "large"
+    if not (small / "active.toml").exists():
+        build_small(small)
+    if not (large / "active.toml").exists():
+        from active.project import Project
+
+        with Project.load(small).engine.connect() as conn:  # fold the WAL into the file before copying
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copytree(small, large)
+        grow(large, args.large)
+    from active.project import Project
+
+    results = {}
+    for name, root in (("small", small), ("large", large)):
+        open_round(Project.load(root))
+        times = measure(root, n=args.items, think_s=args.think_ms / 1000, warmup=args.warmup)
+        results[name] = times
+        print(f"{name}: {args.items} labels, next item + Grad-CAM: p50 {np.median(times):.0f} ms, "
+              f"p95 {np.percentile(times, 95):.0f} ms, max {max(times):.0f} ms", flush=True)
+    model = model_only_ms(small)
+    p95s, p95l = (float(np.percentile(results[k], 95)) for k in ("small", "large"))
+    print(f"model-only Grad-CAM (uncached, one map): {model:.0f} ms; p95 / model-only = {p95s / model:.2f} (small), "
+          f"{p95l / model:.2f} (large); large / small p95 = {p95l / p95s:.2f}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"p95_ms_small={p95s:.0f} p95_ms_large={p95l:.0f}")
+
+
+if __name__ == "__main__":
+    main()

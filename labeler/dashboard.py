@@ -1,0 +1,293 @@
+"""Dashboard plots and the review queue's data, for the Review and Dashboard tabs.
+
+Plots are matplotlib (Agg) PNGs, made on a background thread and cached per model version; the
+counts come from `active.commands.status.collect` and the kappas from `active.agreement`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from active import labeling
+from active.agreement import agreement
+from active.project import Project
+from labeler.services import Services, Unavailable
+from storage import db, labels, versions
+from storage.tables import Item, Label, Prediction
+
+log = logging.getLogger(__name__)
+
+PLOT_WAIT_S = 60
+DISPUTES_SHOWN = 25
+
+
+def _plt():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _plt()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def learning_curve(points: list[tuple[int, int, float]], path: Path) -> Path:
+    """points: [(version id, n_labels, holdout accuracy)] -> PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if points:
+        xs = [p[1] for p in points]
+        ys = [p[2] for p in points]
+        ax.plot(xs, ys, marker="o")
+        for v, x, y in points:
+            ax.annotate(f"v{v}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_ylim(0, 1)
+    else:
+        ax.text(0.5, 0.5, "no version with holdout accuracy yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("labels used for training")
+    ax.set_ylabel("holdout accuracy")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def confusion_plot(matrix: np.ndarray, classes: list[str], path: Path, *, title: str) -> Path:
+    """matrix: (n_classes, n_classes), rows = true class, columns = predicted."""
+    plt = _plt()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * max(n, 4), 1.0 + 0.45 * max(n, 4)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    top = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            if matrix[i, j]:
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if matrix[i, j] > top / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("label")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def distribution_plot(classes: list[str], labelled: Counter, predicted: Counter, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    x = np.arange(len(classes))
+    lab = np.array([labelled.get(c, 0) for c in classes], dtype=float)
+    pred = np.array([predicted.get(c, 0) for c in classes], dtype=float)
+    ax.bar(x - 0.2, lab / max(lab.sum(), 1), 0.4, label=f"labels ({int(lab.sum()):,})")
+    ax.bar(x + 0.2, pred / max(pred.sum(), 1), 0.4, label=f"model predictions ({int(pred.sum()):,})")
+    ax.set_xticks(x, classes, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("share of the pool")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+class DashboardCache:
+    """Per model version: the plots (one background job) and the class-average maps."""
+
+    def __init__(self, project: Project, services: Services) -> None:
+        self.project = project
+        self.services = services
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dashboard")
+        self._lock = threading.Lock()
+        self._plots: dict[int | None, Future] = {}
+        self._averages: dict[tuple[int, str], Future] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="active-labeler-dash-")
+        self.folder = Path(self._tmp.name)
+
+    def _plots_for(self, version_id: int | None) -> Future:
+        with self._lock:
+            fut = self._plots.get(version_id)
+            if fut is None or (fut.done() and fut.exception() is not None):
+                fut = self._plots[version_id] = self._pool.submit(self._make_plots, version_id)
+            return fut
+
+    def _make_plots(self, version_id: int | None) -> tuple[Path, Path, Path]:
+        classes = list(self.project.config.classes)
+        tag = f"v{version_id}"
+        with db.session(self.project.engine) as s:
+            points = []
+            for v in versions.all_versions(s):
+                acc = (v.metrics or {}).get("holdout", {}).get("accuracy")
+                if isinstance(acc, int | float):
+                    points.append((v.id, v.n_labels, float(acc)))
+            version = versions.get(s, version_id) if version_id else None
+            split = dict(s.exec(_select_split()).all())
+            preds = {p.item_id: p.pred for p in s.exec(_select_preds(version_id))} if version_id else {}
+            current = labels.current(s)
+        curve = learning_curve(points, self.folder / f"curve-{tag}.png")
+        # Confusion on the holdout: the human-checked evaluation set, current label vs this version.
+        names = list(version.classes) if version and version.classes else classes
+        index = {c: i for i, c in enumerate(names)}
+        matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+        for item_id, cur in current.items():
+            p = preds.get(item_id)
+            if split.get(item_id) == "holdout" and p in index and cur.label in index:
+                matrix[index[cur.label], index[p]] += 1
+        title = f"model v{version_id}, {int(matrix.sum()):,} holdout items" if version_id else "no model yet"
+        confusion = confusion_plot(matrix, names, self.folder / f"confusion-{tag}.png", title=title)
+        pool_labels = Counter(cur.label for i, cur in current.items() if split.get(i) == "pool")
+        pool_preds = Counter(p for i, p in preds.items() if split.get(i) == "pool" and p)
+        dist = distribution_plot(names, pool_labels, pool_preds, self.folder / f"dist-{tag}.png")
+        return curve, confusion, dist
+
+    def _average(self, version_id: int, cls: str) -> Future:
+        key = (version_id, cls)
+        with self._lock:
+            fut = self._averages.get(key)
+            if fut is None:
+                fut = self._averages[key] = self._pool.submit(
+                    self.services.class_average, self.project, cls, version_id=version_id, method="gradcam")
+            return fut
+
+    def render(self) -> list[Any]:
+        """Outputs: by-class rows, by-annotator rows, agreement text, 3 plot paths, averages, note."""
+        from active.commands.status import collect
+
+        st = collect(self.project)
+        by_class = [[c, v["total"], v.get("review", 0), v.get("consensus", 0) + v.get("single", 0),
+                     v.get("imported", 0)] for c, v in st["classes"].items()]
+        by_annot = [[a, sum(n for k, n in c.items() if k != "undo"), c.get("accepted", 0), c.get("corrected", 0),
+                     c.get("unsure", 0), c.get("skipped", 0), c.get("resolved", 0), c.get("undo", 0)]
+                    for a, c in st["annotators"].items()]
+        with db.session(self.project.engine) as s:
+            rep = agreement(labeling.human_ratings(s), self.project.config.classes)
+        agree = agreement_markdown(rep)
+        version_id = st["current_version"]
+        notes = []
+        try:
+            curve, confusion, dist = self._plots_for(version_id).result(timeout=PLOT_WAIT_S)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("dashboard plots failed")
+            curve = confusion = dist = None
+            notes.append(f"plots failed: {exc}")
+        averages = []
+        if version_id is not None:
+            pending = 0
+            for cls in self.project.config.classes:
+                fut = self._average(version_id, cls)
+                if not fut.done():
+                    pending += 1
+                elif fut.exception() is not None:
+                    err = fut.exception()
+                    if isinstance(err, Unavailable):
+                        notes.append(str(err))
+                        break
+                else:
+                    averages.append((str(fut.result()), cls))
+            if pending:
+                notes.append(f"class-average attention: {pending} still being computed (Refresh to see them)")
+        return [_frame(by_class, ["class", "labelled", "review", "human", "imported"]),
+                _frame(by_annot, ["annotator", "labels", "accepted", "corrected", "unsure", "skipped", "resolved",
+                                  "undone"]),
+                agree, curve and str(curve), confusion and str(confusion), dist and str(dist), averages,
+                "  \n".join(notes)]
+
+
+def _frame(rows: list[list[Any]], headers: list[str]) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=headers)
+
+
+def _select_split():  # noqa: ANN202
+    from sqlmodel import select
+
+    return select(Item.id, Item.split)
+
+
+def _select_preds(version_id: int | None):  # noqa: ANN202
+    from sqlmodel import select
+
+    return select(Prediction).where(Prediction.model_version_id == version_id)
+
+
+def agreement_markdown(rep: dict) -> str:
+    from labeler.app import esc
+
+    if not rep["items"]:
+        return "**Agreement:** no item has been labelled by two annotators yet (set `overlap` > 1 in active.toml)."
+    lines = [f"**Agreement** on {rep['items']:,} items labelled by several annotators"]
+    if rep["fleiss"] is not None:
+        lines[0] += f": Fleiss' κ = {rep['fleiss']:.2f}"
+    for p in rep["pairs"]:
+        lines.append(f"- {esc(p['a'])} / {esc(p['b'])}: Cohen's κ = {p['cohen']:.2f} on {p['items']:,} items")
+    return "\n".join(lines)
+
+
+# -- review ------------------------------------------------------------------------------------
+def next_dispute(project: Project, services: Services, *, skip: list[int]) -> dict | None:
+    """The highest-scoring open dispute not in ``skip``, with everything the Review tab shows."""
+    with db.session(project.engine) as s:
+        rows = [d for d in services.open_disputes(s, limit=DISPUTES_SHOWN + len(skip)) if d.id not in skip]
+        if not rows:
+            return None
+        d = rows[0]
+        item = s.get(Item, d.item_id)
+        history = labels.for_items(s, [d.item_id]).get(d.item_id, [])
+        cur = labels.derive(history)
+        found = labeling.latest_prediction(s, d.item_id)
+    suggestion = confidence = version_id = None
+    if found is not None:
+        pred, version = found
+        version_id = version.id
+        order = np.argsort(-np.asarray(pred.probs, dtype=np.float64))
+        suggestion, confidence = version.classes[order[0]], float(pred.probs[order[0]])
+    people = [(r.annotator, r.kind, r.decision, r.label) for r in labels.effective(history)]
+    return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "reason": d.reason, "score": d.score,
+            "given": cur.label if cur else None, "given_source": cur.source if cur else None,
+            "suggestion": suggestion, "confidence": confidence, "version_id": version_id, "labels": people}
+
+
+def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
+    conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
+    lines = [
+        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} · {esc(d['reason'])} · score {d['score']:.2f}",
+        "",
+        f"- given label: **{esc(d['given'] or '—')}** ({esc(d['given_source'] or 'none')})",
+        f"- model v{d['version_id']} suggests: **{esc(d['suggestion'] or '—')}**{conf}",
+        "",
+        "| who | kind | decision | label |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {esc(a)} | {esc(k)} | {esc(dec)} | {esc(lab or '—')} |" for a, k, dec, lab in d["labels"]]
+    return "\n".join(lines)
+
+
+def dispute_table(project: Project, services: Services) -> list[list[Any]]:
+    try:
+        with db.session(project.engine) as s:
+            return [[d.id, d.item_id, d.reason, round(float(d.score), 3)]
+                    for d in services.open_disputes(s, limit=DISPUTES_SHOWN)]
+    except Unavailable:
+        return []
+
+
+def resolve(project: Project, services: Services, d: dict, label: str, reviewer: str) -> Label:
+    """Append the reviewer's `review` label and mark the dispute resolved, in one transaction."""
+    def fn(s: Any) -> Label:
+        row = labels.append(s, Label(item_id=d["item_id"], annotator=reviewer, label=label, kind="review",
+                                     decision="resolved", suggestion=d.get("suggestion"),
+                                     confidence=d.get("confidence"), model_version_id=d.get("version_id")))
+        services.resolve_dispute(s, d["dispute_id"], row)
+        return row
+
+    return db.write(project.engine, fn)

@@ -1,0 +1,138 @@
+"""Work done ahead of the annotator: the display copy of a photo and its attribution map.
+
+While someone looks at the current item, one background thread prepares the next items' photos
+and Grad-CAM maps, so that after a label the next item (photo + suggestions + map) is served from
+memory. Each piece of work is a `Future` keyed by what it makes; asking for something already in
+flight waits for it instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from models.images import load_rgb
+
+log = logging.getLogger(__name__)
+
+DISPLAY_MAX_SIDE = 800  # px: larger photos are scaled down for the page (labels use the original)
+DISPLAY_QUALITY = 90
+KEEP = 512  # finished futures remembered (LRU); files stay on disk in the temp folder
+DEFAULT_METHOD = "gradcam"
+# Intra-op threads for attribution in the server. One image through a small network gains little
+# from more, and when the cores are shared (web server, other jobs) OpenMP's spinning threads make
+# it far slower: a mobilenet_v2 forward measured 40 ms with 1 thread and 2,105 ms with 2 on this
+# busy 2-core machine.
+ATTRIBUTION_THREADS = 1
+
+
+def _one_thread() -> None:
+    try:
+        import torch
+    except ImportError:  # no torch: the explain module reports that itself
+        return
+    torch.set_num_threads(ATTRIBUTION_THREADS)
+
+
+class Prefetcher:
+    """Two small thread pools: `ahead` for prefetching, `demand` for maps asked for on the page
+    (Integrated Gradients or occlusion take seconds; they must not hold up the next item)."""
+
+    def __init__(self, explain: Callable[..., Path], *, root: Path | None = None) -> None:
+        self._explain = explain
+        self._tmp = tempfile.TemporaryDirectory(prefix="active-labeler-")
+        # Gradio serves files returned by events only from the temp folder or the working dir;
+        # display copies and maps are placed here (never the original image roots).
+        self.folder = Path(self._tmp.name)
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch", initializer=_one_thread)
+        self._demand = ThreadPoolExecutor(1, thread_name_prefix="attribution", initializer=_one_thread)
+        self._lock = threading.Lock()
+        self._futures: OrderedDict[Hashable, Future] = OrderedDict()
+        self._root = root
+
+    def close(self) -> None:
+        self._ahead.shutdown(wait=False, cancel_futures=True)
+        self._demand.shutdown(wait=False, cancel_futures=True)
+        self._tmp.cleanup()
+
+    def _future(self, key: Hashable, fn: Callable[[], Any], *, pool: ThreadPoolExecutor) -> Future:
+        with self._lock:
+            fut = self._futures.get(key)
+            if fut is not None and not (fut.done() and fut.exception() is not None):
+                self._futures.move_to_end(key)
+                return fut
+            fut = pool.submit(fn)
+            self._futures[key] = fut
+            while len(self._futures) > KEEP:
+                old_key, old = next(iter(self._futures.items()))
+                if not old.done():
+                    break
+                self._futures.pop(old_key)
+            return fut
+
+    def ready(self, key: Hashable) -> Any | None:
+        """The result of finished work under ``key`` (never waits); None when not done or failed."""
+        with self._lock:
+            fut = self._futures.get(key)
+        if fut is None or not fut.done() or fut.exception() is not None:
+            return None
+        return fut.result()
+
+    # -- photos ------------------------------------------------------------------------------
+    def _make_display(self, item_id: int, path: str) -> Path:
+        out = self.folder / f"item-{item_id}.jpg"
+        if not out.exists():
+            im = load_rgb(path)
+            im.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.BILINEAR)
+            tmp = out.with_suffix(".part")
+            im.save(tmp, format="JPEG", quality=DISPLAY_QUALITY)
+            tmp.replace(out)
+        return out
+
+    def photo(self, item_id: int, path: str, *, wait: bool = True) -> Path | Future:
+        fut = self._future(("photo", item_id), lambda: self._make_display(item_id, path), pool=self._ahead)
+        return fut.result() if wait else fut
+
+    # -- attribution maps --------------------------------------------------------------------
+    def _make_map(self, project: Any, item_id: int, version_id: int, method: str, target: str | None) -> Path:
+        src = Path(self._explain(project, item_id, version_id=version_id, method=method, target=target))
+        # A copy in our temp folder, so Gradio can serve it wherever the project lies.
+        out = self.folder / f"map-{item_id}-v{version_id}-{method}-{abs(hash(target)) % 10**8}.png"
+        if not out.exists():
+            tmp = out.with_suffix(".part")
+            tmp.write_bytes(src.read_bytes())
+            tmp.replace(out)
+        return out
+
+    def attribution(self, project: Any, item_id: int, version_id: int, *, method: str = DEFAULT_METHOD,
+                    target: str | None = None, wait: bool = True, ahead: bool = False) -> Path | Future:
+        key = ("map", item_id, version_id, method, target)
+        pool = self._ahead if ahead or method == DEFAULT_METHOD else self._demand
+        fut = self._future(key, lambda: self._make_map(project, item_id, version_id, method, target), pool=pool)
+        return fut.result() if wait else fut
+
+    def warm(self, project: Any, tasks: list[Any]) -> None:
+        """Queue the photo and the default map of each task (labelling.Task) in the background."""
+        for t in tasks:
+            self.photo(t.item_id, t.path, wait=False)
+            if t.version_id is not None and t.top is not None:
+                self.attribution(project, t.item_id, t.version_id, target=t.top[0], wait=False, ahead=True)
+
+    def later(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the prefetch thread (after what is queued there already)."""
+        def guarded() -> Any:
+            try:
+                return fn()
+            except Exception:  # a failed prefetch only costs speed; the page computes on demand
+                log.exception("background work failed")
+                return None
+
+        return self._ahead.submit(guarded)

@@ -1,0 +1,77 @@
+"""Disputed items: repository functions. Each takes a `Session`; the caller owns the transaction.
+
+Open disputes of one reason are replaced wholesale by a refresh (they are a ranking, not a
+record); resolved ones are kept with the label that settled them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete
+from sqlmodel import Session, select
+
+from storage.tables import DISPUTE_REASONS, Dispute, Label, utcnow
+
+OPEN = "open"
+RESOLVED = "resolved"
+
+
+def check_reason(reason: str) -> str:
+    if reason not in DISPUTE_REASONS:
+        raise ValueError(f"unknown dispute reason {reason!r}: use one of {', '.join(DISPUTE_REASONS)}")
+    return reason
+
+
+def replace_open(session: Session, reason: str, rows: Sequence[tuple[int, float, dict[str, Any]]]) -> int:
+    """Drop the open disputes of ``reason`` and add ``rows`` of (item_id, score, detail).
+    Returns how many are open now."""
+    check_reason(reason)
+    session.execute(delete(Dispute).where(Dispute.reason == reason, Dispute.status == OPEN))
+    session.add_all(
+        Dispute(item_id=int(item_id), reason=reason, score=float(score), detail=dict(detail), status=OPEN)
+        for item_id, score, detail in rows
+    )
+    session.flush()
+    return len(rows)
+
+
+def open_disputes(session: Session, *, reason: str | None = None, limit: int | None = None) -> list[Dispute]:
+    """Open disputes, highest score first (ties: oldest id first)."""
+    query = select(Dispute).where(Dispute.status == OPEN)
+    if reason is not None:
+        query = query.where(Dispute.reason == check_reason(reason))
+    query = query.order_by(Dispute.score.desc(), Dispute.id)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.exec(query))
+
+
+def for_item(session: Session, item_id: int, *, status: str | None = None) -> list[Dispute]:
+    query = select(Dispute).where(Dispute.item_id == item_id)
+    if status is not None:
+        query = query.where(Dispute.status == status)
+    return list(session.exec(query.order_by(Dispute.id)))
+
+
+def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispute]:
+    """Mark a dispute resolved by ``label`` (a label id or row; normally the ``review`` label
+    the reviewer just appended for the same item), together with every other open dispute of
+    that item: one review settles the item. Returns the disputes resolved."""
+    dispute = session.get(Dispute, dispute_id)
+    if dispute is None:
+        raise ValueError(f"no dispute {dispute_id}")
+    label_id = label.id if isinstance(label, Label) else int(label)
+    label = session.get(Label, label_id)
+    if label is None or label.item_id != dispute.item_id:
+        raise ValueError(f"label {label_id} is not a label of item {dispute.item_id}")
+    done = []
+    for d in for_item(session, dispute.item_id, status=OPEN):
+        d.status = RESOLVED
+        d.resolution_label_id = label_id
+        d.detail = {**d.detail, "resolved_at": utcnow().isoformat(timespec="seconds")}
+        session.add(d)
+        done.append(d)
+    session.flush()
+    return done

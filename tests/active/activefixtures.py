@@ -1,0 +1,71 @@
+"""Helpers for the active-learning tests: a store filled directly (items, labels, a model
+version with embeddings and probabilities written as `active score` lays them out), so the loop
+can be tested on synthetic arrays without running a network."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from active import modelstore, scoring
+from active.project import Project
+from storage import db, items, labels, versions
+from storage.tables import Item, Label, ModelVersion, Prediction
+
+
+def add_items(project: Project, n: int, *, split: str = "pool", start: int = 0) -> list[int]:
+    """``n`` items with made-up paths (nothing reads the files here); returns their ids."""
+    rows = [Item(sha256=hashlib.sha256(f"{split}-{start + k}".encode()).hexdigest(), path=f"/fake/{split}/{start + k}.jpg",
+                 width=8, height=8, mode="RGB", split=split) for k in range(n)]
+    return db.write(project.engine, lambda s: [int(i.id) for i in items.add(s, rows)])
+
+
+def add_label(project: Project, item_id: int, cls: str, *, kind: str = "imported", annotator: str = "import",
+              decision: str | None = None) -> int:
+    decision = decision or ("given" if kind == "imported" else "resolved" if kind == "review" else "corrected")
+    row = Label(item_id=item_id, annotator=annotator, label=cls, kind=kind, decision=decision)
+    return db.write(project.engine, lambda s: int(labels.append(s, row).id))
+
+
+def add_labels(project: Project, pairs: list[tuple[int, str]], *, kind: str = "imported",
+               annotator: str = "import") -> None:
+    decision = "given" if kind == "imported" else "corrected"
+
+    def fn(s):  # noqa: ANN001, ANN202
+        for item_id, cls in pairs:
+            labels.append(s, Label(item_id=item_id, annotator=annotator, label=cls, kind=kind, decision=decision))
+
+    db.write(project.engine, fn)
+
+
+def publish_version(project: Project, item_ids: list[int], embeddings: np.ndarray,
+                    probs: np.ndarray | None = None, *, mode: str = "pretrained",
+                    metrics: dict | None = None) -> int:
+    """A version that scored ``item_ids``: embeddings (n, d) in its embedding folder, one
+    Prediction per item (with ``probs`` (n, c) when it has a head). Returns its id."""
+    classes = list(project.config.classes) if probs is not None else []
+    version = ModelVersion(backbone="fake", weights="none", mode=mode, classes=classes,
+                           artifacts={"embeddings": modelstore.EMBEDDINGS_DIR}, metrics=metrics or {})
+    vid = db.write(project.engine, lambda s: int(versions.publish(s, version).id))
+    version.id = vid
+    scoring._save_chunk(scoring.embeddings_dir(project, version), 0, np.asarray(embeddings, dtype=np.float32))
+
+    def fn(s):  # noqa: ANN001, ANN202
+        rows = []
+        for r, item_id in enumerate(item_ids):
+            p = None if probs is None else [float(v) for v in probs[r]]
+            rows.append(Prediction(item_id=item_id, model_version_id=vid, row=r, probs=p,
+                                   pred=None if p is None else classes[int(np.argmax(p))]))
+        versions.add_predictions(s, rows)
+
+    db.write(project.engine, fn)
+    return vid
+
+
+def blobs(rng: np.random.Generator, n_classes: int, per_class: int, dim: int = 8,
+          spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian blobs: (n_classes * per_class, dim) embeddings and their classes."""
+    centres = rng.normal(0, 4, (n_classes, dim))
+    y = np.repeat(np.arange(n_classes), per_class)
+    return centres[y] + rng.normal(0, spread, (y.size, dim)), y

@@ -1,0 +1,93 @@
+"""Review resolution, dashboard rendering, and a retrain publishing a new version mid-session."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from storage import db
+from storage.tables import Dispute, Label
+from tests.labeler.conftest import add_version
+from tests.labeler.test_label_tab import human_labels, item_of
+
+
+def test_review_resolves_with_one_key(labeller):
+    items = labeller.item_ids
+
+    def add(s):  # noqa: ANN001, ANN202
+        for i in (items[3], items[5]):
+            s.add(Label(item_id=i, annotator="import", label="dress", kind="imported", decision="given"))
+        s.add(Dispute(item_id=items[3], reason="model_disagrees", score=0.4))
+        s.add(Dispute(item_id=items[5], reason="imported_label_suspect", score=0.9))
+
+    db.write(labeller.project.engine, add)
+    with pytest.raises(Exception, match="reviewers"):
+        labeller.client("ann").predict(api_name="/review_next")
+    rev = labeller.client("rev")
+    out = rev.predict(api_name="/review_next")
+    info = next(o for o in out if isinstance(o, str) and "Dispute" in o)
+    assert f"item #{items[5]}" in info and "given label" in info  # highest score first
+    given_map, suggested_map = out[2], out[3]
+    assert given_map and suggested_map  # attribution for the given and the suggested class
+    out = rev.predict(api_name="/resolve_model")
+    with db.session(labeller.project.engine) as s:
+        review = s.exec(select(Label).where(Label.kind == "review")).one()
+        d = s.exec(select(Dispute).where(Dispute.item_id == items[5])).one()
+    assert (review.item_id, review.decision, review.annotator) == (items[5], "resolved", "rev")
+    assert review.label == review.suggestion
+    assert d.status == "resolved" and d.resolution_label_id == review.id
+    # The next dispute is now shown; resolve it by keeping the given (imported) label.
+    info = next(o for o in out if isinstance(o, str) and "Dispute" in o)
+    assert f"item #{items[3]}" in info
+    rev.predict(api_name="/resolve_given")
+    with db.session(labeller.project.engine) as s:
+        rows = s.exec(select(Label).where(Label.kind == "review").order_by(Label.id)).all()
+    assert len(rows) == 2 and (rows[1].item_id, rows[1].label) == (items[3], "dress")
+    assert "No open disputes" in next(o for o in rev.predict(api_name="/review_next") if isinstance(o, str))
+
+
+def test_dashboard_renders(labeller):
+    a, b = labeller.client("ann"), labeller.client("bob")
+    a.predict(api_name="/start")
+    for _ in range(3):
+        a.predict(api_name="/accept")
+    by_class, by_annot, agree, curve, confusion, dist, averages, note = a.predict(api_name="/dashboard")
+    assert {r[0] for r in by_annot["data"]} == {"ann"}
+    assert sum(r[3] for r in by_class["data"]) == 3  # three human labels
+    assert "Agreement" in agree
+    for img in (curve, confusion, dist):
+        assert img and Path(img).stat().st_size > 1000
+    # The class-average maps are computed in the background; a second look shows them.
+    for _ in range(50):
+        averages = a.predict(api_name="/dashboard")[6]
+        if len(averages) == 3:
+            break
+        time.sleep(0.1)
+    assert sorted(g["caption"] for g in averages) == ["dress", "shirt", "shoes"]
+    del b
+
+
+def test_new_version_switches_mid_session(labeller):
+    labeller.fakes.refresh_starts = True
+    c = labeller.client("ann")
+    c.predict(api_name="/start")
+    c.predict(api_name="/accept")
+    for _ in range(50):  # the policy runs after the label, off the request
+        if labeller.fakes.refresh_calls:
+            break
+        time.sleep(0.05)
+    assert "training…" in c.predict(api_name="/status")
+    rows = human_labels(labeller.project, "ann")
+    assert rows[-1].model_version_id == labeller.version_id
+    v2 = add_version(labeller.project, labeller.item_ids, seed=2, fakes=labeller.fakes, n_labels=1, accuracy=0.7)
+    status = c.predict(api_name="/status")
+    assert f"model v{v2}" in status and "training" not in status
+    out = c.predict(api_name="/accept")  # labels the item shown before: still v1's suggestion
+    assert f"model v{v2}" in next(o for o in out if isinstance(o, str) and "item #" in o)
+    c.predict(api_name="/accept")
+    rows = human_labels(labeller.project, "ann")
+    assert [r.model_version_id for r in rows] == [labeller.version_id, labeller.version_id, v2]
+    assert item_of(out) != rows[0].item_id
