@@ -14,7 +14,7 @@ Formats (DESIGN.md, flow 7):
 Every export writes ``OUT/export.json`` (the manifest: command, time, options, counts per
 split and class, model version, the sha256 of the label snapshot, the class -> folder mapping).
 An export is built in a hidden temp folder beside OUT and renamed into place, so a crash never
-leaves half an export at OUT.
+leaves half an export at OUT; the next export to OUT removes what a killed one left beside it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -40,6 +39,7 @@ from tqdm import tqdm
 
 from active.errors import UserError
 from active.project import Project
+from active.tempdirs import make_owned_dir, orphans, remove_orphans
 from storage import db, labels, versions
 from storage.labels import CurrentLabel
 from storage.tables import Dispute, Item, ModelVersion, Prediction, utcnow
@@ -585,6 +585,25 @@ def _check_destination(out: Path, *, overwrite: bool) -> bool:
     return True
 
 
+def _tmp_prefix(out: Path) -> str:
+    return f".{out.name}.tmp-"
+
+
+def _old_prefix(out: Path) -> str:
+    return f".{out.name}.old-"
+
+
+def _clear_killed_exports(out: Path) -> None:
+    """Undo what a killed export to ``out`` left beside it: its half-built temp folder goes; an
+    earlier export it had just renamed away goes back to ``out`` when nothing took its place."""
+    for old in orphans(out.parent, _old_prefix(out)):
+        if out.exists() or out.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(old, out)
+    remove_orphans(out.parent, _tmp_prefix(out))
+
+
 def _swap_into_place(tmp: Path, out: Path, *, replace: bool) -> None:
     """Rename the finished ``tmp`` to ``out``; an earlier export is renamed away, then removed."""
     if not replace:
@@ -592,7 +611,7 @@ def _swap_into_place(tmp: Path, out: Path, *, replace: bool) -> None:
             out.rmdir()  # empty (checked); a file appearing meanwhile makes this fail, loudly
         os.rename(tmp, out)
         return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    old = make_owned_dir(out.parent, _old_prefix(out), mode=0o700)
     old.rmdir()
     os.rename(out, old)
     try:
@@ -610,11 +629,12 @@ def export(project: Project, opts: ExportOptions) -> dict[str, Any]:
     """
     opts.check()
     out = opts.out.absolute()
+    _clear_killed_exports(out)
     replace = _check_destination(out, overwrite=opts.overwrite)
     started = utcnow()
     collected = collect(project, opts)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = make_owned_dir(out.parent, _tmp_prefix(out), mode=0o700)
     try:
         v = collected.version
         manifest: dict[str, Any] = {

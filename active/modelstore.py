@@ -12,10 +12,11 @@ Every version's ``model(x)`` gives *calibrated* logits: the temperature is folde
 Linear, so ``softmax(model(x))`` are the probabilities the UI shows. The pretrained version keeps
 the weights' own (ImageNet) head and has ``classes == []``: it makes no predictions for our classes.
 
-Publishing writes every file into ``artifacts/.staging-<uuid>/``, then, inside the transaction that
-inserts the row, renames that folder to ``v{id}`` and commits: the row appears last, and a crash at
-any point leaves the previous version current (an orphan ``v{id}`` without a row is cleared by the
-next publish that gets that id).
+Publishing writes every file into ``artifacts/.staging-<host>-<pid>-<random>/``, then, inside the
+transaction that inserts the row, renames that folder to ``v{id}`` and commits: the row appears
+last, and a crash at any point leaves the previous version current (an orphan ``v{id}`` without a
+row is cleared by the next publish that gets that id; the staging folder of a killed process by
+the next run that stages a version).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from active.errors import UserError
+from active.tempdirs import make_owned_dir, remove_orphans
 from storage import db, versions
 from storage.tables import ModelVersion
 
@@ -98,10 +99,10 @@ def embedding_source(project: Project, version: ModelVersion) -> ModelVersion:
 # ---------------------------------------------------------------- publishing
 
 def new_staging(project: Project) -> Path:
-    """An empty private folder under artifacts/ to write a version's files into."""
-    path = project.artifacts / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-    path.mkdir(parents=True)
-    return path
+    """An empty private folder under artifacts/ to write a version's files into (named after this
+    process, see `active.tempdirs`); staging folders of killed runs are removed first."""
+    clear_stale_staging(project)
+    return make_owned_dir(project.artifacts, STAGING_PREFIX)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -148,8 +149,10 @@ def publish(project: Project, version: ModelVersion, staging: Path, *,
 
 
 def clear_stale_staging(project: Project, *, older_than_s: float = STALE_STAGING_S) -> None:
-    """Remove staging folders of crashed publishes (they never became versions). Only old ones:
-    a young folder may belong to a retrain running in another process."""
+    """Remove staging folders of crashed publishes (they never became versions): those whose
+    owner process on this host is gone, and any untouched for ``older_than_s`` (a young folder of
+    another host's or a live process may belong to a retrain still running)."""
+    remove_orphans(project.artifacts, STAGING_PREFIX)
     if project.artifacts.is_dir():
         now = time.time()
         for p in project.artifacts.glob(f"{STAGING_PREFIX}*"):
