@@ -23,7 +23,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 # The sample project: the shared clothing photos (train+validation = pool, test = holdout),
-# scored with mobilenet_v2, a first head, a first round, and a local user demo/demo.
+# scored with mobilenet_v2, a first head, a first round, and a local user demo (password active-demo).
 # Each step is skipped or resumed when it already ran, so `make run` is cheap the second time.
 ACTIVE := $(BIN)/active --project $(SAMPLE)
 
@@ -42,11 +42,11 @@ sample: install
 	  $(ACTIVE) retrain --mode head; fi
 	@if [ "$$($(ACTIVE) --json status | $(BIN)/python -c 'import json,sys; print(len(json.load(sys.stdin)["open_rounds"]))')" -eq 0 ]; then \
 	  $(ACTIVE) select --batch 100; fi
-	@$(ACTIVE) users list | grep -q '^demo' || echo demo | $(ACTIVE) users add demo --role reviewer
+	@$(ACTIVE) users list | grep -q '^demo' || echo active-demo | $(ACTIVE) users add demo --role reviewer
 	$(ACTIVE) status
 
 run: sample
-	@echo "Labeller on http://127.0.0.1:$(PORT)  (user demo, password demo; Ctrl-C stops it)"
+	@echo "Labeller on http://127.0.0.1:$(PORT)  (user demo, password active-demo; Ctrl-C stops it)"
 	$(ACTIVE) serve --port $(PORT)
 
 test: install-dev
