@@ -12,13 +12,13 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
 from active.errors import UserError
 from active.project import Project
-from storage import db, labels, work
-from storage.tables import Item, Label, ModelVersion, Prediction
+from storage import db, items, labels, work
+from storage.tables import Item, Label, Lease, ModelVersion, Prediction
 
 HUMAN = "human"
 # Decisions an annotator makes on the Label tab (the `undo` row is written by `undo_last`).
@@ -155,6 +155,17 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
         return row, (None if q is None else _task(s, q))
 
     return db.write(project.engine, fn)
+
+
+def set_aside(project: Project, item_id: int, reason: str) -> None:
+    """The item's photo cannot be shown: mark it unreadable (never served or trained on again)
+    and drop every lease on it, so nobody is stuck on it."""
+
+    def fn(s: Session) -> None:
+        items.mark_unreadable(s, item_id, reason)
+        s.execute(delete(Lease).where(Lease.item_id == item_id))
+
+    db.write(project.engine, fn)
 
 
 def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | None]:

@@ -27,6 +27,7 @@ from active.project import Project
 from labeler import dashboard
 from labeler.prefetch import Prefetcher
 from labeler.services import Services, default_services
+from models.images import ImageError
 from storage import db, users, versions
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,12 @@ class LabelerApp:
             picks = [gr.Button(value=f"{i + 1}", visible="hidden") for i in range(N_PICKS)]
             done = "**Nothing left to label** in the open rounds. Open a new round with `active select`."
             return [None, None, None, done, *picks, note, gr.Dropdown(value=None), None, ""]
-        photo = self.prefetch.photo(task.item_id, task.path)
+        try:
+            photo = self.prefetch.photo(task.item_id, task.path)
+        except ImageError as exc:  # a file that vanished or broke since import: set it aside, go on
+            labeling.set_aside(self.project, task.item_id, str(exc))
+            return self.show(None, f"#{task.item_id} cannot be shown ({esc(exc)}): set aside; press Enter for the next",
+                             view)
         bars = {c: p for c, p in task.ranked[:TOP_BARS]} if task.ranked else None
         picks = []
         for i in range(N_PICKS):

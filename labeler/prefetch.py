@@ -92,14 +92,19 @@ class Prefetcher:
         if not out.exists():
             im = load_rgb(path)
             im.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.BILINEAR)
-            tmp = out.with_suffix(".part")
+            tmp = out.with_suffix(f".{threading.get_ident()}.part")  # per thread: two may race
             im.save(tmp, format="JPEG", quality=DISPLAY_QUALITY)
             tmp.replace(out)
         return out
 
     def photo(self, item_id: int, path: str, *, wait: bool = True) -> Path | Future:
-        fut = self._future(("photo", item_id), lambda: self._make_display(item_id, path), pool=self._ahead)
-        return fut.result() if wait else fut
+        """The display copy of an item's photo. ``wait=False`` queues it in the background;
+        ``wait=True`` returns a prefetched copy, or makes it right here rather than queue behind
+        other annotators' background work."""
+        if not wait:
+            return self._future(("photo", item_id), lambda: self._make_display(item_id, path), pool=self._ahead)
+        done = self.ready(("photo", item_id))
+        return done if done is not None else self._make_display(item_id, path)
 
     # -- attribution maps --------------------------------------------------------------------
     def _make_map(self, project: Any, item_id: int, version_id: int, method: str, target: str | None) -> Path:

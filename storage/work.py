@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, exists, func, insert, literal, select, text
 from sqlmodel import Session
 
-from storage.tables import Label, Lease, QueueEntry, Round, utcnow
+from storage.tables import Item, Label, Lease, QueueEntry, Round, utcnow
 
 DEFAULT_LEASE_TTL = timedelta(minutes=10)
 LEASE_LOCK_KEY = 0x6C656173  # any constant; names the lease hand-out lock on PostgreSQL
@@ -137,11 +137,13 @@ def _candidates(annotator: str, overlap: int):  # noqa: ANN202
         .scalar_subquery()
     )
     lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
+    item = Item.__table__.alias("i")
     return (
         select(q.c.item_id, q.c.round_id)
-        .select_from(q.join(r, r.c.id == q.c.round_id))
+        .select_from(q.join(r, r.c.id == q.c.round_id).join(item, item.c.id == q.c.item_id))
         .where(
             r.c.closed_at.is_(None),
+            item.c.error.is_(None),  # unreadable files are never served
             ~seen_by_me,
             ~reviewed,
             done_count + lease_count < overlap,
@@ -197,12 +199,23 @@ def active_leases(session: Session, *, now: datetime | None = None) -> list[Leas
 
 
 def round_progress(session: Session, round_id: int) -> tuple[int, int]:
-    """(items of the round with a human label, items queued in the round)."""
+    """(items of the round that are dealt with, items queued in the round).
+
+    Dealt with: a human label that is not undone (skips and unsure included: the item goes back
+    to the candidates of the next round), a review, or a file found unreadable.
+    """
+    q = QueueEntry.__table__.alias("q")
+    lab = Label.__table__.alias("lab")
+    undo = Label.__table__.alias("undo")
+    item = Item.__table__.alias("i")
+    not_undone = ~exists(select(literal(1)).where(undo.c.item_id == lab.c.item_id, undo.c.undoes_id == lab.c.id))
+    handled = exists(select(literal(1)).where(
+        lab.c.item_id == q.c.item_id,
+        ((lab.c.kind == "human") & lab.c.decision.in_(SEEN_DECISIONS) & not_undone) | (lab.c.kind == "review"),
+    ))
+    unreadable = exists(select(literal(1)).where(item.c.id == q.c.item_id, item.c.error.is_not(None)))
     total = session.execute(select(func.count()).where(QueueEntry.round_id == round_id)).scalar_one()
     done = session.execute(
-        select(func.count(func.distinct(QueueEntry.item_id)))
-        .select_from(QueueEntry)
-        .join(Label, Label.item_id == QueueEntry.item_id)
-        .where(QueueEntry.round_id == round_id, Label.kind == "human", Label.decision.in_(DONE_DECISIONS))
+        select(func.count()).select_from(q).where(q.c.round_id == round_id, handled | unreadable)
     ).scalar_one()
     return int(done), int(total)

@@ -140,3 +140,24 @@ def test_double_submission_is_recorded_once(project):
     again, _ = labeling.record(project, "ann", task, decision="skipped")
     assert again is None
     assert [r.decision for r in human_labels(project)] == ["corrected"]
+
+
+def test_a_photo_that_cannot_be_read_is_set_aside(labeller):
+    from pathlib import Path
+
+    from storage.tables import Item
+
+    c = labeller.client("ann")
+    # Break the file of the item the annotator will get, after it was imported and leased.
+    from active.labeling import next_task
+
+    task = next_task(labeller.project, "ann")
+    Path(task.path).write_bytes(b"not a jpeg any more")
+    out = c.predict(api_name="/start")
+    note = next(o for o in out if isinstance(o, str) and "set aside" in o)
+    assert f"#{task.item_id}" in note
+    with db.session(labeller.project.engine) as s:
+        assert s.get(Item, task.item_id).error
+    # The annotator is not stuck: the next event serves another item.
+    nxt = item_of(c.predict(api_name="/accept"))
+    assert nxt != task.item_id
