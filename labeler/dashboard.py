@@ -19,6 +19,7 @@ import numpy as np
 
 from active import labeling
 from active.agreement import agreement
+from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
 from storage import db, labels, versions
@@ -246,8 +247,12 @@ def next_dispute(project: Project, services: Services, *, skip: list[int]) -> di
     if found is not None:
         pred, version = found
         version_id = version.id
-        order = np.argsort(-np.asarray(pred.probs, dtype=np.float64))
+        order = np.argsort(-np.asarray(pred.probs, dtype=np.float64), kind="stable")
         suggestion, confidence = version.classes[order[0]], float(pred.probs[order[0]])
+    if d.detail.get("suggested"):
+        # The out-of-fold evidence that raised the dispute: the serving head trained on this very
+        # label and tends to agree with it.
+        suggestion, confidence = d.detail["suggested"], d.detail.get("p_suggested")
     people = [(r.annotator, r.kind, r.decision, r.label) for r in labels.effective(history)]
     return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "reason": d.reason, "score": d.score,
             "given": cur.label if cur else None, "given_source": cur.source if cur else None,
@@ -290,4 +295,7 @@ def resolve(project: Project, services: Services, d: dict, label: str, reviewer:
         services.resolve_dispute(s, d["dispute_id"], row)
         return row
 
-    return db.write(project.engine, fn)
+    try:
+        return db.write(project.engine, fn)
+    except ValueError as exc:  # resolved by someone else, or refreshed: nothing was written
+        raise UserError(f"{exc}; press n for the next dispute") from None

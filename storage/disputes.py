@@ -73,5 +73,7 @@ def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispu
         d.detail = {**d.detail, "resolved_at": utcnow().isoformat(timespec="seconds")}
         session.add(d)
         done.append(d)
+    if not done:
+        raise ValueError(f"dispute {dispute_id} is no longer open (resolved or refreshed meanwhile)")
     session.flush()
     return done

@@ -153,6 +153,9 @@ def test_refresh_writes_ranked_disputes_and_resolve_settles_the_item(project) ->
         assert [d.status for d in store.for_item(s, ids[0])] == ["resolved"]
     with pytest.raises(ValueError, match="not a label of item"):
         db.write(project.engine, lambda s: store.resolve(s, still_open[0].id, label_id))
+    # A second resolution of a settled dispute is refused (and its transaction rolls back).
+    with pytest.raises(ValueError, match="no longer open"):
+        db.write(project.engine, lambda s: store.resolve(s, suspect.id, label_id))
 
 
 def test_disputes_command(project, cli) -> None:  # noqa: ANN001
