@@ -88,8 +88,12 @@ def _task(session: Session, q: work.Queued) -> Task:
     found = latest_prediction(session, q.item_id)
     if found is not None:
         pred, version = found
-        order = np.argsort(-np.asarray(pred.probs, dtype=np.float64), kind="stable")
-        ranked = tuple((version.classes[i], float(pred.probs[i])) for i in order if i < len(version.classes))
+        # Sum per class name: after `classes remove X --into Y` a version lists Y twice, and the
+        # probability of the merged class is the sum of its outputs.
+        merged: dict[str, float] = {}
+        for cls, p in zip(version.classes, pred.probs, strict=False):
+            merged[cls] = merged.get(cls, 0.0) + float(p)
+        ranked = tuple(sorted(merged.items(), key=lambda cp: -cp[1]))  # stable: ties keep class order
         version_id = version.id
     return Task(q.item_id, item.path, q.round_id or None, q.score, q.score_name, q.strategy, version_id,
                 ranked, dict(item.meta or {}))

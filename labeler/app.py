@@ -236,7 +236,7 @@ class LabelerApp:
         try:
             row, nxt = labeling.record(self.project, annotator, task, decision=decision, label=label)
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(html.escape(str(exc))) from None
         self._after_label(annotator, nxt)
         if row is None:
             return self.show(nxt, f"#{task.item_id} was already labelled by you; not recorded twice", view)
@@ -388,7 +388,7 @@ class LabelerApp:
             self.project.check_class(label)
             dashboard.resolve(self.project, self.services, state, label, reviewer)
         except UserError as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(html.escape(str(exc))) from None
         return self.review_next(request, {"skipped": state.get("skipped", [])})
 
     def resolve_given(self, state: dict | None, request: gr.Request) -> list[Any]:

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from active import modelstore
 from active.cli import main
 from tests.conftest import TORCH_HOME, shared_images
-
-modelstore = pytest.importorskip("active.modelstore", reason="needs the models branch (active.modelstore)")
 
 pytestmark = pytest.mark.slow
 CLASSES = ["dress", "shirt", "shoes"]
