@@ -59,3 +59,12 @@ def mark_unreadable(session: Session, item_id: int, reason: str) -> None:
     if item is not None:
         item.error = reason[:500]
         session.add(item)
+
+
+def clear_unreadable(session: Session) -> int:
+    """Forget every unreadable mark (the files are tried again); returns how many were cleared."""
+    marked = list(session.exec(select(Item).where(Item.error.is_not(None))))
+    for item in marked:
+        item.error = None
+        session.add(item)
+    return len(marked)

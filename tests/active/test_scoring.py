@@ -100,6 +100,14 @@ def test_unreadable_file_is_marked_and_not_retried(tmp_path: Path, make_image) -
     assert score(project, num_workers=0).failed == {}
     ids, _ = load_embeddings(project, 1)
     assert 3 not in ids.tolist() and len(ids) == 5
+    # The file is mended (a share remounted, say): --retry-unreadable scores it after all.
+    make_image(Path(victim.path), 0, seed=99)
+    from active.cli import main
+
+    assert main(["--project", str(project.root), "score", "--retry-unreadable", "--workers", "0",
+                 "--no-progress"]) == 0
+    with db.session(project.engine) as s:
+        assert s.get(Item, 3).error is None and 3 in versions.predictions(s, 1)
 
 
 def test_head_version_reuses_embeddings_and_embeds_only_new_items(tmp_path: Path, make_image) -> None:  # noqa: ANN001
