@@ -23,7 +23,7 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 # The sample project: the shared clothing photos (train+validation = pool, test = holdout),
-# scored with mobilenet_v2, a first head, a first round, and a local user demo (password active-demo).
+# scored with mobilenet_v2, a first head, a first round, disputes to review, and a local user demo (password active-demo).
 # Each step is skipped or resumed when it already ran, so `make run` is cheap the second time.
 ACTIVE := $(BIN)/active --project $(SAMPLE)
 
@@ -42,6 +42,8 @@ sample: install
 	  $(ACTIVE) retrain --mode head; fi
 	@if [ "$$($(ACTIVE) --json status | $(BIN)/python -c 'import json,sys; print(len(json.load(sys.stdin)["open_rounds"]))')" -eq 0 ]; then \
 	  $(ACTIVE) select --batch 100; fi
+	@if [ "$$($(ACTIVE) --json status | $(BIN)/python -c 'import json,sys; print(sum(json.load(sys.stdin)["open_disputes"].values()))')" -eq 0 ]; then \
+	  $(ACTIVE) disputes --refresh --limit 5; fi
 	@$(ACTIVE) users list | grep -q '^demo' || echo active-demo | $(ACTIVE) users add demo --role reviewer
 	$(ACTIVE) status
 
