@@ -2,9 +2,9 @@
 retrain and a pool scoring run write to the same store.
 
 Builds a project of M pool items from ../shared (the shared photos; above 3,781 items, synthetic
-rows pointing at the same photos), of which ``--scored`` are scored with mobilenet_v2
-(IMAGENET1K_V1) and a head is trained on their imported labels; the rest stay unscored, so the
-background ``active score`` has real network work. The scored project is cached under ``--keep
+rows pointing at the same photos), scored with mobilenet_v2 (IMAGENET1K_V1) and a head trained on
+their imported labels, except ``--unscored`` items (default 200) imported afterwards, so the
+background ``active score`` has real network work (chunked commits) to do. The scored project is cached under ``--keep
 DIR`` and copied for each run (SQLite) or cloned row by row into a fresh database (``--db``,
 PostgreSQL: one throwaway database per run, dropped at the end).
 
@@ -260,6 +260,21 @@ def prepare(root: Path, n_annotators: int) -> tuple[list[str], int]:
     db.write(project.engine, fn)
     project.engine.dispose()
     return names, len(ids)
+
+
+def count_versions(root: Path) -> int:
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from active.project import Project
+    from storage import db
+    from storage.tables import ModelVersion
+
+    project = Project.load(root)
+    with db.session(project.engine) as s:
+        n = int(s.exec(select(func.count()).select_from(ModelVersion)).one())
+    project.engine.dispose()
+    return n
 
 
 # ------------------------------------------------------------------------------------ annotators
@@ -557,8 +572,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--annotators", type=int, default=20, help="simulated annotators (processes)")
     ap.add_argument("--items", type=int, default=2000, help="pool items in the project")
-    ap.add_argument("--scored", type=int, default=600,
-                    help="items scored when the project is built (the rest are for the background scoring)")
+    ap.add_argument("--unscored", type=int, default=200,
+                    help="items left unscored when the project is built, for the background scoring run")
     ap.add_argument("--db", help="SQLAlchemy URL of a PostgreSQL server (a throwaway database is created there)")
     ap.add_argument("--seconds", type=float, default=60, help="labelling time")
     ap.add_argument("--max-labels", type=int, default=5000, help="labels per annotator at most")
@@ -575,7 +590,7 @@ def main() -> None:
     if not DATASET.is_dir():
         raise SystemExit(f"{DATASET} not found: put ../shared beside the checkout or set ACTIVE_SHARED")
     cache = args.keep or Path(tempfile.mkdtemp(prefix="load-cache-"))
-    scored = min(args.scored, args.items)
+    scored = max(args.items - max(args.unscored, 0), 0)
     template = cache / f"template-{args.items}-{scored}"
     if not (template / "active.toml").exists():
         if template.exists():
@@ -594,6 +609,7 @@ def main() -> None:
         store = make_run_project(template, run_dir, args.db)
         root = store.root
         names, queued = prepare(root, args.annotators)
+        versions_before = count_versions(root)
         from active.project import Project
 
         classes = list(Project.load(root).config.classes)
@@ -633,6 +649,7 @@ def main() -> None:
         stop_process(server)
         server = None
         figs = check(root, read_records(files))
+        published = count_versions(root) - versions_before
         lat = np.asarray(figs.latencies) if figs.latencies else np.asarray([float("nan")])
         p50, p95 = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
         print(f"labelling wall time {wall:.0f} s; {figs.submitted:,} acknowledged submissions "
@@ -642,6 +659,7 @@ def main() -> None:
             for what, rc, dur in bg.finished:
                 state = "ok" if rc == 0 else ("stopped at the end" if rc < 0 else f"FAILED (exit {rc})")
                 print(f"background {what}: {dur:.0f} s, {state}", flush=True)
+            print(f"model versions published during the run: {published}", flush=True)
         print(f"lost={figs.lost} duplicates={figs.duplicates} committed_but_unacknowledged={figs.unacked_stored} "
               f"double_leases(recorded)={figs.double_leases} double_leases(store)={figs.double_leases_store}")
         print(f"errors reaching annotators: {sum(figs.errors.values())} ({figs.lock_errors} locked/busy)")
