@@ -76,6 +76,7 @@ OUT_BARS, OUT_WHY, OUT_NOTE = 1, 2, 3
 ITEM_RE = re.compile(r"item #(\d+)")
 ACK_RE = re.compile(r"^#(\d+): (accepted|corrected|skipped|unsure)(?: (.+))?$")
 UNDO_RE = re.compile(r"^undid your label on #(\d+)$")
+NOT_TWICE = "was already labelled by you; not recorded twice"
 
 
 def free_port() -> int:
@@ -283,7 +284,7 @@ def _unescape(md: str) -> str:
 
 
 def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, seed: int,
-             classes: list[str]) -> None:
+             classes: list[str], double: float) -> None:
     """One annotator process: sign in, then label until ``deadline`` (time.time()) or ``max_labels``.
 
     Appends one JSON line per event to ``out`` (flushed, so a killed process loses nothing):
@@ -348,31 +349,42 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
         else:
             want = "undo"
         api = SUBMIT_APIS[action]
+        twice = action != "undo" and rng.random() < double
         t = time.perf_counter()
         try:
-            res = client.predict(*args, api_name=api)
+            if twice:  # two tabs / two keys at once: both requests carry the same item
+                jobs = [client.submit(*args, api_name=api) for _ in range(2)]
+                answers = [j.result() for j in jobs]
+            else:
+                answers = [client.predict(*args, api_name=api)]
         except Exception as exc:  # noqa: BLE001
             ms = (time.perf_counter() - t) * 1000
             emit(t="error", api=api, item=item, msg=f"{type(exc).__name__}: {exc}", ms=ms)
-            emit(t="unacked", item=item, decision=want, label=label)
+            emit(t="unacked", item=item, decision=want, label=label, n=2 if twice else 1)
             continue  # the page still shows the same item (its state did not change)
         ms = (time.perf_counter() - t) * 1000
-        note = _unescape(res[OUT_NOTE])
-        if want == "undo":
-            mu = UNDO_RE.match(note)
-            if mu:
+        for res in answers:
+            note = _unescape(res[OUT_NOTE])
+            mu, ma = UNDO_RE.match(note), ACK_RE.match(note)
+            if mu:  # what the server says it stored is what counts as submitted
                 emit(t="label", item=int(mu.group(1)), decision="undo", label=None, ms=ms)
-            elif note != "nothing to undo":
-                emit(t="error", api=api, item=item, msg=f"unexpected note: {note}", ms=ms)
-        else:
-            ma = ACK_RE.match(note)
-            if ma and int(ma.group(1)) == item and ma.group(2) == want and (ma.group(3) or None) == label:
-                emit(t="label", item=item, decision=want, label=label, ms=ms)
+            elif ma:
+                got = (int(ma.group(1)), ma.group(2), ma.group(3) or None)
+                emit(t="label", item=got[0], decision=got[1], label=got[2], ms=ms)
                 labelled += 1
+                if got != (item, want, label) and not twice:
+                    emit(t="error", api=api, item=item, msg=f"stored {got} where {(item, want, label)} was sent")
+            elif note == "nothing to undo" or (twice and NOT_TWICE in note):
+                emit(t="refused", item=item, note=note)
             else:
                 emit(t="error", api=api, item=item, msg=f"unexpected note: {note!r} for {want} {label}", ms=ms)
                 emit(t="unacked", item=item, decision=want, label=label)
-        out_ = res
+        out_ = answers[-1]
+        if twice:  # the page shows whichever answer came last: reload it, as a person would
+            try:
+                out_ = client.predict(True, "gradcam", api_name="/start")
+            except Exception as exc:  # noqa: BLE001
+                emit(t="error", api="/start", item=item, msg=f"{type(exc).__name__}: {exc}")
     with contextlib.suppress(Exception):
         client.close()
     fh.close()
@@ -467,7 +479,8 @@ class Figures:
     submitted: int
     stored: int
     lost: int
-    duplicates: int
+    duplicates: int  # store rows beyond the submissions they match
+    twice: int  # effective labels beyond one per (annotator, item) in the store
     unacked_stored: int
     double_leases: int
     double_leases_store: int
@@ -489,9 +502,9 @@ def read_records(files: dict[str, Path]) -> dict[str, list[dict]]:
     return out
 
 
-def net_done(events: list[tuple[str, int, str]]) -> dict[int, set[str]]:
-    """item -> annotators whose done-decision label on it still counts, from (annotator, item,
-    decision) in order per annotator (an undo cancels that annotator's latest label)."""
+def effective(events: list[tuple[str, int, str]]) -> dict[str, list[tuple[int, str]]]:
+    """annotator -> [(item, decision)] of their labels that still count, from (annotator, item,
+    decision) in order (an undo cancels that annotator's latest label on the item)."""
     stacks: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for ann, item, decision in events:
         if decision == "undo":
@@ -501,12 +514,23 @@ def net_done(events: list[tuple[str, int, str]]) -> dict[int, set[str]]:
                     break
         else:
             stacks[ann].append((item, decision))
+    return stacks
+
+
+def net_done(events: list[tuple[str, int, str]]) -> dict[int, set[str]]:
+    """item -> annotators whose done-decision label on it still counts."""
     done: dict[int, set[str]] = defaultdict(set)
-    for ann, st in stacks.items():
+    for ann, st in effective(events).items():
         for item, decision in st:
             if decision in DONE_DECISIONS:
                 done[item].add(ann)
     return done
+
+
+def twice_by_one(events: list[tuple[str, int, str]]) -> int:
+    """Labels beyond the first that one annotator holds on one item (a second decision on an item
+    must be refused: "not recorded twice")."""
+    return sum(n - 1 for st in effective(events).values() for n in Counter(i for i, _ in st).values())
 
 
 def check(root: Path, records: dict[str, list[dict]]) -> Figures:
@@ -537,7 +561,7 @@ def check(root: Path, records: dict[str, list[dict]]) -> Figures:
                 events.append((ann, r["item"], r["decision"]))
                 per_annotator[ann] += 1
             elif r["t"] == "unacked":
-                unacked[(ann, r["item"], r["decision"], r["label"])] += 1
+                unacked[(ann, r["item"], r["decision"], r["label"])] += r.get("n", 1)
             elif r["t"] == "error":
                 errors[r["msg"][:300]] += 1
                 if "ms" in r:
@@ -562,9 +586,10 @@ def check(root: Path, records: dict[str, list[dict]]) -> Figures:
         else:
             store_events.append((r.annotator, r.item_id, r.decision))
     double_store = sum(1 for anns in net_done(store_events).values() if len(anns) > 1)
+    twice = twice_by_one(store_events)
     lock = sum(n for msg, n in errors.items() if any(w in msg.lower() for w in LOCK_WORDS))
-    return Figures(sum(submitted.values()), stored, lost, duplicates, unacked_stored, double, double_store, lock,
-                   errors, latencies, per_annotator)
+    return Figures(sum(submitted.values()), stored, lost, duplicates, twice, unacked_stored, double, double_store,
+                   lock, errors, latencies, per_annotator)
 
 
 # ------------------------------------------------------------------------------------ main
@@ -578,6 +603,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60, help="labelling time")
     ap.add_argument("--max-labels", type=int, default=5000, help="labels per annotator at most")
     ap.add_argument("--retrain-after", type=float, default=5, help="seconds before the first head retrain starts")
+    ap.add_argument("--double", type=float, default=0.05,
+                    help="share of submissions sent twice at once (two tabs, two keys): one must be stored")
     ap.add_argument("--drain", type=float, default=60,
                     help="seconds the background processes may go on after the labelling before they are stopped")
     ap.add_argument("--no-background", action="store_true", help="no retrain and no scoring run (labelling only)")
@@ -625,7 +652,7 @@ def main() -> None:
         deadline = t0 + args.seconds + 15  # sign-in of N clients on a busy machine takes a while
         for k, n in enumerate(names):
             p = ctx.Process(target=annotate, args=(n, url, deadline, args.max_labels, str(files[n]),
-                                                   args.seed * 1000 + k, classes), daemon=True)
+                                                   args.seed * 1000 + k, classes, args.double), daemon=True)
             p.start()
             annotators.append(p)
         if not args.no_background:
@@ -660,7 +687,8 @@ def main() -> None:
                 state = "ok" if rc == 0 else ("stopped at the end" if rc < 0 else f"FAILED (exit {rc})")
                 print(f"background {what}: {dur:.0f} s, {state}", flush=True)
             print(f"model versions published during the run: {published}", flush=True)
-        print(f"lost={figs.lost} duplicates={figs.duplicates} committed_but_unacknowledged={figs.unacked_stored} "
+        print(f"lost={figs.lost} duplicates={figs.duplicates} same_annotator_twice={figs.twice} "
+              f"committed_but_unacknowledged={figs.unacked_stored} "
               f"double_leases(recorded)={figs.double_leases} double_leases(store)={figs.double_leases_store}")
         print(f"errors reaching annotators: {sum(figs.errors.values())} ({figs.lock_errors} locked/busy)")
         for msg, n in figs.errors.most_common(8):
@@ -670,7 +698,7 @@ def main() -> None:
               f"{sum(w in server_log.lower() for w in LOCK_WORDS)} lock words; run folder {run_dir}")
         print(f"submit latency over {len(figs.latencies):,} requests: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
               f"max {float(np.max(lat)):.0f} ms")
-        print(f"submitted={figs.submitted} stored={figs.stored} duplicates={figs.duplicates} "
+        print(f"submitted={figs.submitted} stored={figs.stored} duplicates={figs.duplicates + figs.twice} "
               f"double_leases={max(figs.double_leases, figs.double_leases_store)} lock_errors={figs.lock_errors} "
               f"p95_ms={p95:.0f}")
     finally:
