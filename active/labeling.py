@@ -146,6 +146,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
     top = task.top
 
     def fn(s: Session) -> tuple[Label | None, Task | None]:
+        work.lock_annotator(s, annotator)  # a second tab's submit waits, then sees this label
         if _already_labelled(s, annotator, task.item_id):
             q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
             return None, (None if q is None else _task(s, q))
@@ -177,6 +178,7 @@ def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | No
 
     Returns (the undone label or None when there is nothing to undo, the task now shown)."""
     def fn(s: Session) -> tuple[Label | None, Task | None]:
+        work.lock_annotator(s, annotator)  # two undos at once undo two labels, not one twice
         last = labels.last_human(s, annotator)
         if last is None:
             q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)

@@ -20,6 +20,7 @@ from storage.tables import Item, Label, Lease, QueueEntry, Round, utcnow
 
 DEFAULT_LEASE_TTL = timedelta(minutes=10)
 LEASE_LOCK_KEY = 0x6C656173  # any constant; names the lease hand-out lock on PostgreSQL
+ANNOTATOR_LOCK_KEY = 0x616E6E6F  # names the per-annotator locks on PostgreSQL (with hashtext(name))
 # Decisions that mean an annotator has dealt with an item (it is not served to them again).
 SEEN_DECISIONS = ("accepted", "corrected", "unsure", "skipped")
 # Decisions that count towards an item being done.
@@ -68,6 +69,20 @@ def close_round(session: Session, round_id: int) -> None:
     if rnd is not None and rnd.closed_at is None:
         rnd.closed_at = utcnow()
         session.add(rnd)
+
+
+def lock_annotator(session: Session, annotator: str) -> None:
+    """Serialise this annotator's write transactions (labels, undo) until this one ends.
+
+    A read-then-write such as "append unless already labelled" must not race a second tab of the
+    same annotator. SQLite needs nothing: a write transaction holds the database's write lock from
+    BEGIN IMMEDIATE. PostgreSQL (READ COMMITTED) would let both see "not labelled yet" and both
+    append, so a transaction-scoped advisory lock per annotator is taken here (before the lease
+    hand-out lock, always in that order).
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key, hashtext(:name))"),
+                        {"key": ANNOTATOR_LOCK_KEY, "name": annotator})
 
 
 def lease_next(

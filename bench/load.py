@@ -1,0 +1,719 @@
+"""Many annotators at once: N simulated annotators label through the real server while a head
+retrain and a pool scoring run write to the same store.
+
+Builds a project of M pool items from ../shared (the shared photos; above 3,781 items, synthetic
+rows pointing at the same photos), scored with mobilenet_v2 (IMAGENET1K_V1) and a head trained on
+their imported labels, except ``--unscored`` items (default 200) imported afterwards, so the
+background ``active score`` has real network work (chunked commits) to do. The scored project is cached under ``--keep
+DIR`` and copied for each run (SQLite) or cloned row by row into a fresh database (``--db``,
+PostgreSQL: one throwaway database per run, dropped at the end).
+
+Each run: N users, one round queueing every pool item (scored items by margin first), overlap 1,
+the labeller (`active serve`) on a free loopback port, then N annotator processes, each with its
+own signed-in `gradio_client.Client`, submitting labels as fast as the server answers for
+``--seconds`` (mostly accept, some corrections, skips, unsure, undo). Meanwhile ``active score``
+(the unscored items, through the network) and ``active retrain --mode head`` (back to back,
+each scoring the pool with its new version) run as subprocesses. The project's own refresh policy
+is switched off (``head_every = 0``) so every background writer is one this bench started and
+stops.
+
+Every acknowledged submission (the page's note "#id: accepted shirt") is checked against the
+store: each in it exactly once, no item with human labels from two annotators (overlap 1), no
+error text with "locked" or "busy" reaching an annotator.
+
+    python bench/load.py --keep /tmp/load-cache                       # SQLite, N=20, M=2000
+    eval "$(.ci/postgres start)"
+    python bench/load.py --keep /tmp/load-cache --db "$ACTIVE_TEST_PG_URL"
+    .ci/postgres stop
+
+Last line: ``submitted=<n> stored=<n> duplicates=<n> double_leases=<n> lock_errors=<n> p95_ms=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
+DATASET = SHARED / "datasets" / "clothing-small"
+SPLIT_FOLDERS = ("train", "validation", "test")
+PASSWORD = "load-bench-password"
+BACKBONE, WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
+SYNTHETIC_BATCH = 2000
+SERVER_START_S = 180.0
+STOP_GRACE_S = 20.0
+MAX_RETRAINS = 4
+LOCK_WORDS = ("locked", "busy")
+# What an annotator does with an item that has suggestions (cumulative probabilities).
+ACTIONS = (("accept", 0.70), ("second", 0.78), ("skip", 0.86), ("unsure", 0.92), ("class", 0.97), ("undo", 1.0))
+SUBMIT_APIS = {"accept": "/accept", "second": "/pick_2", "skip": "/skip", "unsure": "/unsure", "class": "/correct",
+               "undo": "/undo"}
+DONE_DECISIONS = ("accepted", "corrected", "unsure")
+
+# Outputs of the item events as gradio_client returns them (State and Buttons are left out):
+# photo, suggestions, why, note, class picker, map, map note.
+OUT_BARS, OUT_WHY, OUT_NOTE = 1, 2, 3
+ITEM_RE = re.compile(r"item #(\d+)")
+ACK_RE = re.compile(r"^#(\d+): (accepted|corrected|skipped|unsure)(?: (.+))?$")
+UNDO_RE = re.compile(r"^undid your label on #(\d+)$")
+NOT_TWICE = "was already labelled by you; not recorded twice"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str) -> None:
+    from active.cli import main
+
+    code = main(list(args))
+    if code != 0:
+        raise SystemExit(f"active {' '.join(args)} failed with exit code {code}")
+
+
+# ------------------------------------------------------------------------------------ the project
+def build_template(root: Path, *, items: int, scored: int) -> None:
+    """A SQLite project: ``items`` pool items, the first ``scored`` scored (v1 pretrained) with a
+    head (v2) trained on their imported labels; the rest imported after, unscored."""
+    from active.importer import import_candidates, scan_folder
+    from active.project import Project
+    from active.retrain import retrain
+    from active.scoring import score
+
+    cli("init", str(root), "--preset", "clothing10", "--backbone", BACKBONE, "--weights", WEIGHTS)
+    project = Project.load(root)
+    cands = []
+    for f in SPLIT_FOLDERS:
+        found, _skipped, _layout = scan_folder(DATASET / f)
+        cands += found
+    cands = cands[:items]
+    first = min(scored, len(cands))
+    rng = random.Random(0)  # a class mix in the scored part, not the first folders' classes only
+    rng.shuffle(cands)
+    import_candidates(project, cands[:first], split="pool", progress=False)
+    t = time.perf_counter()
+    rep = score(project, progress=True)
+    print(f"template: scored {rep.embedded} photos with {BACKBONE} in {time.perf_counter() - t:.0f} s", flush=True)
+    v = retrain(project, mode="head", progress=False)
+    print(f"template: head version v{v.id} on {v.n_labels} imported labels", flush=True)
+    import_candidates(project, cands[first:], split="pool", progress=False)
+    add_synthetic(project, items)
+
+
+def add_synthetic(project, n_total: int) -> None:  # noqa: ANN001
+    """Item rows (fresh hashes, same photos, their imported labels) until the project holds ``n_total``."""
+    from sqlmodel import select
+
+    from storage import db
+    from storage.tables import Item, Label
+
+    with db.session(project.engine) as s:
+        base = list(s.exec(select(Item).order_by(Item.id)))
+        given = {lab.item_id: lab.label for lab in s.exec(select(Label).where(Label.kind == "imported"))}
+    need = n_total - len(base)
+    for start in range(0, max(need, 0), SYNTHETIC_BATCH):
+        def fn(s, start=start):  # noqa: ANN001, ANN202
+            new = []
+            for k in range(start, min(start + SYNTHETIC_BATCH, need)):
+                src = base[k % len(base)]
+                sha = hashlib.sha256(f"{src.sha256}/{k}".encode()).hexdigest()
+                new.append((src, Item(sha256=sha, path=src.path, width=src.width, height=src.height, mode=src.mode,
+                                      source="synthetic", split="pool", meta={"copy_of": src.id})))
+            s.add_all(it for _, it in new)
+            s.flush()
+            for src, it in new:
+                if src.id in given:
+                    s.add(Label(item_id=it.id, annotator="import", label=given[src.id], kind="imported",
+                                decision="given"))
+
+        db.write(project.engine, fn)
+    if need > 0:
+        print(f"template: added {need:,} synthetic items (same photos) to reach {n_total:,}", flush=True)
+
+
+def clone_rows(src_url: str, dst_url: str) -> None:
+    """Copy every row of the template store into a freshly initialised one (same ids), then move
+    PostgreSQL's id sequences past them."""
+    from sqlalchemy import insert, select, text
+    from sqlmodel import SQLModel
+
+    from storage import db
+
+    src, dst = db.open_engine(src_url), db.open_engine(dst_url)
+    with src.connect() as sc, dst.begin() as dc:
+        for table in SQLModel.metadata.sorted_tables:
+            if table.name == "meta":
+                continue
+            rows = [dict(r) for r in sc.execute(select(table)).mappings()]
+            for k in range(0, len(rows), 5000):
+                dc.execute(insert(table), rows[k:k + 5000])
+            if dst.dialect.name == "postgresql" and "id" in table.c and rows:
+                dc.execute(text(f"SELECT setval(pg_get_serial_sequence('\"{table.name}\"', 'id'), "
+                                f"(SELECT max(id) FROM \"{table.name}\"))"))
+    src.dispose()
+    dst.dispose()
+
+
+@dataclass
+class RunStore:
+    """The run's project folder and, for PostgreSQL, the throwaway database to drop afterwards."""
+
+    root: Path
+    admin_url: str | None = None
+    database: str | None = None
+
+    def drop(self) -> None:
+        if not self.database:
+            return
+        from sqlalchemy import create_engine, text
+
+        eng = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        try:
+            with eng.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
+        finally:
+            eng.dispose()
+
+
+def make_run_project(template: Path, run_dir: Path, db_url: str | None) -> RunStore:
+    """A fresh copy of the template for this run (SQLite: the folder; PostgreSQL: a new database)."""
+    from active.project import Project
+
+    root = run_dir / "project"
+    tpl = Project.load(template)
+    if db_url is None:
+        with tpl.engine.connect() as conn:  # fold the WAL into the file before copying
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        shutil.copytree(template, root)
+        store = RunStore(root)
+    else:
+        from sqlalchemy import create_engine, make_url, text
+
+        base = make_url(db_url)
+        name = f"active_load_{os.getpid()}_{int(time.time())}"
+        eng = create_engine(db_url, isolation_level="AUTOCOMMIT")
+        try:
+            with eng.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # noqa: BLE001
+            raise SystemExit(f"cannot create a throwaway database on {base.render_as_string()}: {exc}") from None
+        finally:
+            eng.dispose()
+        store = RunStore(root, admin_url=db_url, database=name)
+        url = base.set(database=name).render_as_string(hide_password=False)
+        cli("init", str(root), "--db", url, "--preset", "clothing10", "--backbone", BACKBONE, "--weights", WEIGHTS)
+        t = time.perf_counter()
+        clone_rows(tpl.db_url, url)
+        shutil.copytree(tpl.artifacts, root / "artifacts", dirs_exist_ok=True)
+        print(f"cloned the template into PostgreSQL database {name} in {time.perf_counter() - t:.1f} s", flush=True)
+    project = Project.load(root)
+    project.config.retrain.head_every = 0  # every background writer is one this bench starts
+    project.config.labeling.overlap = 1
+    project.save()
+    return store
+
+
+def prepare(root: Path, n_annotators: int) -> tuple[list[str], int]:
+    """Add the annotators and open one round over the whole pool; returns (names, queued)."""
+    from sqlmodel import select
+
+    from active.project import Project
+    from storage import db, users, versions, work
+    from storage.tables import Item, Prediction
+
+    project = Project.load(root)
+    names = [f"ann{k:02d}" for k in range(n_annotators)]
+    with db.session(project.engine) as s:
+        v = versions.latest(s)
+        margins = dict(s.exec(select(Prediction.item_id, Prediction.margin)
+                              .where(Prediction.model_version_id == v.id, Prediction.margin.is_not(None))).all())
+        pool = list(s.exec(select(Item.id).where(Item.split == "pool").order_by(Item.id)))
+    ids = sorted(pool, key=lambda i: (i not in margins, margins.get(i, 1.0), i))
+
+    def fn(s):  # noqa: ANN001, ANN202
+        for n in names:
+            users.add(s, n, PASSWORD, role="annotator")
+        work.open_round(s, strategy="margin", model_version_id=v.id, item_ids=ids,
+                        scores=[float(margins.get(i, 1.0)) for i in ids], score_name="margin")
+
+    db.write(project.engine, fn)
+    project.engine.dispose()
+    return names, len(ids)
+
+
+def count_versions(root: Path) -> int:
+    from sqlalchemy import func
+    from sqlmodel import select
+
+    from active.project import Project
+    from storage import db
+    from storage.tables import ModelVersion
+
+    project = Project.load(root)
+    with db.session(project.engine) as s:
+        n = int(s.exec(select(func.count()).select_from(ModelVersion)).one())
+    project.engine.dispose()
+    return n
+
+
+# ------------------------------------------------------------------------------------ annotators
+def _unescape(md: str) -> str:
+    return re.sub(r"\\(.)", r"\1", md or "").strip()
+
+
+def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, seed: int,
+             classes: list[str], double: float) -> None:
+    """One annotator process: sign in, then label until ``deadline`` (time.time()) or ``max_labels``.
+
+    Appends one JSON line per event to ``out`` (flushed, so a killed process loses nothing):
+    ``label`` (acknowledged by the server's note), ``error`` (exception text or an unexpected
+    note), ``unacked`` (a submission whose answer never came), ``shown`` (an item on screen).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; Ctrl-C goes to it
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gradio_client import Client
+
+    rng = random.Random(seed)
+    fh = open(out, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def emit(**rec) -> None:  # noqa: ANN003
+        fh.write(json.dumps(rec) + "\n")
+
+    client = None
+    for attempt in range(10):
+        try:
+            client = Client(url, auth=(name, PASSWORD), verbose=False, download_files=False,
+                            analytics_enabled=False, httpx_kwargs={"timeout": 120})
+            break
+        except Exception as exc:  # noqa: BLE001
+            emit(t="error", api="/login", msg=f"{type(exc).__name__}: {exc}")
+            time.sleep(min(2 ** attempt * 0.2, 5))
+    if client is None:
+        return
+    try:
+        out_ = client.predict(True, "gradcam", api_name="/start")
+    except Exception as exc:  # noqa: BLE001
+        emit(t="error", api="/start", msg=f"{type(exc).__name__}: {exc}")
+        return
+    labelled = 0
+    while time.time() < deadline and labelled < max_labels:
+        why = out_[OUT_WHY] or ""
+        m = ITEM_RE.search(why)
+        if m is None:
+            emit(t="done", msg=_unescape(why)[:200])  # nothing left to label
+            break
+        item = int(m.group(1))
+        emit(t="shown", item=item)
+        bars = out_[OUT_BARS] if isinstance(out_[OUT_BARS], dict) else None
+        ranked = [c["label"] for c in (bars or {}).get("confidences", [])]
+        r = rng.random()
+        action = next(a for a, p in ACTIONS if r < p) if ranked else "class"
+        if action == "second" and len(ranked) < 2:
+            action = "accept"
+        if action == "undo" and labelled == 0:
+            action = "accept"
+        label = None
+        args: tuple = (True, "gradcam")
+        if action == "accept":
+            label, want = ranked[0], "accepted"
+        elif action == "second":
+            label, want = ranked[1], "corrected"
+        elif action == "class":
+            label = rng.choice(classes)
+            want = "accepted" if ranked and ranked[0] == label else "corrected"
+            args = (label, True, "gradcam")
+        elif action in ("skip", "unsure"):
+            want = {"skip": "skipped", "unsure": "unsure"}[action]
+        else:
+            want = "undo"
+        api = SUBMIT_APIS[action]
+        twice = action != "undo" and rng.random() < double
+        t = time.perf_counter()
+        try:
+            if twice:  # two tabs / two keys at once: both requests carry the same item
+                jobs = [client.submit(*args, api_name=api) for _ in range(2)]
+                answers = [j.result() for j in jobs]
+            else:
+                answers = [client.predict(*args, api_name=api)]
+        except Exception as exc:  # noqa: BLE001
+            ms = (time.perf_counter() - t) * 1000
+            emit(t="error", api=api, item=item, msg=f"{type(exc).__name__}: {exc}", ms=ms)
+            emit(t="unacked", item=item, decision=want, label=label, n=2 if twice else 1)
+            continue  # the page still shows the same item (its state did not change)
+        ms = (time.perf_counter() - t) * 1000
+        for res in answers:
+            note = _unescape(res[OUT_NOTE])
+            mu, ma = UNDO_RE.match(note), ACK_RE.match(note)
+            if mu:  # what the server says it stored is what counts as submitted
+                emit(t="label", item=int(mu.group(1)), decision="undo", label=None, ms=ms)
+            elif ma:
+                got = (int(ma.group(1)), ma.group(2), ma.group(3) or None)
+                emit(t="label", item=got[0], decision=got[1], label=got[2], ms=ms)
+                labelled += 1
+                if got != (item, want, label) and not twice:
+                    emit(t="error", api=api, item=item, msg=f"stored {got} where {(item, want, label)} was sent")
+            elif note == "nothing to undo" or (twice and NOT_TWICE in note):
+                emit(t="refused", item=item, note=note)
+            else:
+                emit(t="error", api=api, item=item, msg=f"unexpected note: {note!r} for {want} {label}", ms=ms)
+                emit(t="unacked", item=item, decision=want, label=label)
+        out_ = answers[-1]
+        if twice:  # the page shows whichever answer came last: reload it, as a person would
+            try:
+                out_ = client.predict(True, "gradcam", api_name="/start")
+            except Exception as exc:  # noqa: BLE001
+                emit(t="error", api="/start", item=item, msg=f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(Exception):
+        client.close()
+    fh.close()
+
+
+# ------------------------------------------------------------------------------------ background
+@dataclass
+class Background:
+    """``active score`` once and ``active retrain --mode head`` back to back, as subprocesses."""
+
+    root: Path
+    log: Path
+    retrain_after_s: float
+    t0: float = field(default_factory=time.monotonic)
+    procs: list[tuple[str, subprocess.Popen, float]] = field(default_factory=list)
+    finished: list[tuple[str, int, float]] = field(default_factory=list)
+    retrains: int = 0
+
+    def _start(self, what: str, *args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        fh = open(self.log, "a")  # noqa: SIM115
+        fh.write(f"\n=== {what} at +{time.monotonic() - self.t0:.1f} s\n")
+        fh.flush()
+        p = subprocess.Popen([sys.executable, "-m", "active.cli", "--project", str(self.root), *args],
+                             env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        fh.close()
+        self.procs.append((what, p, time.monotonic()))
+
+    def start(self) -> None:
+        self._start("score", "score", "--no-progress")
+
+    def poll(self, *, more: bool) -> None:
+        for entry in list(self.procs):
+            what, p, t = entry
+            if p.poll() is not None:
+                self.procs.remove(entry)
+                self.finished.append((what, p.returncode, time.monotonic() - t))
+        running = {what for what, _, _ in self.procs}
+        if (more and "retrain" not in running and self.retrains < MAX_RETRAINS
+                and time.monotonic() - self.t0 >= self.retrain_after_s):
+            self.retrains += 1
+            self._start("retrain", "retrain", "--mode", "head", "--no-progress")
+
+    def stop(self) -> None:
+        for what, p, t in self.procs:
+            stop_process(p)
+            self.finished.append((what, p.returncode if p.returncode is not None else -9, time.monotonic() - t))
+        self.procs.clear()
+
+
+def stop_process(p: subprocess.Popen | mp.Process) -> None:
+    """SIGTERM, then SIGKILL after STOP_GRACE_S."""
+    if isinstance(p, subprocess.Popen):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    else:
+        if p.is_alive():
+            p.terminate()
+            p.join(STOP_GRACE_S)
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def start_server(root: Path, port: int, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    with open(log, "w") as fh:
+        server = subprocess.Popen([sys.executable, "-m", "active.cli", "--project", str(root), "serve",
+                                   "--host", "127.0.0.1", "--port", str(port)],
+                                  env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    end = time.monotonic() + SERVER_START_S
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return server
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit(f"the server died at start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.2)
+    stop_process(server)
+    raise SystemExit(f"the server did not listen on port {port} within {SERVER_START_S:.0f} s")
+
+
+# ------------------------------------------------------------------------------------ the checks
+@dataclass
+class Figures:
+    submitted: int
+    stored: int
+    lost: int
+    duplicates: int  # store rows beyond the submissions they match
+    twice: int  # effective labels beyond one per (annotator, item) in the store
+    unacked_stored: int
+    double_leases: int
+    double_leases_store: int
+    lock_errors: int
+    errors: Counter
+    latencies: list[float]
+    per_annotator: dict[str, int]
+
+
+def read_records(files: dict[str, Path]) -> dict[str, list[dict]]:
+    out = {}
+    for name, path in files.items():
+        recs = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut off by a kill
+                    recs.append(json.loads(line))
+        out[name] = recs
+    return out
+
+
+def effective(events: list[tuple[str, int, str]]) -> dict[str, list[tuple[int, str]]]:
+    """annotator -> [(item, decision)] of their labels that still count, from (annotator, item,
+    decision) in order (an undo cancels that annotator's latest label on the item)."""
+    stacks: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for ann, item, decision in events:
+        if decision == "undo":
+            for k in range(len(stacks[ann]) - 1, -1, -1):
+                if stacks[ann][k][0] == item:
+                    del stacks[ann][k]
+                    break
+        else:
+            stacks[ann].append((item, decision))
+    return stacks
+
+
+def net_done(events: list[tuple[str, int, str]]) -> dict[int, set[str]]:
+    """item -> annotators whose done-decision label on it still counts."""
+    done: dict[int, set[str]] = defaultdict(set)
+    for ann, st in effective(events).items():
+        for item, decision in st:
+            if decision in DONE_DECISIONS:
+                done[item].add(ann)
+    return done
+
+
+def twice_by_one(events: list[tuple[str, int, str]]) -> int:
+    """Labels beyond the first that one annotator holds on one item (a second decision on an item
+    must be refused: "not recorded twice")."""
+    return sum(n - 1 for st in effective(events).values() for n in Counter(i for i, _ in st).values())
+
+
+def check(root: Path, records: dict[str, list[dict]]) -> Figures:
+    from sqlmodel import select
+
+    from active.project import Project
+    from storage import db
+    from storage.tables import Label
+
+    project = Project.load(root)
+    names = list(records)
+    with db.session(project.engine) as s:
+        rows = list(s.exec(select(Label).where(Label.kind == "human", Label.annotator.in_(names)).order_by(Label.id)))
+    project.engine.dispose()
+
+    submitted: Counter = Counter()
+    unacked: Counter = Counter()
+    errors: Counter = Counter()
+    latencies: list[float] = []
+    events: list[tuple[str, int, str]] = []
+    per_annotator: dict[str, int] = {}
+    for ann, recs in records.items():
+        per_annotator[ann] = 0
+        for r in recs:
+            if r["t"] == "label":
+                submitted[(ann, r["item"], r["decision"], r["label"])] += 1
+                latencies.append(r["ms"])
+                events.append((ann, r["item"], r["decision"]))
+                per_annotator[ann] += 1
+            elif r["t"] == "unacked":
+                unacked[(ann, r["item"], r["decision"], r["label"])] += r.get("n", 1)
+            elif r["t"] == "error":
+                errors[r["msg"][:300]] += 1
+                if "ms" in r:
+                    latencies.append(r["ms"])
+    stored_rows = Counter((r.annotator, r.item_id, r.decision, r.label) for r in rows)
+    stored = lost = duplicates = unacked_stored = 0
+    for key in submitted.keys() | stored_rows.keys():
+        sub, have = submitted[key], stored_rows[key]
+        stored += min(sub, have)
+        lost += max(0, sub - have)
+        extra = max(0, have - sub)
+        explained = min(extra, unacked[key])  # committed, but its answer never reached the annotator
+        unacked_stored += explained
+        duplicates += extra - explained
+    double = sum(1 for anns in net_done(events).values() if len(anns) > 1)
+    store_events = []
+    by_id = {r.id: r for r in rows}
+    for r in rows:
+        if r.decision == "undo":
+            target = by_id.get(r.undoes_id)
+            store_events.append((r.annotator, target.item_id if target else -1, "undo"))
+        else:
+            store_events.append((r.annotator, r.item_id, r.decision))
+    double_store = sum(1 for anns in net_done(store_events).values() if len(anns) > 1)
+    twice = twice_by_one(store_events)
+    lock = sum(n for msg, n in errors.items() if any(w in msg.lower() for w in LOCK_WORDS))
+    return Figures(sum(submitted.values()), stored, lost, duplicates, twice, unacked_stored, double, double_store,
+                   lock, errors, latencies, per_annotator)
+
+
+# ------------------------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--annotators", type=int, default=20, help="simulated annotators (processes)")
+    ap.add_argument("--items", type=int, default=2000, help="pool items in the project")
+    ap.add_argument("--unscored", type=int, default=200,
+                    help="items left unscored when the project is built, for the background scoring run")
+    ap.add_argument("--db", help="SQLAlchemy URL of a PostgreSQL server (a throwaway database is created there)")
+    ap.add_argument("--seconds", type=float, default=60, help="labelling time")
+    ap.add_argument("--max-labels", type=int, default=5000, help="labels per annotator at most")
+    ap.add_argument("--retrain-after", type=float, default=5, help="seconds before the first head retrain starts")
+    ap.add_argument("--double", type=float, default=0.05,
+                    help="share of submissions sent twice at once (two tabs, two keys): one must be stored")
+    ap.add_argument("--drain", type=float, default=60,
+                    help="seconds the background processes may go on after the labelling before they are stopped")
+    ap.add_argument("--no-background", action="store_true", help="no retrain and no scoring run (labelling only)")
+    ap.add_argument("--keep", type=Path, help="cache the scored template project here (default: a temp dir)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if args.annotators < 1 or args.items < 1 or args.seconds <= 0:
+        raise SystemExit("--annotators, --items and --seconds must be positive")
+    os.environ.setdefault("TORCH_HOME", str(SHARED / "torch"))
+    if not DATASET.is_dir():
+        raise SystemExit(f"{DATASET} not found: put ../shared beside the checkout or set ACTIVE_SHARED")
+    cache = args.keep or Path(tempfile.mkdtemp(prefix="load-cache-"))
+    scored = max(args.items - max(args.unscored, 0), 0)
+    template = cache / f"template-{args.items}-{scored}"
+    if not (template / "active.toml").exists():
+        if template.exists():
+            shutil.rmtree(template)  # a build that was interrupted
+        t = time.perf_counter()
+        build_template(template, items=args.items, scored=scored)
+        print(f"template built in {time.perf_counter() - t:.0f} s", flush=True)
+    if args.keep:
+        (cache / "runs").mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="load-run-", dir=cache / "runs" if args.keep else None))
+    store = None
+    server = None
+    annotators: list[mp.Process] = []
+    bg = None
+    try:
+        store = make_run_project(template, run_dir, args.db)
+        root = store.root
+        names, queued = prepare(root, args.annotators)
+        versions_before = count_versions(root)
+        from active.project import Project
+
+        classes = list(Project.load(root).config.classes)
+        backend = "PostgreSQL" if args.db else "SQLite"
+        print(f"{backend}: {args.items:,} pool items ({scored:,} scored, {args.items - scored:,} left for the "
+              f"background scoring), {queued:,} queued, {len(names)} annotators, overlap 1", flush=True)
+        port = free_port()
+        server = start_server(root, port, run_dir / "server.log")
+        url = f"http://127.0.0.1:{port}/"
+        ctx = mp.get_context("spawn")
+        files = {n: run_dir / f"{n}.jsonl" for n in names}
+        t0 = time.time()
+        deadline = t0 + args.seconds + 15  # sign-in of N clients on a busy machine takes a while
+        for k, n in enumerate(names):
+            p = ctx.Process(target=annotate, args=(n, url, deadline, args.max_labels, str(files[n]),
+                                                   args.seed * 1000 + k, classes, args.double), daemon=True)
+            p.start()
+            annotators.append(p)
+        if not args.no_background:
+            bg = Background(root, run_dir / "background.log", args.retrain_after)
+            bg.start()
+        hard_stop = deadline + max(60.0, args.seconds)
+        while any(p.is_alive() for p in annotators) and time.time() < hard_stop:
+            if bg is not None:
+                bg.poll(more=time.time() < deadline)
+            time.sleep(0.5)
+        killed = [p for p in annotators if p.is_alive()]
+        for p in killed:
+            stop_process(p)
+        wall = time.time() - t0
+        if bg is not None:  # a running retrain may publish (bounded); the scoring run is resumable
+            end = time.monotonic() + args.drain
+            while bg.procs and time.monotonic() < end:
+                bg.poll(more=False)
+                time.sleep(0.5)
+            bg.stop()
+        stop_process(server)
+        server = None
+        figs = check(root, read_records(files))
+        published = count_versions(root) - versions_before
+        lat = np.asarray(figs.latencies) if figs.latencies else np.asarray([float("nan")])
+        p50, p95 = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+        print(f"labelling wall time {wall:.0f} s; {figs.submitted:,} acknowledged submissions "
+              f"({figs.submitted / wall:.1f}/s); per annotator min {min(figs.per_annotator.values())} "
+              f"max {max(figs.per_annotator.values())}; {len(killed)} annotators had to be stopped", flush=True)
+        if bg is not None:
+            for what, rc, dur in bg.finished:
+                state = "ok" if rc == 0 else ("stopped at the end" if rc < 0 else f"FAILED (exit {rc})")
+                print(f"background {what}: {dur:.0f} s, {state}", flush=True)
+            print(f"model versions published during the run: {published}", flush=True)
+        print(f"lost={figs.lost} duplicates={figs.duplicates} same_annotator_twice={figs.twice} "
+              f"committed_but_unacknowledged={figs.unacked_stored} "
+              f"double_leases(recorded)={figs.double_leases} double_leases(store)={figs.double_leases_store}")
+        print(f"errors reaching annotators: {sum(figs.errors.values())} ({figs.lock_errors} locked/busy)")
+        for msg, n in figs.errors.most_common(8):
+            print(f"  {n:5d} x {msg}")
+        server_log = (run_dir / "server.log").read_text(errors="replace")
+        print(f"server log: {server_log.count('Traceback')} tracebacks, "
+              f"{sum(w in server_log.lower() for w in LOCK_WORDS)} lock words; run folder {run_dir}")
+        print(f"submit latency over {len(figs.latencies):,} requests: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+              f"max {float(np.max(lat)):.0f} ms")
+        print(f"submitted={figs.submitted} stored={figs.stored} duplicates={figs.duplicates + figs.twice} "
+              f"double_leases={max(figs.double_leases, figs.double_leases_store)} lock_errors={figs.lock_errors} "
+              f"p95_ms={p95:.0f}")
+    finally:
+        for p in annotators:
+            stop_process(p)
+        if bg is not None:
+            bg.stop()
+        if server is not None:
+            stop_process(server)
+        if store is not None:
+            store.drop()
+        if not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
