@@ -56,3 +56,47 @@ def report(rows: list[dict], as_json: bool, columns: list[str]) -> None:
 
 def _fmt(v: object) -> str:
     return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+def add_synthetic_items(project, n_total: int, *, copy_predictions: bool = False,  # noqa: ANN001
+                        batch: int = 2000) -> int:
+    """Add pool item rows pointing at the same photos (fresh hashes), with the originals' imported
+    labels (and, with ``copy_predictions``, their predictions: same photo, same embedding row),
+    until the project holds ``n_total`` items. Returns how many were added."""
+    import hashlib
+
+    from sqlmodel import select
+
+    from storage import db
+    from storage.tables import Item, Label, Prediction
+
+    with db.session(project.engine) as s:
+        base = list(s.exec(select(Item).where(Item.split == "pool").order_by(Item.id)))
+        n_have = len(list(s.exec(select(Item.id))))
+        given = {lab.item_id: lab.label for lab in s.exec(select(Label).where(Label.kind == "imported"))}
+        by_item: dict[int, list[Prediction]] = {}
+        if copy_predictions:
+            for p in s.exec(select(Prediction)):
+                by_item.setdefault(p.item_id, []).append(p)
+    need = max(n_total - n_have, 0)
+    for start in range(0, need, batch):
+        def fn(s, start=start):  # noqa: ANN001, ANN202
+            new = []
+            for k in range(start, min(start + batch, need)):
+                src = base[k % len(base)]
+                sha = hashlib.sha256(f"{src.sha256}/{k}".encode()).hexdigest()
+                new.append((src, Item(sha256=sha, path=src.path, width=src.width, height=src.height, mode=src.mode,
+                                      source="synthetic", split="pool", meta={"copy_of": src.id})))
+            s.add_all(it for _, it in new)
+            s.flush()
+            for src, it in new:
+                if src.id in given:
+                    s.add(Label(item_id=it.id, annotator="import", label=given[src.id], kind="imported",
+                                decision="given"))
+                for p in by_item.get(src.id, []):
+                    s.add(Prediction(item_id=it.id, model_version_id=p.model_version_id, pred=p.pred,
+                                     confidence=p.confidence, margin=p.margin, entropy=p.entropy, probs=p.probs,
+                                     row=p.row))
+
+        db.write(project.engine, fn)
+    return need

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -59,7 +58,6 @@ DATASET = SHARED / "datasets" / "clothing-small"
 SPLIT_FOLDERS = ("train", "validation", "test")
 PASSWORD = "load-bench-password"
 BACKBONE, WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
-SYNTHETIC_BATCH = 2000
 SERVER_START_S = 180.0
 STOP_GRACE_S = 20.0
 MAX_RETRAINS = 4
@@ -124,31 +122,9 @@ def build_template(root: Path, *, items: int, scored: int) -> None:
 
 def add_synthetic(project, n_total: int) -> None:  # noqa: ANN001
     """Item rows (fresh hashes, same photos, their imported labels) until the project holds ``n_total``."""
-    from sqlmodel import select
+    from _common import add_synthetic_items
 
-    from storage import db
-    from storage.tables import Item, Label
-
-    with db.session(project.engine) as s:
-        base = list(s.exec(select(Item).order_by(Item.id)))
-        given = {lab.item_id: lab.label for lab in s.exec(select(Label).where(Label.kind == "imported"))}
-    need = n_total - len(base)
-    for start in range(0, max(need, 0), SYNTHETIC_BATCH):
-        def fn(s, start=start):  # noqa: ANN001, ANN202
-            new = []
-            for k in range(start, min(start + SYNTHETIC_BATCH, need)):
-                src = base[k % len(base)]
-                sha = hashlib.sha256(f"{src.sha256}/{k}".encode()).hexdigest()
-                new.append((src, Item(sha256=sha, path=src.path, width=src.width, height=src.height, mode=src.mode,
-                                      source="synthetic", split="pool", meta={"copy_of": src.id})))
-            s.add_all(it for _, it in new)
-            s.flush()
-            for src, it in new:
-                if src.id in given:
-                    s.add(Label(item_id=it.id, annotator="import", label=given[src.id], kind="imported",
-                                decision="given"))
-
-        db.write(project.engine, fn)
+    need = add_synthetic_items(project, n_total)
     if need > 0:
         print(f"template: added {need:,} synthetic items (same photos) to reach {n_total:,}", flush=True)
 

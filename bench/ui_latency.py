@@ -16,7 +16,6 @@ Last line: ``p95_ms_small=<n> p95_ms_large=<n>``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import socket
@@ -91,43 +90,11 @@ def open_round(project) -> int:  # noqa: ANN001
 def grow(root: Path, n_total: int) -> None:
     """Add synthetic items (same photos, fresh hashes) with imported labels and predictions of
     every version, until the project holds ``n_total`` items."""
-    from sqlmodel import select
+    from _common import add_synthetic_items
 
     from active.project import Project
-    from storage import db
-    from storage.tables import Item, Label, Prediction
 
-    project = Project.load(root)
-    with db.session(project.engine) as s:
-        base = list(s.exec(select(Item).where(Item.split == "pool").order_by(Item.id)))
-        preds = list(s.exec(select(Prediction)))
-        given = {lab.item_id: lab.label for lab in s.exec(select(Label).where(Label.kind == "imported"))}
-        n_have = len(list(s.exec(select(Item.id))))
-    by_item: dict[int, list[Prediction]] = {}
-    for p in preds:
-        by_item.setdefault(p.item_id, []).append(p)
-    need = n_total - n_have
-    batch = 2000
-    for start in range(0, need, batch):
-        def fn(s, start=start):  # noqa: ANN001, ANN202
-            new = []
-            for k in range(start, min(start + batch, need)):
-                src = base[k % len(base)]
-                sha = hashlib.sha256(f"{src.sha256}/{k}".encode()).hexdigest()
-                new.append((src, Item(sha256=sha, path=src.path, width=src.width, height=src.height, mode=src.mode,
-                                      source="synthetic", split="pool", meta={"copy_of": src.id})))
-            s.add_all(it for _, it in new)
-            s.flush()
-            for src, it in new:
-                if src.id in given:
-                    s.add(Label(item_id=it.id, annotator="import", label=given[src.id], kind="imported",
-                                decision="given"))
-                for p in by_item.get(src.id, []):
-                    s.add(Prediction(item_id=it.id, model_version_id=p.model_version_id, pred=p.pred,
-                                     confidence=p.confidence, margin=p.margin, entropy=p.entropy, probs=p.probs,
-                                     row=p.row))  # same photo, same embedding row
-
-        db.write(project.engine, fn)
+    add_synthetic_items(Project.load(root), n_total, copy_predictions=True)
     print(f"grew {root.name} to {n_total:,} items", flush=True)
 
 
