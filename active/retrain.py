@@ -219,7 +219,8 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
 
     from models.backbones import eval_transform, train_transform
     from models.calibration import fit_temperature
-    from models.infer import embed_and_predict, softmax
+    from models.head import softmax
+    from models.infer import embed_and_predict
     from models.train import fine_tune, fold_temperature
 
     cfg = project.config

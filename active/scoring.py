@@ -225,7 +225,8 @@ def score(
 
 def _score_network(project: Project, version: ModelVersion, report: ScoreReport, *, batch_size: int | None,
                    num_workers: int | None, device: str | None, chunk_size: int, progress: bool) -> None:
-    from models.infer import iter_batches, softmax
+    from models.head import softmax
+    from models.infer import iter_batches
 
     with db.session(project.engine) as s:
         todo = versions.unscored_ids(s, version.id)

@@ -42,7 +42,7 @@ class Head:
 
     def predict_proba(self, embeddings: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: (n, n_classes), rows sum to 1."""
-        return softmax(self.logits(embeddings) / self.temperature)
+        return softmax(self.logits(embeddings), self.temperature)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale,
@@ -54,10 +54,12 @@ class Head:
                    float(arrays["temperature"]))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of logits / temperature: (n, c) -> (n, c) float32 (rows sum to 1)."""
+    z = np.asarray(logits, dtype=np.float32) / temperature
+    z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def fit_head(

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from models.backbones import find_final_linear
+from models.head import softmax
 from models.images import ImageError, load_rgb
 
 DEFAULT_BATCH_SIZE = 64
@@ -161,13 +162,6 @@ class Inference:
     @property
     def probs(self) -> np.ndarray:
         return softmax(self.logits)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float32) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def embed_and_predict(

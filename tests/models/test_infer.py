@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from models.backbones import build, eval_transform, resolve_weights
-from models.infer import embed_and_predict, softmax
+from models.head import softmax
+from models.infer import embed_and_predict
 
 SIZE = 32
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from models.infer import embed_and_predict, softmax
+from models.head import softmax
+from models.infer import embed_and_predict
 from models.train import fine_tune, fold_temperature, param_groups
 
 SIZE = 24
