@@ -290,8 +290,18 @@ def import_candidates(
     source = source or f"import {datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
 
     # Labels first: decide the classes before anything is written.
-    # Labels are stored as `validate_class_name` normalises them (a folder "dress " is "dress").
-    candidates = [c if c.label is None else replace(c, label=validate_class_name(c.label)) for c in candidates]
+    # Labels are stored as `validate_class_name` normalises them (a folder "dress " is "dress");
+    # a label that cannot be a class name skips its file with the reason, not the whole import.
+    usable = []
+    for c in candidates:
+        if c.label is None:
+            usable.append(c)
+            continue
+        try:
+            usable.append(replace(c, label=validate_class_name(c.label)))
+        except UserError as exc:
+            report.skipped.append(Skipped(str(c.path), f"unusable label: {exc}"))
+    candidates = usable
     wanted = []
     for c in candidates:
         if c.label is not None and c.label not in wanted:

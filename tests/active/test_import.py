@@ -292,3 +292,16 @@ def test_folder_labels_are_normalised(cli, open_project_dir: Path, make_image, t
     d = cli("--project", open_project_dir, "import", tmp_path / "src", "--json", "--no-progress").data
     assert d["new_classes"] == ["dress"] and d["labelled"] == 2
     assert {r.label for r in _labels(open_project_dir)} == {"dress"}
+
+
+def test_an_unusable_label_skips_its_file_not_the_import(cli, open_project_dir: Path, make_image,  # noqa: ANN001
+                                                         tmp_path: Path) -> None:
+    make_image(tmp_path / "m" / "ok.png", 0, seed=1)
+    make_image(tmp_path / "m" / "bad.png", 1, seed=2)
+    manifest = tmp_path / "m" / "items.jsonl"
+    manifest.write_text(json.dumps({"path": "ok.png", "label": "dress"}) + "\n"
+                        + json.dumps({"path": "bad.png", "label": "bell\x07"}) + "\n")
+    r = cli("--project", open_project_dir, "import", manifest, "--label-column", "label", "--json", "--no-progress")
+    assert r.code == 0, r.err
+    assert r.data["added"] == 1 and r.data["new_classes"] == ["dress"]
+    assert "unusable label" in _reasons(r.data)["bad.png"]
