@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -100,3 +101,19 @@ def add_synthetic_items(project, n_total: int, *, copy_predictions: bool = False
 
         db.write(project.engine, fn)
     return need
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (the benches' servers never bind anything else)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str) -> None:
+    """Run an `active` command in-process; stop the bench when it fails."""
+    from active.cli import main
+
+    code = main(list(args))
+    if code != 0:
+        raise SystemExit(f"active {' '.join(args)} failed with exit code {code}")

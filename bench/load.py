@@ -53,6 +53,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import add_synthetic_items, cli, free_port  # noqa: E402
+
 SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
 DATASET = SHARED / "datasets" / "clothing-small"
 SPLIT_FOLDERS = ("train", "validation", "test")
@@ -75,20 +78,6 @@ ITEM_RE = re.compile(r"item #(\d+)")
 ACK_RE = re.compile(r"^#(\d+): (accepted|corrected|skipped|unsure)(?: (.+))?$")
 UNDO_RE = re.compile(r"^undid your label on #(\d+)$")
 NOT_TWICE = "was already labelled by you; not recorded twice"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args: str) -> None:
-    from active.cli import main
-
-    code = main(list(args))
-    if code != 0:
-        raise SystemExit(f"active {' '.join(args)} failed with exit code {code}")
 
 
 # ------------------------------------------------------------------------------------ the project
@@ -122,8 +111,6 @@ def build_template(root: Path, *, items: int, scored: int) -> None:
 
 def add_synthetic(project, n_total: int) -> None:  # noqa: ANN001
     """Item rows (fresh hashes, same photos, their imported labels) until the project holds ``n_total``."""
-    from _common import add_synthetic_items
-
     need = add_synthetic_items(project, n_total)
     if need > 0:
         print(f"template: added {need:,} synthetic items (same photos) to reach {n_total:,}", flush=True)

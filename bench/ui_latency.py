@@ -29,25 +29,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _common import add_synthetic_items, cli, free_port  # noqa: E402
+
 SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
 DATASET = SHARED / "datasets" / "clothing-small"
 LARGE_ITEMS = 50_000
 USER, PASSWORD = "bench", "bench-password"
 ROUND_SIZE = 400
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args: str) -> None:
-    from active.cli import main
-
-    code = main(list(args))
-    if code != 0:
-        raise SystemExit(f"active {' '.join(args)} failed with exit code {code}")
 
 
 def build_small(root: Path) -> None:
@@ -90,7 +79,6 @@ def open_round(project) -> int:  # noqa: ANN001
 def grow(root: Path, n_total: int) -> None:
     """Add synthetic items (same photos, fresh hashes) with imported labels and predictions of
     every version, until the project holds ``n_total`` items."""
-    from _common import add_synthetic_items
 
     from active.project import Project
 
