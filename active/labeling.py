@@ -174,7 +174,8 @@ def set_aside(project: Project, item_id: int, reason: str) -> None:
 
 
 def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | None]:
-    """Cancel the annotator's latest label (appends an `undo` row) and serve that item again.
+    """Cancel the annotator's latest label (appends an `undo` row) and serve that item again, unless
+    someone else has taken or labelled it meanwhile (then the next item).
 
     Returns (the undone label or None when there is nothing to undo, the task now shown)."""
     def fn(s: Session) -> tuple[Label | None, Task | None]:
@@ -186,8 +187,10 @@ def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | No
         labels.append(s, Label(item_id=last.item_id, annotator=annotator, kind=HUMAN, decision="undo",
                                undoes_id=last.id, model_version_id=last.model_version_id,
                                round_id=last.round_id))
-        q = work.lease_item(s, annotator, last.item_id, last.round_id, ttl=_ttl(project))
-        return last, _task(s, q)
+        overlap = project.config.labeling.overlap
+        q = (work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=overlap)
+             or work.lease_next(s, annotator, ttl=_ttl(project), overlap=overlap))
+        return last, (None if q is None else _task(s, q))
 
     return db.write(project.engine, fn)
 

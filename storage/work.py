@@ -85,6 +85,14 @@ def lock_annotator(session: Session, annotator: str) -> None:
                         {"key": ANNOTATOR_LOCK_KEY, "name": annotator})
 
 
+def _begin_handout(session: Session, now: datetime) -> None:
+    """Take the lease hand-out lock (PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the
+    write lock) and drop expired leases."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LEASE_LOCK_KEY})
+    session.execute(delete(Lease).where(Lease.expires_at < now))
+
+
 def lease_next(
     session: Session,
     annotator: str,
@@ -102,9 +110,7 @@ def lease_next(
     if overlap < 1:
         raise ValueError("overlap must be at least 1")
     now = now or utcnow()
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LEASE_LOCK_KEY})
-    session.execute(delete(Lease).where(Lease.expires_at < now))
+    _begin_handout(session, now)
 
     own = session.execute(
         select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator).order_by(Lease.id.desc()).limit(1)
@@ -177,15 +183,24 @@ def peek_next(session: Session, annotator: str, *, n: int = 1, overlap: int = 1)
     return [int(r.item_id) for r in rows]
 
 
-def lease_item(session: Session, annotator: str, item_id: int, round_id: int | None, *,
-               ttl: timedelta = DEFAULT_LEASE_TTL, now: datetime | None = None) -> Queued:
-    """Give ``annotator`` a lease on one given item, dropping their other leases (undo re-serves
-    the undone item this way)."""
+def lease_item(session: Session, annotator: str, item_id: int, *, ttl: timedelta = DEFAULT_LEASE_TTL,
+               overlap: int = 1, now: datetime | None = None) -> Queued | None:
+    """Give ``annotator`` a lease on one given item (undo re-serves the undone item this way),
+    dropping their other leases, if the item is still theirs to take under `lease_next`'s rules.
+
+    None when it is not: e.g. another annotator labelled it after this one skipped it, and undoing
+    the skip must not make a second label possible.
+    """
     now = now or utcnow()
+    _begin_handout(session, now)
     release(session, annotator)
-    session.add(Lease(item_id=item_id, annotator=annotator, round_id=round_id, expires_at=now + ttl))
+    cand = _candidates(annotator, overlap).subquery()
+    row = session.execute(select(cand.c.item_id, cand.c.round_id).where(cand.c.item_id == item_id).limit(1)).first()
+    if row is None:
+        return None
+    session.add(Lease(item_id=item_id, annotator=annotator, round_id=row.round_id, expires_at=now + ttl))
     session.flush()
-    return _queued(session, item_id, round_id)
+    return _queued(session, item_id, row.round_id)
 
 
 def _queued(session: Session, item_id: int, round_id: int | None) -> Queued:

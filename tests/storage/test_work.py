@@ -124,3 +124,24 @@ def test_round_progress(engine, queued: list[int]) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="same length"):
         db.write(engine, lambda s: work.open_round(s, strategy="x", model_version_id=None, item_ids=[1],
                                                    scores=[], score_name="x"))
+
+
+def test_undoing_a_skip_does_not_re_serve_an_item_someone_else_labelled(engine, queued: list[int]) -> None:  # noqa: ANN001
+    # Found by bench/load.py: alice skips, bob labels the item, alice undoes her skip.
+    first = lease(engine, "alice")
+    skip = label(engine, first, "alice", "skipped")
+    assert lease(engine, "bob") == first
+    label(engine, first, "bob", "accepted")
+
+    def undo(s):  # noqa: ANN001, ANN202
+        labels.append(s, Label(item_id=first, annotator="alice", kind="human", decision="undo", undoes_id=skip))
+        return work.lease_item(s, "alice", first)
+
+    assert db.write(engine, undo) is None  # not hers to label any more
+    # Without bob's label it would have been: a plain undo gives the item back.
+    second = lease(engine, "carol")
+    skip2 = label(engine, second, "carol", "skipped")
+    got = db.write(engine, lambda s: (labels.append(s, Label(item_id=second, annotator="carol", kind="human",
+                                                              decision="undo", undoes_id=skip2)),
+                                      work.lease_item(s, "carol", second))[1])
+    assert got is not None and got.item_id == second
