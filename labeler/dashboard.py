@@ -22,7 +22,7 @@ from active.agreement import agreement
 from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
-from storage import db, labels, versions
+from storage import db, disputes, labels, versions
 from storage.tables import Item, Label, Prediction
 
 log = logging.getLogger(__name__)
@@ -232,10 +232,15 @@ def agreement_markdown(rep: dict) -> str:
 
 
 # -- review ------------------------------------------------------------------------------------
-def next_dispute(project: Project, services: Services, *, skip: list[int]) -> dict | None:
-    """The highest-scoring open dispute not in ``skip``, with everything the Review tab shows."""
+def next_dispute(project: Project, services: Services, *, skip: list[int], dispute_id: int | None = None) -> dict | None:
+    """The highest-scoring open dispute not in ``skip`` (or the open dispute ``dispute_id``), with
+    everything the Review tab shows."""
     with db.session(project.engine) as s:
-        rows = [d for d in services.open_disputes(s, limit=DISPUTES_SHOWN + len(skip)) if d.id not in skip]
+        if dispute_id is not None:
+            one = disputes.get(s, dispute_id)
+            rows = [one] if one is not None and one.status == disputes.OPEN else []
+        else:
+            rows = [d for d in services.open_disputes(s, limit=DISPUTES_SHOWN + len(skip)) if d.id not in skip]
         if not rows:
             return None
         d = rows[0]
@@ -253,9 +258,12 @@ def next_dispute(project: Project, services: Services, *, skip: list[int]) -> di
         # The out-of-fold evidence that raised the dispute: the serving head trained on this very
         # label and tends to agree with it.
         suggestion, confidence = d.detail["suggested"], d.detail.get("p_suggested")
-    people = [(r.annotator, r.kind, r.decision, r.label) for r in labels.effective(history)]
-    return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "reason": d.reason, "score": d.score,
-            "given": cur.label if cur else None, "given_source": cur.source if cur else None,
+    undone = {r.undoes_id for r in history if r.decision == "undo"}
+    # Every row of the item, undone ones too (marked), so the reviewer sees the whole story.
+    people = [(r.annotator, r.kind, r.decision, r.label, r.created_at.strftime("%Y-%m-%d %H:%M"), r.id in undone)
+              for r in history if r.decision != "undo"]
+    return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "split": item.split, "reason": d.reason,
+            "score": d.score, "given": cur.label if cur else None, "given_source": cur.source if cur else None,
             "suggestion": suggestion, "confidence": confidence, "version_id": version_id, "labels": people}
 
 
@@ -268,22 +276,40 @@ def _esc(text: object) -> str:
 def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
     conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
     lines = [
-        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} · {esc(d['reason'])} · score {d['score']:.2f}",
+        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} ({esc(d['split'])}) · {esc(d['reason'])} · "
+        f"score {d['score']:.2f}",
         "",
         f"- given label: **{esc(d['given'] or '—')}** ({esc(d['given_source'] or 'none')})",
         f"- model v{d['version_id']} suggests: **{esc(d['suggestion'] or '—')}**{conf}",
         "",
-        "| who | kind | decision | label |",
-        "|---|---|---|---|",
+        "| who | kind | decision | label | when (UTC) |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {esc(a)} | {esc(k)} | {esc(dec)} | {esc(lab or '—')} |" for a, k, dec, lab in d["labels"]]
+    for a, k, dec, lab, when, undone in d["labels"]:
+        dec = f"{dec} (undone)" if undone else dec
+        lines.append(f"| {esc(a)} | {esc(k)} | {esc(dec)} | {esc(lab or '—')} | {esc(when)} |")
     return "\n".join(lines)
 
 
-def dispute_table(project: Project, services: Services) -> list[list[Any]]:
+def dispute_tables(project: Project) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Open disputes by score: (pool items, holdout items). Holdout ones have their own list: a
+    wrong label there skews every evaluation, so they are worth a look of their own."""
     with db.session(project.engine) as s:
-        return [[d.id, d.item_id, d.reason, round(float(d.score), 3)]
-                for d in services.open_disputes(s, limit=DISPUTES_SHOWN)]
+        return tuple([[d.id, d.item_id, d.reason, round(float(d.score), 3)]  # type: ignore[return-value]
+                      for d in disputes.open_disputes(s, limit=DISPUTES_SHOWN, split=split)]
+                     for split in ("pool", "holdout"))
+
+
+def dispute_counts(project: Project) -> list[list[Any]]:
+    """Rows of reason, open and resolved in the pool, open and resolved in the holdout (+ a total)."""
+    with db.session(project.engine) as s:
+        n = disputes.counts(s)
+    rows = []
+    for reason in sorted({r for r, _, _ in n}):
+        rows.append([reason, *(n.get((reason, st, sp), 0) for sp in ("pool", "holdout")
+                               for st in (disputes.OPEN, disputes.RESOLVED))])
+    rows.append(["all", *(sum(r[k] for r in rows) for k in range(1, 5))])
+    return rows
 
 
 def resolve(project: Project, services: Services, d: dict, label: str, reviewer: str) -> Label:
@@ -299,3 +325,19 @@ def resolve(project: Project, services: Services, d: dict, label: str, reviewer:
         return db.write(project.engine, fn)
     except ValueError as exc:  # resolved by someone else, or refreshed: nothing was written
         raise UserError(f"{exc}; press n for the next dispute") from None
+
+
+def undo_review(project: Project, reviewer: str) -> tuple[Label | None, int | None]:
+    """Cancel the reviewer's latest review label (appends an `undo` row) and open again the
+    disputes it resolved, in one transaction. Returns (the undone label, a reopened dispute id);
+    (None, None) when there is nothing to undo."""
+    def fn(s: Any) -> tuple[Label | None, int | None]:
+        last = labels.last_human(s, reviewer, kind="review")
+        if last is None:
+            return None, None
+        labels.append(s, Label(item_id=last.item_id, annotator=reviewer, kind="review", decision="undo",
+                               undoes_id=last.id, model_version_id=last.model_version_id))
+        again = disputes.reopen(s, last.id)
+        return last, (again[0].id if again else None)
+
+    return db.write(project.engine, fn)

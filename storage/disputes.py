@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
-from storage.tables import DISPUTE_REASONS, Dispute, Label, utcnow
+from storage.tables import DISPUTE_REASONS, Dispute, Item, Label, utcnow
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -37,15 +37,23 @@ def replace_open(session: Session, reason: str, rows: Sequence[tuple[int, float,
     return len(rows)
 
 
-def open_disputes(session: Session, *, reason: str | None = None, limit: int | None = None) -> list[Dispute]:
-    """Open disputes, highest score first (ties: oldest id first)."""
+def open_disputes(session: Session, *, reason: str | None = None, limit: int | None = None,
+                  split: str | None = None) -> list[Dispute]:
+    """Open disputes, highest score first (ties: oldest id first); ``split`` keeps those whose
+    item is in that split (`pool` | `holdout`)."""
     query = select(Dispute).where(Dispute.status == OPEN)
     if reason is not None:
         query = query.where(Dispute.reason == check_reason(reason))
+    if split is not None:
+        query = query.join(Item, Item.id == Dispute.item_id).where(Item.split == split)
     query = query.order_by(Dispute.score.desc(), Dispute.id)
     if limit is not None:
         query = query.limit(limit)
     return list(session.exec(query))
+
+
+def get(session: Session, dispute_id: int) -> Dispute | None:
+    return session.get(Dispute, dispute_id)
 
 
 def for_item(session: Session, item_id: int, *, status: str | None = None) -> list[Dispute]:
@@ -77,3 +85,26 @@ def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispu
         raise ValueError(f"dispute {dispute_id} is no longer open (resolved or refreshed meanwhile)")
     session.flush()
     return done
+
+
+def counts(session: Session) -> dict[tuple[str, str, str], int]:
+    """(reason, status, item split) -> number of disputes: one grouped count, for the Review tab."""
+    rows = session.exec(
+        select(Dispute.reason, Dispute.status, Item.split, func.count())
+        .join(Item, Item.id == Dispute.item_id)
+        .group_by(Dispute.reason, Dispute.status, Item.split)
+    )
+    return {(reason, status, split): int(n) for reason, status, split, n in rows}
+
+
+def reopen(session: Session, label_id: int) -> list[Dispute]:
+    """Open again the disputes that ``label_id`` resolved (its review was undone). Returns them."""
+    rows = list(session.exec(select(Dispute).where(Dispute.resolution_label_id == label_id,
+                                                   Dispute.status == RESOLVED)))
+    for d in rows:
+        d.status = OPEN
+        d.resolution_label_id = None
+        d.detail = {k: v for k, v in d.detail.items() if k != "resolved_at"}
+        session.add(d)
+    session.flush()
+    return rows

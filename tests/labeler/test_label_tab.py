@@ -23,6 +23,16 @@ def item_of(out) -> int:  # noqa: ANN001
     return int(why.rsplit("item #", 1)[1].split()[0])
 
 
+def note_of(out) -> str:  # noqa: ANN001
+    """The note under the buttons from an item event's outputs (..., note, picker, map, map note)."""
+    return out[-4]
+
+
+def decide(c, api: str, item: int | None, *args):  # noqa: ANN001, ANN201
+    """A decision through the client, naming the item on screen (as the page does)."""
+    return c.predict(item, *args, api_name=api)
+
+
 def test_sign_in_is_required(labeller):
     from gradio_client import Client
 
@@ -35,7 +45,7 @@ def test_accept_correct_skip_unsure_undo(labeller):
     first = c.predict(api_name="/start")
     shown = item_of(first)
     # Accept: the label is the top suggestion, decision accepted, with the suggestion's confidence.
-    out = c.predict(api_name="/accept")
+    out = c.predict(item_id=shown, api_name="/accept")
     rows = human_labels(labeller.project, "ann")
     assert [(r.item_id, r.decision) for r in rows] == [(shown, "accepted")]
     assert rows[0].label == rows[0].suggestion and 0 < rows[0].confidence <= 1
@@ -49,14 +59,16 @@ def test_accept_correct_skip_unsure_undo(labeller):
 
         pred, version = latest_prediction(s, second)
     other = next(c_ for c_ in version.classes if c_ != pred.pred)
-    out = c.predict(other, api_name="/correct")
+    out = c.predict(item_id=second, cls=other, api_name="/correct")
     third = item_of(out)
     # Pick the 2nd suggestion with key 2's endpoint: a correction to that class.
-    out = c.predict(api_name="/pick_2")
+    out = decide(c, "/pick_2", third)
     fourth = item_of(out)
-    out = c.predict(api_name="/skip")
+    out = decide(c, "/skip", fourth)
+    assert f"#{fourth} skipped" in note_of(out)
     fifth = item_of(out)
-    out = c.predict(api_name="/unsure")
+    out = decide(c, "/unsure", fifth)
+    assert f"#{fifth} marked unsure" in note_of(out)
     rows = human_labels(labeller.project, "ann")
     got = [(r.item_id, r.decision, r.label) for r in rows]
     assert got[1] == (second, "corrected", other)
@@ -65,11 +77,11 @@ def test_accept_correct_skip_unsure_undo(labeller):
     assert got[4] == (fifth, "unsure", None)
     assert top  # the first label had a suggestion
     # Undo appends an undo row for the unsure label and serves that item again.
-    out = c.predict(api_name="/undo")
+    out = decide(c, "/undo", item_of(out))
     assert item_of(out) == fifth
     rows = human_labels(labeller.project, "ann")
     assert len(rows) == 6 and rows[-1].decision == "undo" and rows[-1].undoes_id == rows[4].id
-    out = c.predict(api_name="/accept")
+    out = decide(c, "/accept", fifth)
     rows = human_labels(labeller.project, "ann")
     assert (rows[-1].item_id, rows[-1].decision) == (fifth, "accepted")
 
@@ -84,7 +96,7 @@ def test_attribution_and_side_panel(labeller):
     _, text = c.predict(True, "occlusion", api_name="/attribution")
     assert "Occlusion" in text
     assert c.predict(False, "gradcam", api_name="/attribution")[0] is None
-    c.predict(api_name="/accept")
+    decide(c, "/accept", item)
     progress, gallery = c.predict(api_name="/side")
     assert "labelled of 12" in progress and "in this round" in progress
     # The one labelled item (imported labels count too) is among the neighbours with its label.
@@ -99,7 +111,7 @@ def test_two_annotators_never_share_an_item(labeller):
     assert cur_a != cur_b
     with ThreadPoolExecutor(2) as pool:
         for _ in range(4):  # both label at the same moment; the leases still never overlap
-            fa, fb = pool.submit(a.predict, api_name="/accept"), pool.submit(b.predict, api_name="/accept")
+            fa, fb = pool.submit(decide, a, "/accept", cur_a), pool.submit(decide, b, "/accept", cur_b)
             cur_a, cur_b = item_of(fa.result()), item_of(fb.result())
             assert cur_a != cur_b
     rows = human_labels(labeller.project)
@@ -158,6 +170,6 @@ def test_a_photo_that_cannot_be_read_is_set_aside(labeller):
     assert f"#{task.item_id}" in note
     with db.session(labeller.project.engine) as s:
         assert s.get(Item, task.item_id).error
-    # The annotator is not stuck: the next event serves another item.
-    nxt = item_of(c.predict(api_name="/accept"))
+    # The annotator is not stuck: the next event (the page names no item) serves another item.
+    nxt = item_of(decide(c, "/accept", None))
     assert nxt != task.item_id
