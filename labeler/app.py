@@ -75,7 +75,8 @@ Review tab: `g` keep the given label, `m` take the model's suggestion, `n` next,
 #
 # The photo you see is the photo you label: from the moment a decision is sent until the page
 # names a new item (the hidden `served` token changed) AND the photo of that item has loaded
-# (the display copy is named item-<id>.jpg by labeler.prefetch), clicks and keys on the decision
+# (the display copy is named item-<id>.jpg by labeler.prefetch) AND the why-line (Markdown, drawn
+# asynchronously) names it, clicks and keys on the decision
 # controls are swallowed and the item panel is hidden behind a "loading" line, so the photo,
 # suggestions, why-line and map appear together. The server checks the item id of every decision
 # as well; this only keeps the page from sending decisions it would refuse.
@@ -84,9 +85,10 @@ KEYS_JS = """
 (() => {
   const GIVE_UP_MS = 30000;  // a response that never comes (network gone) unlocks the page again
   const PANES = [
-    {name: "label", photo: "photo", token: "served", item: "item-id", picker: "class-picker",
+    {name: "label", photo: "photo", text: "why", token: "served", item: "item-id", picker: "class-picker",
      targets: ["#btn-accept", "#btn-skip", "#btn-unsure", "#btn-undo", ".pick-btn"]},
-    {name: "review", photo: "rphoto", token: "rserved", item: "review-item-id", picker: "review-picker",
+    {name: "review", photo: "rphoto", text: "rinfo", token: "rserved", item: "review-item-id",
+     picker: "review-picker",
      targets: ["#btn-keep", "#btn-model", "#btn-next-dispute", "#btn-review-undo", "#review-table td",
                "#review-holdout td"]},
   ];
@@ -107,6 +109,9 @@ KEYS_JS = """
   function photoReady(p) {
     const id = val(p.item);
     if (!id) return true;  // no item on the page (nothing left to label / no open dispute)
+    // Markdown renders asynchronously: the text must name the item too, not the previous one.
+    const text = document.getElementById(p.text);
+    if (!text || !(text.textContent || "").includes("item #" + Number(id))) return false;
     const img = document.querySelector("#" + p.photo + " img");
     if (!img) return false;
     const src = decodeURIComponent(img.currentSrc || img.src || "");
@@ -186,6 +191,8 @@ KEYS_JS = """
 
 # The nine pick buttons wrap in a 3x3 grid and break long class names instead of running them
 # together ("shortslongsleeve"). While a pane is loading its item panel is hidden, not mixed.
+# Gradio also adds a copy of each rule under its container's classes, which outranks a plain
+# `body.x #id` rule: hence the !important where such a rule must win.
 CSS = """
 #photo img, .plot img { object-fit: contain !important; }
 #picks { display: grid !important; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 6px; }
@@ -194,11 +201,11 @@ CSS = """
 #why, #progress { font-size: 0.95rem; }
 .hidden-id { display: none !important; }
 #loading-label, #loading-review { display: none; font-weight: 600; }
-body.al-loading-label #loading-label, body.al-loading-review #loading-review { display: block; }
+body.al-loading-label #loading-label, body.al-loading-review #loading-review { display: block !important; }
 body.al-loading-label #photo img, body.al-loading-label #why, body.al-loading-label #suggestions,
 body.al-loading-label #picks, body.al-loading-label #attr img, body.al-loading-label #note,
 body.al-loading-review #rphoto img, body.al-loading-review #rinfo, body.al-loading-review #rmaps,
-#attr.al-stale img { visibility: hidden; }
+#attr.al-stale img { visibility: hidden !important; }
 """
 
 

@@ -173,3 +173,64 @@ def test_a_photo_that_cannot_be_read_is_set_aside(labeller):
     # The annotator is not stuck: the next event (the page names no item) serves another item.
     nxt = item_of(decide(c, "/accept", None))
     assert nxt != task.item_id
+
+
+def test_a_decision_names_the_item_on_screen(labeller):
+    """start -> X; accept naming X -> Y; a second accept naming X is refused; X has one label."""
+    c = labeller.client("ann")
+    x = item_of(c.predict(api_name="/start"))
+    out = c.predict(item_id=x, api_name="/accept")
+    y = item_of(out)
+    assert y != x
+    again = c.predict(item_id=x, api_name="/accept")
+    assert "not recorded" in note_of(again) and f"#{x}" in note_of(again)
+    assert item_of(again) == y  # the page is sent the current item, unchanged
+    rows = human_labels(labeller.project, "ann")
+    assert [r.item_id for r in rows if r.item_id == x] == [x] and len(rows) == 1
+    # Skip, unsure, pick, correct and undo naming a stale item record nothing either.
+    for api, args in (("/skip", ()), ("/unsure", ()), ("/pick_1", ()), ("/undo", ())):
+        assert "not" in note_of(decide(c, api, x, *args))
+    assert "not recorded" in note_of(c.predict(item_id=x, cls="dress", api_name="/correct"))
+    # An old script that names no item: the client asks for it; an empty name records nothing.
+    with pytest.raises(TypeError, match="item_id"):
+        c.predict(api_name="/skip")
+    assert "not recorded" in note_of(c.predict(item_id=None, api_name="/skip"))
+    assert len(human_labels(labeller.project, "ann")) == 1
+    # The item on screen is still labelled normally.
+    assert item_of(decide(c, "/skip", y)) not in (x, y)
+    assert [r.item_id for r in human_labels(labeller.project, "ann")] == [x, y]
+
+
+def test_record_and_undo_check_the_current_item(project):
+    """Below the app: a task that is not the annotator's current item is not recorded, and an
+    undo from a page showing another item is refused, in the store itself."""
+    from active import labeling
+    from storage import items, work
+    from storage.tables import Item
+
+    def setup(s):  # noqa: ANN001, ANN202
+        rows = items.add(s, [Item(sha256=f"{k:064x}", path=f"/img/{k}.jpg", width=8, height=8, mode="RGB")
+                             for k in range(3)])
+        work.open_round(s, strategy="random", model_version_id=None, item_ids=[r.id for r in rows],
+                        scores=[0.0] * 3, score_name="random")
+
+    db.write(project.engine, setup)
+    first = labeling.next_task(project, "ann")
+    row, second = labeling.record(project, "ann", first, decision="skipped")
+    assert row is not None and second.item_id != first.item_id
+    stale, shown = labeling.record(project, "ann", first, decision="corrected", label="dress")
+    assert stale is None and shown.item_id == second.item_id
+    with pytest.raises(labeling.NotCurrent, match=f"#{first.item_id} is not your current item"):
+        labeling.undo_last(project, "ann", shown=first.item_id)
+    assert [r.decision for r in human_labels(project)] == ["skipped"]
+    undone, back = labeling.undo_last(project, "ann", shown=second.item_id)
+    assert undone.item_id == first.item_id and back.item_id == first.item_id
+
+
+def test_cycle_method_and_noop(labeller):
+    c = labeller.client("ann")
+    c.predict(api_name="/start")
+    method, overlay, text = c.predict(True, "gradcam", api_name="/cycle_method")
+    assert method == "ig" and overlay and "Integrated Gradients" in text
+    assert c.predict(True, "occlusion", api_name="/cycle_method")[0] == "gradcam"  # wraps around
+    assert c.predict(api_name="/noop") == "ann"
