@@ -40,9 +40,10 @@ from tqdm import tqdm
 from active.errors import UserError
 from active.project import Project
 from active.tempdirs import make_owned_dir, orphans, remove_orphans
-from storage import db, labels, versions
+from storage import db, items, labels, versions
+from storage import disputes as store_disputes
 from storage.labels import CurrentLabel
-from storage.tables import Dispute, Item, ModelVersion, Prediction, utcnow
+from storage.tables import Item, ModelVersion, Prediction, utcnow
 
 FORMATS = ("imagefolder", "csv", "jsonl", "hf")
 IMAGE_FORMATS = ("imagefolder", "hf")
@@ -357,29 +358,15 @@ def snapshot_hash(current: Mapping[int, CurrentLabel], sha_of: Mapping[int, str]
     return h.hexdigest()
 
 
-def open_disputes(session: Any, item_ids: Iterable[int] | None = None) -> dict[int, list[str]]:
-    """Open dispute reasons per item (sorted, unique)."""
-    from sqlmodel import select
-
-    query = select(Dispute.item_id, Dispute.reason).where(Dispute.status == "open")
-    out: dict[int, set[str]] = defaultdict(set)
-    for item_id, reason in session.exec(query):
-        out[item_id].add(reason)
-    wanted = None if item_ids is None else set(item_ids)
-    return {i: sorted(r) for i, r in out.items() if wanted is None or i in wanted}
-
-
 def collect(project: Project, opts: ExportOptions) -> Collected:
     """Read the store once and decide what is exported, where, and why the rest is not."""
-    from sqlmodel import select
-
     excluded: Counter = Counter()
     with db.session(project.engine) as s:
-        all_items = {i.id: i for i in s.exec(select(Item).order_by(Item.id))}
+        all_items = {i.id: i for i in items.all_items(s)}
         max_label_id, current = labels.snapshot(s)
-        version = versions.latest(s)
+        version = versions.serving(s)
         preds = versions.predictions(s, version.id) if version is not None else {}
-        disputes = open_disputes(s)
+        disputes = store_disputes.open_reasons(s)
     sha_of = {i: it.sha256 for i, it in all_items.items()}
     snap = snapshot_hash(current, sha_of)
 

@@ -256,7 +256,7 @@ def load_project_data(project) -> ProjectData:  # noqa: ANN001
     from storage import db, items, labels, versions
 
     with db.session(project.engine) as s:
-        version = versions.latest(s)
+        version = versions.serving(s)
         if version is None:
             raise UserError("no model version yet: run `active score` first (the simulation uses its cached embeddings)")
         pool = items.ids(s, split="pool")
