@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.enums import DisputeReason, Source
+
 DEFAULT_FOLDS = 5
 # L2 strength of the cross-validated heads, as sklearn's C = DISPUTE_REG_ITEMS / n_train: the
 # penalty weighs as much as the loss of about this many items, whatever the set's size (sklearn
@@ -310,7 +312,8 @@ def _model_rows(
 ) -> dict[str, list[tuple[int, float, dict]]]:
     rows: dict[str, list[tuple[int, float, dict]]] = {"model_disagrees": [], "imported_label_suspect": []}
     for pos in np.flatnonzero(issues.flagged):
-        reason = "imported_label_suspect" if sources[pos] == "imported" else "model_disagrees"
+        reason = (DisputeReason.IMPORTED_LABEL_SUSPECT if sources[pos] == Source.IMPORTED
+                  else DisputeReason.MODEL_DISAGREES)
         sug = int(issues.suggested[pos])
         detail = {
             "given": given[pos],
@@ -331,7 +334,7 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
     from active.errors import UserError
     from storage import db, labels, versions
     from storage import disputes as store
-    from storage.meaning import Source, is_human_class
+    from storage.meaning import is_human_class
 
     with db.session(project.engine) as s:
         rows = labels.for_items(s)

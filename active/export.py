@@ -42,6 +42,7 @@ from active.project import Project
 from active.tempdirs import make_owned_dir, orphans, remove_orphans
 from storage import db, items, labels, versions
 from storage import disputes as store_disputes
+from storage.enums import Source, Split
 from storage.labels import CurrentLabel
 from storage.tables import Item, ModelVersion, Prediction, utcnow
 
@@ -50,7 +51,7 @@ IMAGE_FORMATS = ("imagefolder", "hf")
 # flag: keep disputed items and say why in a `disputed` column; exclude: drop them;
 # unresolved-disputes: keep them, no column.
 INCLUDE_MODES = ("flag", "exclude", "unresolved-disputes")
-HOLDOUT_SPLIT = "holdout"
+HOLDOUT_SPLIT = Split.HOLDOUT
 # Without --splits, pool items are exported as `train` and holdout items as `holdout`.
 POOL_SPLIT = "train"
 HF_SPLIT_NAMES = {"val": "validation"}  # the name Hugging Face's split inference knows
@@ -376,7 +377,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if cur is None:
             excluded["no_label"] += 1
             continue
-        if opts.only_human and cur.source == "imported":
+        if opts.only_human and cur.source == Source.IMPORTED:
             excluded["only_imported_label"] += 1
             continue
         if opts.min_agreement is not None and cur.agreement is not None and cur.agreement < opts.min_agreement:

@@ -40,10 +40,11 @@ def candidate_pool(project: Project) -> Pool:
     alone does not count), not queued in an open round; and the labelled pool items. Scores come
     from the serving version."""
     from storage import db, items, labels, versions, work
+    from storage.enums import Split
     from storage.meaning import is_labelled
 
     with db.session(project.engine) as s:
-        pool = items.ids(s, split="pool")
+        pool = items.ids(s, split=Split.POOL)
         rows = labels.for_items(s, pool)
         queued = work.queued_in_open_rounds(s)
         version = versions.serving(s)

@@ -29,6 +29,7 @@ from labeler.prefetch import Prefetcher
 from labeler.services import Services, default_services
 from models.images import ImageError
 from storage import db, users, versions
+from storage.enums import Decision
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +263,10 @@ class LabelerApp:
         return self._label(state, (show_attr, method), request, decision="pick", label=cls)
 
     def skip(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-        return self._label(state, (show_attr, method), request, decision="skipped")
+        return self._label(state, (show_attr, method), request, decision=Decision.SKIPPED)
 
     def unsure(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-        return self._label(state, (show_attr, method), request, decision="unsure")
+        return self._label(state, (show_attr, method), request, decision=Decision.UNSURE)
 
     def undo(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
         annotator = self.user(request)

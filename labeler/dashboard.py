@@ -22,6 +22,7 @@ from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
 from storage import db, items, labels, versions
+from storage.enums import Decision, Kind, Split
 from storage.tables import Label
 
 log = logging.getLogger(__name__)
@@ -140,12 +141,12 @@ class DashboardCache:
         matrix = np.zeros((len(names), len(names)), dtype=np.int64)
         for item_id, cur in current.items():
             p = preds.get(item_id)
-            if split.get(item_id) == "holdout" and p in index and cur.label in index:
+            if split.get(item_id) == Split.HOLDOUT and p in index and cur.label in index:
                 matrix[index[cur.label], index[p]] += 1
         title = f"model v{version_id}, {int(matrix.sum()):,} holdout items" if version_id else "no model yet"
         confusion = confusion_plot(matrix, names, self.folder / f"confusion-{tag}.png", title=title)
-        pool_labels = Counter(cur.label for i, cur in current.items() if split.get(i) == "pool")
-        pool_preds = Counter(p for i, p in preds.items() if split.get(i) == "pool" and p)
+        pool_labels = Counter(cur.label for i, cur in current.items() if split.get(i) == Split.POOL)
+        pool_preds = Counter(p for i, p in preds.items() if split.get(i) == Split.POOL and p)
         dist = distribution_plot(names, pool_labels, pool_preds, self.folder / f"dist-{tag}.png")
         return curve, confusion, dist
 
@@ -275,8 +276,8 @@ def dispute_table(project: Project, services: Services) -> list[list[Any]]:
 def resolve(project: Project, services: Services, d: dict, label: str, reviewer: str) -> Label:
     """Append the reviewer's `review` label and mark the dispute resolved, in one transaction."""
     def fn(s: Any) -> Label:
-        row = labels.append(s, Label(item_id=d["item_id"], annotator=reviewer, label=label, kind="review",
-                                     decision="resolved", suggestion=d.get("suggestion"),
+        row = labels.append(s, Label(item_id=d["item_id"], annotator=reviewer, label=label, kind=Kind.REVIEW,
+                                     decision=Decision.RESOLVED, suggestion=d.get("suggestion"),
                                      confidence=d.get("confidence"), model_version_id=d.get("version_id")))
         services.resolve_dispute(s, d["dispute_id"], row)
         return row

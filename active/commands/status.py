@@ -22,6 +22,7 @@ def collect(project) -> dict:  # noqa: ANN001
     ``current_version`` is the serving version."""
     from storage import db, items, labels, versions, work
     from storage import disputes as store_disputes
+    from storage.enums import Source, Split
 
     with db.session(project.engine) as s:
         splits = items.count_by_split(s)
@@ -37,9 +38,9 @@ def collect(project) -> dict:  # noqa: ANN001
                   for r in work.open_rounds(s)]
 
     per_split = {}
-    for split in ("pool", "holdout"):
+    for split in Split:
         total = splits.get(split, 0)
-        given_only = sum(1 for i, c in current.items() if split_of.get(i) == split and c.source == "imported")
+        given_only = sum(1 for i, c in current.items() if split_of.get(i) == split and c.source == Source.IMPORTED)
         done = labelled.get(split, 0)
         per_split[split] = {"items": total, "labelled": done, "given_only": given_only,
                             "unlabelled": total - done - given_only}
