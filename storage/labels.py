@@ -140,6 +140,19 @@ def decisions_by_annotator(session: Session, annotator: str | None = None) -> di
     return out
 
 
+def passes_by_item(session: Session) -> dict[int, Counter]:
+    """item -> Counter of its effective skipped and unsure human decisions (the export's columns)."""
+    lab, eff = _effective_rows()
+    passes = [Decision.SKIPPED.value, Decision.UNSURE.value]
+    query = (select(lab.c.item_id, lab.c.decision, func.count()).select_from(lab)
+             .where(lab.c.kind == Kind.HUMAN.value, lab.c.decision.in_(passes), eff)
+             .group_by(lab.c.item_id, lab.c.decision))
+    out: dict[int, Counter] = {}
+    for item_id, decision, n in session.execute(query):
+        out.setdefault(item_id, Counter())[decision] += int(n)
+    return out
+
+
 def human_ratings(session: Session) -> dict[int, dict[str, str]]:
     """item -> {annotator: class} from effective human class labels (the latest per annotator).
 
