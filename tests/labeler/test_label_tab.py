@@ -55,9 +55,9 @@ def test_accept_correct_skip_unsure_undo(labeller):
     # Correct with the class picker to a class that is not the top suggestion.
     top = rows[0].suggestion
     with db.session(labeller.project.engine) as s:
-        from active.labeling import latest_prediction
+        from storage.versions import serving_prediction
 
-        pred, version = latest_prediction(s, second)
+        pred, version = serving_prediction(s, second)
     other = next(c_ for c_ in version.classes if c_ != pred.pred)
     out = c.predict(item_id=second, cls=other, api_name="/correct")
     third = item_of(out)
@@ -65,10 +65,10 @@ def test_accept_correct_skip_unsure_undo(labeller):
     out = decide(c, "/pick_2", third)
     fourth = item_of(out)
     out = decide(c, "/skip", fourth)
-    assert f"#{fourth} skipped" in note_of(out)
+    assert note_of(out) == f"#{fourth}: skipped"
     fifth = item_of(out)
     out = decide(c, "/unsure", fifth)
-    assert f"#{fifth} marked unsure" in note_of(out)
+    assert note_of(out) == f"#{fifth}: unsure"
     rows = human_labels(labeller.project, "ann")
     got = [(r.item_id, r.decision, r.label) for r in rows]
     assert got[1] == (second, "corrected", other)
