@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-from fastapi import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from active import labeling
 from active.errors import UserError
@@ -252,9 +255,6 @@ class LabelerApp:
         return u.role if u is not None else "annotator"
 
     def check_password(self, name: str, password: str) -> bool:
-        missing = [what for what, value in (("a user name", name), ("a password", password)) if not value]
-        if missing:  # say what is missing rather than "incorrect credentials"
-            raise HTTPException(status_code=400, detail=f"sign-in needs {' and '.join(missing)}")
         with db.session(self.project.engine) as s:
             return users.verify(s, name, password) is not None
 
@@ -819,11 +819,48 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
                     auth_message="active-labeler: sign in with your user name and password (both are needed) "
                                  "from `active users add`",
                     prevent_thread_lock=not block, quiet=quiet, head=KEYS_JS, css=CSS, footer_links=[],
-                    show_error=True, max_threads=16)
+                    show_error=True, max_threads=16, app_kwargs={"middleware": [Middleware(SignInCheck)]})
     except OSError as exc:  # taken between the check and the bind
         app.prefetch.close()
         raise UserError(f"cannot serve on {host}:{port} ({exc}): pass a free --port") from None
     return demo, app
+
+
+class SignInCheck:
+    """ASGI middleware: a sign-in with an empty user name or password is answered 400 "sign-in
+    needs a user name" (or a password, or both) instead of FastAPI's 422 "Field required" list.
+    The body is read once and handed on unchanged to Gradio's own /login."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith("/login"):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            msg = await receive()
+            chunks.append(msg.get("body", b""))
+            more = msg.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        form = await Request(scope, replay).form()
+        sent = False
+        missing = [what for what, empty in (("a user name", not str(form.get("username") or "").strip()),
+                                            ("a password", not form.get("password"))) if empty]
+        if missing:
+            await JSONResponse({"detail": f"sign-in needs {' and '.join(missing)}"}, status_code=400)(scope, replay, send)
+            return
+        await self.app(scope, replay, send)
 
 
 def check_port(host: str, port: int) -> None:

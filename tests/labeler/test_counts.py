@@ -9,7 +9,6 @@ from pathlib import Path
 
 def test_every_view_counts_the_same_after_undo(labeller, capsys, tmp_path: Path) -> None:  # noqa: ANN001
     from active.cli import main
-
     from tests.labeler.test_label_tab import item_of
 
     c = labeller.client("ann")

@@ -56,3 +56,26 @@ def test_escaping_user_strings():
 
     assert "<" not in esc("<img src=x onerror=alert(1)>")
     assert esc("**bold**") == "\\*\\*bold\\*\\*"
+
+
+def test_serve_on_a_busy_port_is_one_line_naming_the_option(project_dir, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--project", str(project_dir), "serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--port" in err and str(port) in err and "Traceback" not in err
+
+
+def test_an_empty_sign_in_says_what_is_missing(labeller):
+    import httpx
+
+    for form, missing in ((("", ""), "a user name and a password"), (("ann", ""), "a password"),
+                          (("", "x"), "a user name")):
+        resp = httpx.post(labeller.url + "login", data={"username": form[0], "password": form[1]})
+        assert resp.status_code in (400, 422), resp.text
+        assert f"sign-in needs {missing}" in resp.text
+    assert httpx.post(labeller.url + "login", data={"username": "ann", "password": "wrong"}).status_code == 400
