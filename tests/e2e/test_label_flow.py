@@ -77,8 +77,8 @@ def test_keys_while_the_next_photo_loads_label_nothing(labeller, page):  # noqa:
     """300 ms latency, 60 KB/s, and the next photo's download held back: the item's text reaches
     the page long before its photo. Keys and clicks then must record nothing, the item panel must
     say it is loading, and once the photo is in, everything on the page is that one item."""
-    from active.labeling import latest_prediction
     from storage import db
+    from storage.versions import serving_prediction
 
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
@@ -114,7 +114,7 @@ def test_keys_while_the_next_photo_loads_label_nothing(labeller, page):  # noqa:
     page.wait_for_function(PHOTO_READY, timeout=30_000)
     assert current_item(page) == y and int(page.locator("#item-id input").input_value()) == y
     with db.session(labeller.project.engine) as s:
-        pred, version = latest_prediction(s, y)
+        pred, version = serving_prediction(s, y)
     top = version.classes[max(range(len(pred.probs)), key=pred.probs.__getitem__)]
     assert top in page.locator("#suggestions").inner_text()
     assert top in page.locator("#pick-1").inner_text()
