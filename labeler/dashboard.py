@@ -122,13 +122,18 @@ class DashboardCache:
             return fut
 
     def _make_plots(self, version_id: int | None) -> tuple[Path, Path, Path]:
+        from active.commands.status import same_holdout
+        from active.retrain import holdout_hash
+
         classes = list(self.project.config.classes)
         tag = f"v{version_id}"
+        holdout = holdout_hash(self.project)
         with db.session(self.project.engine) as s:
             points = []
             for v in versions.all_versions(s):
                 acc = (v.metrics or {}).get("holdout", {}).get("accuracy")
-                if isinstance(acc, int | float):
+                # Only versions measured on today's holdout labels: other points are not comparable.
+                if isinstance(acc, int | float) and same_holdout(v.metrics, holdout):
                     points.append((v.id, v.n_labels, float(acc)))
             version = versions.get(s, version_id) if version_id else None
             split = items.splits(s)
@@ -175,6 +180,9 @@ class DashboardCache:
         agree = agreement_markdown(rep)
         version_id = st["current_version"]
         notes = []
+        earlier = [f"v{v['id']}" for v in st["model_versions"] if v["same_holdout"] is False]
+        if earlier:
+            notes.append(f"left out of the learning curve, evaluated on earlier holdout labels: {', '.join(earlier)}")
         try:
             curve, confusion, dist = self._plots_for(version_id).result(timeout=PLOT_WAIT_S)
         except Exception as exc:  # noqa: BLE001
