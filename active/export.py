@@ -44,6 +44,7 @@ from storage import db, items, labels, versions
 from storage import disputes as store_disputes
 from storage.enums import Decision, Source, Split
 from storage.labels import CurrentLabel
+from storage.snapshots import export_hash
 from storage.tables import Item, ModelVersion, Prediction, utcnow
 
 FORMATS = ("imagefolder", "csv", "jsonl", "hf")
@@ -358,14 +359,6 @@ class Collected:
     class_folders: dict[str, str]
 
 
-def snapshot_hash(current: Mapping[int, CurrentLabel], sha_of: Mapping[int, str]) -> str:
-    """sha256 of the sorted (item sha256, label, source) rows: equal stores give equal hashes."""
-    h = hashlib.sha256()
-    for sha, label, source in sorted((sha_of[i], c.label, c.source) for i, c in current.items()):
-        h.update(json.dumps([sha, label, source], ensure_ascii=False).encode("utf-8") + b"\n")
-    return h.hexdigest()
-
-
 def collect(project: Project, opts: ExportOptions) -> Collected:
     """Read the store once and decide what is exported, where, and why the rest is not."""
     excluded: Counter = Counter()
@@ -377,7 +370,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         disputes = store_disputes.open_reasons(s)
         passes = labels.passes_by_item(s)
     sha_of = {i: it.sha256 for i, it in all_items.items()}
-    snap = snapshot_hash(current, sha_of)
+    snap = export_hash((sha_of[i], c.label, c.source) for i, c in current.items())
 
     rows: list[Row] = []
     for item_id, item in all_items.items():
@@ -758,6 +751,6 @@ def default_out(project: Project, fmt: str, *, now: datetime | None = None) -> P
 
 __all__ = [
     "FORMATS", "INCLUDE_MODES", "ExportOptions", "allocate", "assign_splits", "class_folders", "collect",
-    "escape_cell", "export", "parse_splits", "read_csv", "safe_name", "snapshot_hash", "summary",
+    "escape_cell", "export", "parse_splits", "read_csv", "safe_name", "summary",
     "unescape_cell",
 ]

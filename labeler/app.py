@@ -718,15 +718,14 @@ class LabelerApp:
                                           interactive=False)
                         rsugg = gr.Image(label="attention for the model's suggestion", type="filepath", height=300,
                                          interactive=False)
-                    rcounts = gr.Dataframe(headers=["reason", "open (pool)", "resolved (pool)", "open (holdout)",
-                                                    "resolved (holdout)"], label="Disputes by reason",
+                    rcounts = gr.Dataframe(headers=["reason", "open", "resolved"], label="Disputes by reason",
                                            interactive=False, elem_id="review-counts")
                     with gr.Row():
                         rtable = gr.Dataframe(headers=["dispute", "item", "reason", "score"], interactive=False,
                                               label="Open disputes on pool items, by score (click a row to open it)",
                                               elem_id="review-table")
                         rholdout = gr.Dataframe(headers=["dispute", "item", "reason", "score"], interactive=False,
-                                                label="Open disputes on holdout items (the evaluation set)",
+                                                label="Holdout items whose label looks wrong (the evaluation set)",
                                                 elem_id="review-holdout")
 
                 with gr.Tab("Dashboard", id="dashboard") as dash_tab:

@@ -23,7 +23,7 @@ from active.project import Project
 from labeler.services import Services
 from storage import db, disputes, items, labels, versions
 from storage.enums import Decision, Kind, Split
-from storage.tables import Label
+from storage.tables import DISPUTE_REASONS, Label
 
 log = logging.getLogger(__name__)
 
@@ -122,13 +122,18 @@ class DashboardCache:
             return fut
 
     def _make_plots(self, version_id: int | None) -> tuple[Path, Path, Path]:
+        from active.commands.status import same_holdout
+        from active.retrain import holdout_hash
+
         classes = list(self.project.config.classes)
         tag = f"v{version_id}"
+        holdout = holdout_hash(self.project)
         with db.session(self.project.engine) as s:
             points = []
             for v in versions.all_versions(s):
                 acc = (v.metrics or {}).get("holdout", {}).get("accuracy")
-                if isinstance(acc, int | float):
+                # Only versions measured on today's holdout labels: other points are not comparable.
+                if isinstance(acc, int | float) and same_holdout(v.metrics, holdout):
                     points.append((v.id, v.n_labels, float(acc)))
             version = versions.get(s, version_id) if version_id else None
             split = items.splits(s)
@@ -175,6 +180,9 @@ class DashboardCache:
         agree = agreement_markdown(rep)
         version_id = st["current_version"]
         notes = []
+        earlier = [f"v{v['id']}" for v in st["model_versions"] if v["same_holdout"] is False]
+        if earlier:
+            notes.append(f"left out of the learning curve, evaluated on earlier holdout labels: {', '.join(earlier)}")
         try:
             curve, confusion, dist = self._plots_for(version_id).result(timeout=PLOT_WAIT_S)
         except Exception as exc:  # noqa: BLE001
@@ -279,23 +287,21 @@ def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
 
 
 def dispute_tables(project: Project) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Open disputes by score: (pool items, holdout items). Holdout ones have their own list: a
-    wrong label there skews every evaluation, so they are worth a look of their own."""
+    """Open disputes by score: (the review queue of pool items, the holdout list). Holdout ones
+    have their own list: a wrong label there skews every evaluation."""
     with db.session(project.engine) as s:
         return tuple([[d.id, d.item_id, d.reason, round(float(d.score), 3)]  # type: ignore[return-value]
-                      for d in disputes.open_disputes(s, limit=DISPUTES_SHOWN, split=split)]
-                     for split in (Split.POOL, Split.HOLDOUT))
+                      for d in disputes.open_disputes(s, limit=DISPUTES_SHOWN, queue=queue)]
+                     for queue in disputes.QUEUES)
 
 
 def dispute_counts(project: Project) -> list[list[Any]]:
-    """Rows of reason, open and resolved in the pool, open and resolved in the holdout (+ a total)."""
+    """Rows of reason, open, resolved (every reason, holdout_label_suspect included), then a total."""
     with db.session(project.engine) as s:
         n = disputes.counts(s)
-    rows = []
-    for reason in sorted({r for r, _, _ in n}):
-        rows.append([reason, *(n.get((reason, st, sp), 0) for sp in (Split.POOL, Split.HOLDOUT)
-                               for st in (disputes.OPEN, disputes.RESOLVED))])
-    rows.append(["all", *(sum(r[k] for r in rows) for k in range(1, 5))])
+    rows = [[reason, n.get((reason, disputes.OPEN), 0), n.get((reason, disputes.RESOLVED), 0)]
+            for reason in DISPUTE_REASONS]
+    rows.append(["all", sum(r[1] for r in rows), sum(r[2] for r in rows)])
     return rows
 
 

@@ -13,11 +13,15 @@ from typing import Any
 from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
-from storage.enums import DisputeStatus
-from storage.tables import DISPUTE_REASONS, Dispute, Item, Label, utcnow
+from storage.enums import HOLDOUT_QUEUE, POOL_QUEUE, DisputeReason, DisputeStatus, Kind
+from storage.meaning import contradicts_import, derive
+from storage.tables import DISPUTE_REASONS, Dispute, Label, utcnow
 
 OPEN = DisputeStatus.OPEN
 RESOLVED = DisputeStatus.RESOLVED
+QUEUES = {"pool": POOL_QUEUE, "holdout": HOLDOUT_QUEUE}
+# Rank of a dispute opened because a person contradicted the given label: above any model estimate.
+CONTRADICTED_SCORE = 1.0
 
 
 def check_reason(reason: str) -> str:
@@ -40,14 +44,14 @@ def replace_open(session: Session, reason: str, rows: Sequence[tuple[int, float,
 
 
 def open_disputes(session: Session, *, reason: str | None = None, limit: int | None = None,
-                  split: str | None = None) -> list[Dispute]:
-    """Open disputes, highest score first (ties: oldest id first); ``split`` keeps those whose
-    item is in that split (`pool` | `holdout`)."""
-    query = select(Dispute).where(Dispute.status == OPEN)
+                  queue: str = "pool") -> list[Dispute]:
+    """Open disputes of one list (``queue``: ``pool``, the review queue, or ``holdout``), highest
+    score first (ties: oldest id first); only those of ``reason`` when given."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown dispute list {queue!r}: use one of {', '.join(QUEUES)}")
+    query = select(Dispute).where(Dispute.status == OPEN, Dispute.reason.in_([r.value for r in QUEUES[queue]]))
     if reason is not None:
         query = query.where(Dispute.reason == check_reason(reason))
-    if split is not None:
-        query = query.join(Item, Item.id == Dispute.item_id).where(Item.split == split)
     query = query.order_by(Dispute.score.desc(), Dispute.id)
     if limit is not None:
         query = query.limit(limit)
@@ -80,6 +84,37 @@ def for_item(session: Session, item_id: int, *, status: str | None = None) -> li
     return list(session.exec(query.order_by(Dispute.id)))
 
 
+def follow_label(session: Session, label: Label) -> list[Dispute]:
+    """Keep the item's ``imported_label_suspect`` dispute in step with a person's class ``label``
+    just appended: agreeing with the imported label resolves the open one (by this label),
+    disagreeing opens one unless one is open. Returns the disputes changed or added."""
+    if label.kind == Kind.IMPORTED or not label.label:
+        return []
+    rows = list(session.exec(select(Label).where(Label.item_id == label.item_id).order_by(Label.id)))
+    verdict = contradicts_import(derive(rows))
+    if verdict is None:
+        return []
+    reason = DisputeReason.IMPORTED_LABEL_SUSPECT
+    still = [d for d in for_item(session, label.item_id, status=OPEN) if d.reason == reason]
+    if verdict is False:
+        for d in still:
+            d.status = RESOLVED
+            d.resolution_label_id = label.id
+            d.detail = {**d.detail, "confirmed_by": label.annotator, "resolved_at": utcnow().isoformat(timespec="seconds")}
+            session.add(d)
+        session.flush()
+        return still
+    if still:
+        return []
+    cur = derive(rows)
+    added = Dispute(item_id=label.item_id, reason=reason, score=CONTRADICTED_SCORE, status=OPEN,
+                    detail={"given": cur.imported if cur else None, "people_say": label.label,
+                            "source": "people"})
+    session.add(added)
+    session.flush()
+    return [added]
+
+
 def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispute]:
     """Mark a dispute resolved by ``label`` (a label id or row; normally the ``review`` label
     the reviewer just appended for the same item), together with every other open dispute of
@@ -104,14 +139,10 @@ def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispu
     return done
 
 
-def counts(session: Session) -> dict[tuple[str, str, str], int]:
-    """(reason, status, item split) -> number of disputes: one grouped count, for the Review tab."""
-    rows = session.exec(
-        select(Dispute.reason, Dispute.status, Item.split, func.count())
-        .join(Item, Item.id == Dispute.item_id)
-        .group_by(Dispute.reason, Dispute.status, Item.split)
-    )
-    return {(reason, status, split): int(n) for reason, status, split, n in rows}
+def counts(session: Session) -> dict[tuple[str, str], int]:
+    """(reason, status) -> number of disputes, open and resolved: one grouped count."""
+    rows = session.exec(select(Dispute.reason, Dispute.status, func.count()).group_by(Dispute.reason, Dispute.status))
+    return {(reason, status): int(n) for reason, status, n in rows}
 
 
 def reopen(session: Session, label_id: int) -> list[Dispute]:

@@ -237,6 +237,14 @@ def derive(rows: Sequence[Label]) -> CurrentLabel | None:
     return None
 
 
+def contradicts_import(cur: CurrentLabel | None) -> bool | None:
+    """Whether the people who labelled an item contradict its imported (given) label: None when
+    there is no imported label or no person's label yet, else whether their class differs."""
+    if cur is None or cur.imported is None or cur.source == Source.IMPORTED:
+        return None
+    return cur.label != cur.imported
+
+
 # ---------------------------------------------------------------- the serving version
 
 def covers(predicted: Iterable[int], pool: Iterable[int]) -> bool:

@@ -110,7 +110,7 @@ def test_review_tab_undo_counts_holdout_and_history(labeller):
             s.add(Label(item_id=i, annotator="import", label="shirt", kind="imported", decision="given"))
         s.add(Label(item_id=items[2], annotator="ann", label="dress", kind="human", decision="corrected"))
         s.add(Dispute(item_id=items[2], reason="annotators_disagree", score=0.8))
-        s.add(Dispute(item_id=items[7], reason="model_disagrees", score=0.3))
+        s.add(Dispute(item_id=items[7], reason="holdout_label_suspect", score=0.3))
 
     db.write(labeller.project.engine, add)
     rev = labeller.client("rev")
@@ -120,15 +120,16 @@ def test_review_tab_undo_counts_holdout_and_history(labeller):
     assert "| ann | human | corrected | dress |" in info and "| import | imported | given | shirt |" in info
     assert [r[1] for r in pool["data"]] == [items[2]] and [r[1] for r in holdout["data"]] == [items[7]]
     by_reason = {r[0]: r[1:] for r in counts["data"]}
-    assert by_reason["annotators_disagree"] == [1, 0, 0, 0] and by_reason["model_disagrees"] == [0, 0, 1, 0]
+    assert by_reason["annotators_disagree"] == [1, 0] and by_reason["holdout_label_suspect"] == [1, 0]
+    assert by_reason["model_disagrees"] == [0, 0] and by_reason["all"] == [2, 0]
     # Resolving names the item on the page; a stale name is refused and records nothing.
     out = rev.predict(item_id=items[7], api_name="/resolve_given")
     assert "not recorded" in out[-1] and out[0] == items[2]
     out = rev.predict(item_id=items[2], api_name="/resolve_given")
-    assert "resolved" in out[-1] and out[0] == items[7]
-    assert {r[0]: r[1:] for r in out[8]["data"]}["annotators_disagree"] == [0, 1, 0, 0]
+    assert "resolved" in out[-1] and out[0] is None  # the holdout one is in its own list, not next
+    assert {r[0]: r[1:] for r in out[8]["data"]}["annotators_disagree"] == [0, 1]
     # Backspace: an undo row, the dispute open again and shown again.
-    out = rev.predict(item_id=items[7], api_name="/review_undo")
+    out = rev.predict(item_id=None, api_name="/review_undo")
     assert "undid your review" in out[-1] and out[0] == items[2]
     with db.session(labeller.project.engine) as s:
         reviews = s.exec(select(Label).where(Label.kind == "review").order_by(Label.id)).all()
