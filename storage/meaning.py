@@ -13,6 +13,8 @@ says what "labelled" or "current" is.
 - round state of a queued item: labelled, else unsure, else skipped, else unreadable, else open.
 - current label: the latest review label, else the majority of human class labels (a tie goes
   to the latest of the tied classes), else the latest imported label (``derive``).
+- class aliases: a renamed or merged class reads under its new name in the rows stored before
+  the rename (`resolve_class`); no row is rewritten.
 - serving version: the newest model version whose predictions cover every readable pool item;
   until a version covers the pool the one before it serves (the newest of all when none does).
 """
@@ -46,7 +48,8 @@ from storage.tables import Item, Label, Prediction
 __all__ = [
     "CLASS_DECISIONS", "DONE_DECISIONS", "SEEN_DECISIONS", "SOURCE_PRECEDENCE", "CurrentLabel", "Decision",
     "DisputeReason", "DisputeStatus", "Kind", "Role", "RoundState", "Source", "Split", "derive", "effective",
-    "is_human_class", "is_labelled", "is_person_class", "label_table", "round_state", "serving_id", "sql_covers_pool",
+    "is_human_class", "is_labelled", "is_person_class", "label_table", "resolve_class", "round_state", "serving_id",
+    "sql_covers_pool",
     "sql_done_count", "sql_effective", "sql_human_class", "sql_labelled", "sql_person_class", "sql_reviewed",
     "sql_round_state", "sql_seen_by", "seen_by",
 ]
@@ -243,6 +246,30 @@ def contradicts_import(cur: CurrentLabel | None) -> bool | None:
     if cur is None or cur.imported is None or cur.source == Source.IMPORTED:
         return None
     return cur.label != cur.imported
+
+
+# ---------------------------------------------------------------- class aliases
+
+class AliasLike(Protocol):
+    old: str
+    new: str
+    label_upto: int
+    version_upto: int
+
+
+def resolve_class(name: str | None, aliases: Sequence[AliasLike], *, label_id: int | None = None,
+                  version_id: int | None = None) -> str | None:
+    """The name today of a class stored as ``name`` in label row ``label_id`` (or in model version
+    ``version_id``): the aliases recorded after that row apply in order (a rename of a rename
+    follows the chain; a class added again later under an old name is not touched)."""
+    if name is None:
+        return None
+    for a in aliases:
+        applies = (label_id is not None and label_id <= a.label_upto) or (
+            version_id is not None and version_id <= a.version_upto)
+        if applies and name == a.old:
+            name = a.new
+    return name
 
 
 # ---------------------------------------------------------------- the serving version
