@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from active.agreement import agreement
+from active.attribution_methods import DEFAULT_METHOD
+from active.disputes import rule_name
 from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
@@ -161,7 +163,7 @@ class DashboardCache:
             fut = self._averages.get(key)
             if fut is None:
                 fut = self._averages[key] = self._pool.submit(
-                    self.services.class_average, self.project, cls, version_id=version_id, method="gradcam")
+                    self.services.class_average, self.project, cls, version_id=version_id, method=DEFAULT_METHOD)
             return fut
 
     def render(self) -> list[Any]:
@@ -263,7 +265,7 @@ def _esc(text: object) -> str:
 def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
     conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
     lines = [
-        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} · {esc(d['reason'])} · score {d['score']:.2f}",
+        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} · {esc(rule_name(d['reason']))} · score {d['score']:.2f}",
         "",
         f"- given label: **{esc(d['given'] or '—')}** ({esc(d['given_source'] or 'none')})",
         f"- model v{d['version_id']} suggests: **{esc(d['suggestion'] or '—')}**{conf}",
@@ -277,7 +279,7 @@ def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
 
 def dispute_table(project: Project, services: Services) -> list[list[Any]]:
     with db.session(project.engine) as s:
-        return [[d.id, d.item_id, d.reason, round(float(d.score), 3)]
+        return [[d.id, d.item_id, rule_name(d.reason), round(float(d.score), 3)]
                 for d in services.open_disputes(s, limit=DISPUTES_SHOWN)]
 
 
