@@ -11,12 +11,12 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from active.atomic import write_atomic
+from active.backbones import DEFAULT_BACKBONE, default_weights
 from active.errors import UserError
 
 CONFIG_NAME = "active.toml"
 DEFAULT_DB = "sqlite:///active.db"  # relative paths are resolved against the project folder
-DEFAULT_BACKBONE = "resnet50"
-DEFAULT_WEIGHTS = "IMAGENET1K_V1"
+DEFAULT_WEIGHTS = default_weights(DEFAULT_BACKBONE)
 
 PRESETS: dict[str, list[str]] = {
     # The classes of ../shared/datasets/clothing-small (folder names).
