@@ -178,12 +178,6 @@ def _prepare(model: nn.Module, layer: str | None) -> _Prepared:
     return prep
 
 
-def forget(model: nn.Module) -> None:
-    """Drop the cached attribution copy of ``model`` (it is rebuilt on the next call)."""
-    with _prepared_lock:
-        _prepared.pop(model, None)
-
-
 # Modules whose 4-D output is a resampling of the features, not features: never the CAM layer.
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 

@@ -28,7 +28,6 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, select
-from sqlalchemy.sql import Select
 
 from storage.enums import (
     CLASS_DECISIONS,
@@ -285,11 +284,6 @@ def serving_id(version_ids: Sequence[int], covering: Iterable[int]) -> int | Non
     cover = set(covering)
     newest_first = sorted(version_ids, reverse=True)
     return next((v for v in newest_first if v in cover), newest_first[0] if newest_first else None)
-
-
-def sql_pool_item_ids() -> Select:
-    """The readable pool items: what a serving version must have predicted."""
-    return select(Item.id).where(Item.split == Split.POOL.value, Item.error.is_(None))
 
 
 def sql_covers_pool(version_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
