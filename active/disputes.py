@@ -41,6 +41,38 @@ import numpy as np
 
 from storage.enums import DisputeReason, Source, Split
 
+
+@dataclass(frozen=True)
+class DisputeRule:
+    """Why an item is disputed: one entry per reason, read by the CLI, the Review tab and `refresh`."""
+
+    reason: DisputeReason
+    display: str
+    queue: str  # "pool": the review queue; "holdout": its own list (see storage.disputes.QUEUES)
+    needs_model: bool  # found from a model version's embeddings (skipped without one)
+    help: str
+
+
+RULES: dict[str, DisputeRule] = {
+    r.reason.value: r
+    for r in (
+        DisputeRule(DisputeReason.ANNOTATORS_DISAGREE, "annotators disagree", "pool", False,
+                    "annotators gave different classes"),
+        DisputeRule(DisputeReason.MODEL_DISAGREES, "model disagrees", "pool", True,
+                    "a cross-validated head confidently contradicts a person's label"),
+        DisputeRule(DisputeReason.IMPORTED_LABEL_SUSPECT, "given label suspect", "pool", True,
+                    "the model, or people, contradict an imported label"),
+        DisputeRule(DisputeReason.HOLDOUT_LABEL_SUSPECT, "holdout label suspect", "holdout", False,
+                    "any of the above on a holdout item: settling it changes the evaluation set"),
+    )
+}
+
+
+def rule_name(reason: str) -> str:
+    """The display name of a dispute reason (the reason itself when unknown)."""
+    return RULES[reason].display if reason in RULES else reason
+
+
 DEFAULT_FOLDS = 5
 # L2 strength of the cross-validated heads, as sklearn's C = DISPUTE_REG_ITEMS / n_train: the
 # penalty weighs as much as the loss of about this many items, whatever the set's size (sklearn

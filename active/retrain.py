@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from active import modelstore, scoring
 from active.errors import UserError
-from storage import db, items, labels, versions
+from storage import aliases, db, items, labels, versions
 from storage.enums import Split
 from storage.snapshots import labels_hash
 from storage.tables import ModelVersion
@@ -43,6 +44,7 @@ class LabelledSet:
     (train + validation slice) and of the labelled holdout."""
 
     snapshot: str  # sha256 of the (item, label) pairs trained on
+    max_alias_id: int  # with max_label_id, pins the labels as read then (see `reproduce_snapshot`)
     holdout_snapshot: str  # sha256 of the holdout's (item, label) pairs evaluated on
     max_label_id: int
     train_ids: np.ndarray
@@ -129,15 +131,38 @@ def compare_on_holdout(project: Project, version: ModelVersion) -> Comparison | 
                       current)
 
 
+def _training_pairs(current: dict, split: dict[int, str], classes: Iterable[str]) -> list[tuple[int, str]]:
+    """(item id, class) of readable pool items whose current label is one of ``classes``."""
+    wanted = set(classes)
+    return sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.POOL and c.label in wanted)
+
+
+def reproduce_snapshot(project: Project, version: ModelVersion) -> str | None:
+    """The training-set hash of ``version`` recomputed from today's store: labels up to its label
+    snapshot read through the aliases of that time, against its classes as published. Equal to
+    ``version.snapshot`` because labels are append-only; None for a version not trained on labels."""
+    m = version.metrics or {}
+    if "label_snapshot_max_id" not in m:
+        return None
+    with db.session(project.engine) as s:
+        _, current = labels.snapshot(s, upto_label_id=int(m["label_snapshot_max_id"]),
+                                     upto_alias_id=int(m.get("alias_max_id", 0)))
+        published = versions.get(s, version.id, as_stored=True)
+        readable = set(items.ids(s))
+        split = {i: sp for i, sp in items.splits(s).items() if i in readable}
+    return labels_hash(_training_pairs(current, split, published.classes if published else []))
+
+
 def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
     classes = project.config.classes
     index = {c: k for k, c in enumerate(classes)}
     with db.session(project.engine) as s:
         top, current = labels.snapshot(s)
+        top_alias = aliases.max_id(s)
         readable = set(items.ids(s))
         split = {i: sp for i, sp in items.splits(s).items() if i in readable}
         paths = {i: p for i, p in items.paths(s).items() if i in readable}
-    pool = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.POOL and c.label in index)
+    pool = _training_pairs(current, split, index)
     skipped = sum(1 for i, c in current.items() if split.get(i) == Split.POOL and c.label not in index)
     hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.HOLDOUT and c.label in index)
     ids = np.array([i for i, _ in pool], dtype=np.int64)
@@ -149,7 +174,7 @@ def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
     tr, va = stratified_split(y, project.config.retrain.holdout_fraction_for_calibration,
                               np.random.default_rng(seed))
     return LabelledSet(
-        snapshot=labels_hash(pool), holdout_snapshot=labels_hash(hold), max_label_id=top,
+        snapshot=labels_hash(pool), max_alias_id=top_alias, holdout_snapshot=labels_hash(hold), max_label_id=top,
         train_ids=ids[tr], train_y=y[tr], val_ids=ids[va], val_y=y[va],
         holdout_ids=np.array([i for i, _ in hold], dtype=np.int64),
         holdout_y=np.array([index[c] for _, c in hold], dtype=np.int64),
@@ -203,6 +228,7 @@ def retrain(
     version.snapshot = data.snapshot
     version.n_labels = data.n_labels
     version.metrics = {**version.metrics, "label_snapshot_max_id": data.max_label_id,
+                       "alias_max_id": data.max_alias_id,
                        "holdout_labels_sha256": data.holdout_snapshot,
                        "skipped_labels_not_in_taxonomy": data.skipped,
                        "seconds": round(time.perf_counter() - started, 2)}

@@ -103,7 +103,7 @@ def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Sel
         kwargs["probs"] = _rows(ids, probs_ids, probs)
     if use_emb:
         kwargs["embeddings"] = _rows(ids, emb_ids, emb)
-        if name == "kcenter":  # the core-set grows from what is labelled already
+        if chosen.uses_labelled:  # e.g. the core-set grows from what is labelled already
             kwargs["labelled"] = _rows(pool.labelled[np.isin(pool.labelled, emb_ids)], emb_ids, emb)
     try:
         sel = strategies.select(name, ids, batch, rng=np.random.default_rng(SELECTION_SEED), **kwargs)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from active.agreement import agreement
+from active.attribution_methods import DEFAULT_METHOD
+from active.disputes import rule_name
 from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
@@ -161,7 +163,7 @@ class DashboardCache:
             fut = self._averages.get(key)
             if fut is None:
                 fut = self._averages[key] = self._pool.submit(
-                    self.services.class_average, self.project, cls, version_id=version_id, method="gradcam")
+                    self.services.class_average, self.project, cls, version_id=version_id, method=DEFAULT_METHOD)
             return fut
 
     def render(self) -> list[Any]:
@@ -271,7 +273,7 @@ def _esc(text: object) -> str:
 def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
     conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
     lines = [
-        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} ({esc(d['split'])}) · {esc(d['reason'])} · "
+        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} ({esc(d['split'])}) · {esc(rule_name(d['reason']))} · "
         f"score {d['score']:.2f}",
         "",
         f"- given label: **{esc(d['given'] or '—')}** ({esc(d['given_source'] or 'none')})",
@@ -290,7 +292,7 @@ def dispute_tables(project: Project) -> tuple[list[list[Any]], list[list[Any]]]:
     """Open disputes by score: (the review queue of pool items, the holdout list). Holdout ones
     have their own list: a wrong label there skews every evaluation."""
     with db.session(project.engine) as s:
-        return tuple([[d.id, d.item_id, d.reason, round(float(d.score), 3)]  # type: ignore[return-value]
+        return tuple([[d.id, d.item_id, rule_name(d.reason), round(float(d.score), 3)]  # type: ignore[return-value]
                       for d in disputes.open_disputes(s, limit=DISPUTES_SHOWN, queue=queue)]
                      for queue in disputes.QUEUES)
 
@@ -299,7 +301,7 @@ def dispute_counts(project: Project) -> list[list[Any]]:
     """Rows of reason, open, resolved (every reason, holdout_label_suspect included), then a total."""
     with db.session(project.engine) as s:
         n = disputes.counts(s)
-    rows = [[reason, n.get((reason, disputes.OPEN), 0), n.get((reason, disputes.RESOLVED), 0)]
+    rows = [[rule_name(reason), n.get((reason, disputes.OPEN), 0), n.get((reason, disputes.RESOLVED), 0)]
             for reason in DISPUTE_REASONS]
     rows.append(["all", sum(r[1] for r in rows), sum(r[2] for r in rows)])
     return rows

@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 
 from active.commands import Result, table
-from storage.enums import POOL_QUEUE
+from active.disputes import RULES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh", action="store_true", help="recompute the open disputes first")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="disputes to list (default: 20)")
-    p.add_argument("--reason", choices=[str(r) for r in POOL_QUEUE], help="only this reason")
+    p.add_argument("--reason", choices=[n for n, r in RULES.items() if r.queue == "pool"],
+                   help="only this reason: " + "; ".join(f"{n} = {r.help}" for n, r in RULES.items()
+                                                          if r.queue == "pool"))
     p.add_argument("--holdout", action="store_true",
                    help="list the holdout's suspect labels instead (holdout_label_suspect: never in the review queue)")
 

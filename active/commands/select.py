@@ -15,7 +15,8 @@ SHOWN = 10
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, metavar="NAME",
-                   help=f"one of {', '.join(REGISTRY)} (default: {DEFAULT_STRATEGY})")
+                   help="; ".join(f"{s.name} = {s.help}" for s in REGISTRY.values())
+                   + f" (default: {DEFAULT_STRATEGY})")
     p.add_argument("--batch", type=int, default=50, metavar="N", help="items to queue (default: 50)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--force", action="store_true", help="open a round even while another is open")

@@ -165,3 +165,18 @@ def test_versions_are_compared_on_the_same_holdout(tmp_path: Path, make_image, c
     v4 = modelstore.current_version(project)
     cmp = compare_on_holdout(project, v4)
     assert cmp.previous["n"] == v4.metrics["holdout"]["n"] == 6 and not cmp.same_holdout
+
+
+def test_a_rename_keeps_old_label_snapshots_reproducible(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    from active.retrain import reproduce_snapshot
+    from active.taxonomy import alias_class
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4)
+    v = retrain(project, mode="head", num_workers=0, score_after=False)
+    assert reproduce_snapshot(project, v) == v.snapshot
+    alias_class(project, CLASSES[0], "renamed")
+    project.config.classes = ["renamed", *CLASSES[1:]]
+    assert reproduce_snapshot(project, v) == v.snapshot  # the store as it was, labels never rewritten
+    assert take_snapshot(project).snapshot != v.snapshot  # today's labels read under the new name
+    with db.session(project.engine) as s:
+        assert versions.get(s, v.id).classes[0] == "renamed"

@@ -100,6 +100,7 @@ def test_review_tab_undo_counts_holdout_and_history(labeller):
     disputes in their own list; a table row opens its dispute; the item's split and labels."""
     from types import SimpleNamespace
 
+    from active.disputes import rule_name
     from storage.tables import Item
 
     items = labeller.item_ids
@@ -120,14 +121,15 @@ def test_review_tab_undo_counts_holdout_and_history(labeller):
     assert "| ann | human | corrected | dress |" in info and "| import | imported | given | shirt |" in info
     assert [r[1] for r in pool["data"]] == [items[2]] and [r[1] for r in holdout["data"]] == [items[7]]
     by_reason = {r[0]: r[1:] for r in counts["data"]}
-    assert by_reason["annotators_disagree"] == [1, 0] and by_reason["holdout_label_suspect"] == [1, 0]
-    assert by_reason["model_disagrees"] == [0, 0] and by_reason["all"] == [2, 0]
+    assert by_reason[rule_name("annotators_disagree")] == [1, 0]
+    assert by_reason[rule_name("holdout_label_suspect")] == [1, 0]
+    assert by_reason[rule_name("model_disagrees")] == [0, 0] and by_reason["all"] == [2, 0]
     # Resolving names the item on the page; a stale name is refused and records nothing.
     out = rev.predict(item_id=items[7], api_name="/resolve_given")
     assert "not recorded" in out[-1] and out[0] == items[2]
     out = rev.predict(item_id=items[2], api_name="/resolve_given")
     assert "resolved" in out[-1] and out[0] is None  # the holdout one is in its own list, not next
-    assert {r[0]: r[1:] for r in out[8]["data"]}["annotators_disagree"] == [0, 1]
+    assert {r[0]: r[1:] for r in out[8]["data"]}[rule_name("annotators_disagree")] == [0, 1]
     # Backspace: an undo row, the dispute open again and shown again.
     out = rev.predict(item_id=None, api_name="/review_undo")
     assert "undid your review" in out[-1] and out[0] == items[2]
