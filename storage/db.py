@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +14,7 @@ from sqlalchemy import event, inspect, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, create_engine, select, text
 
 from storage.tables import APP_ID, SCHEMA_VERSION, Meta
 
@@ -89,8 +91,19 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _create_private_sqlite_file(engine: Engine) -> None:
+    """Create a new SQLite file readable by its owner only (it holds password hashes); SQLite
+    gives its -wal and -shm files the same mode."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    with contextlib.suppress(FileExistsError):  # an existing (empty) file keeps its owner's mode
+        os.close(os.open(url.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def create_schema(engine: Engine) -> None:
     """Create the tables of a new database and stamp it with the schema version."""
+    _create_private_sqlite_file(engine)  # before the first connection creates it world-readable
     names = set(inspect(engine).get_table_names())
     if "meta" in names:
         check_schema(engine)
@@ -125,10 +138,45 @@ def check_schema(engine: Engine) -> None:
         )
 
 
+def _user_sessions_columns(s: Session) -> None:
+    # Schema 1 -> 2: users can be disabled, and a password change ends their sessions (generation).
+    # "user" is quoted: it is a reserved word in PostgreSQL.
+    s.execute(text('ALTER TABLE "user" ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE'))
+    s.execute(text('ALTER TABLE "user" ADD COLUMN generation INTEGER NOT NULL DEFAULT 0'))
+
+
+# schema version -> the step that upgrades a database of that version to the next one, in place.
+MIGRATIONS: dict[str, Callable[[Session], None]] = {"1": _user_sessions_columns}
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade an active-labeler database of an older, known schema version in place.
+
+    Each step runs in one write transaction that re-reads the version first, so two processes
+    opening the same old database upgrade it once; anything unknown is left to `check_schema`."""
+    if "meta" not in set(inspect(engine).get_table_names()):
+        return
+
+    def step(s: Session) -> bool:
+        meta = {m.key: m for m in s.exec(select(Meta).with_for_update())}
+        found = meta.get("schema_version")
+        if meta.get("app") is None or meta["app"].value != APP_ID or found is None or found.value not in MIGRATIONS:
+            return False
+        MIGRATIONS[found.value](s)
+        found.value = str(int(found.value) + 1)
+        s.add(found)
+        return True
+
+    while write(engine, step):
+        pass
+
+
 def open_engine(url: str) -> Engine:
-    """An engine on an existing, schema-checked database; `StoreError` when it cannot be reached."""
+    """An engine on an existing database, upgraded when it is of an older known version and
+    schema-checked; `StoreError` when it cannot be reached."""
     try:
         engine = make_engine(url)
+        migrate(engine)
         check_schema(engine)
     except StoreError:
         raise

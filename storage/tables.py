@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
-# Bump when a table changes; `storage.db.open_engine` refuses any other version.
-SCHEMA_VERSION = 1
+# Bump when a table changes; `storage.db.open_engine` upgrades the versions `storage.db.MIGRATIONS`
+# knows in place and refuses any other.
+SCHEMA_VERSION = 2
 APP_ID = "active-labeler"
 
 SPLITS = ("pool", "holdout")
@@ -142,3 +143,7 @@ class User(SQLModel, table=True):
     salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     password_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+    # A disabled user cannot sign in and loses open sessions; `generation` grows on every password
+    # change or disable, and a session granted under an older generation ends (labeler.security).
+    disabled: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
