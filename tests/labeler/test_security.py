@@ -255,3 +255,14 @@ def test_before_sign_in_nothing_leaks_and_big_bodies_are_refused(labeller):
     assert raw_post(port, "/gradio_api/queue/join", join, b'{"data": ["', n, piece) == 413
     assert c.get("config").status_code == 200  # the server is fine afterwards
     c.close()
+
+
+@pytest.mark.parametrize("labeller", [{"no_auth": True}], indirect=True)
+def test_a_demo_without_sign_in_answers_loopback_names_only(labeller):
+    own = urlsplit(labeller.url).netloc
+    assert httpx.get(labeller.url + "config", timeout=30).status_code == 200
+    assert httpx.get(labeller.url + "config", headers={"Host": f"localhost:{urlsplit(labeller.url).port}"},
+                     timeout=30).status_code == 200
+    # A page on a DNS name rebound to 127.0.0.1 sends its own name as Host: refused.
+    rebound = httpx.get(labeller.url + "config", headers={"Host": "rebind.evil.example"}, timeout=30)
+    assert rebound.status_code == 403 and own not in rebound.text
