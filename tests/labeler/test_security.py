@@ -254,6 +254,9 @@ def test_before_sign_in_nothing_leaks_and_big_bodies_are_refused(labeller):
     join = {"Cookie": cookie, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
     assert raw_post(port, "/gradio_api/queue/join", join, b'{"data": ["', n, piece) == 413
     assert c.get("config").status_code == 200  # the server is fine afterwards
+    # Off: the run history page, the monitoring dashboard; errors carry no internals.
+    assert c.get("gradio_api/runs").status_code == 404 and c.get("monitoring").status_code in (403, 404)
+    assert c.get("config").json().get("show_error") is False
     c.close()
 
 
