@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select, text
 
-from storage.tables import APP_ID, SCHEMA_VERSION, Meta
+from storage.tables import APP_ID, SCHEMA_VERSION, ClassAlias, Meta
 
 T = TypeVar("T")
 
@@ -140,42 +140,48 @@ def check_schema(engine: Engine) -> None:
         )
 
 
-def _user_sessions_columns(s: Session) -> None:
-    # Schema 1 -> 2: users can be disabled, and a password change ends their sessions (generation).
-    # "user" is quoted: it is a reserved word in PostgreSQL.
-    s.execute(text('ALTER TABLE "user" ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE'))
-    s.execute(text('ALTER TABLE "user" ADD COLUMN generation INTEGER NOT NULL DEFAULT 0'))
+def _v1_add_class_alias(conn: Any) -> None:  # noqa: ANN401
+    SQLModel.metadata.create_all(conn, tables=[ClassAlias.__table__], checkfirst=True)
 
 
-# schema version -> the step that upgrades a database of that version to the next one, in place.
-MIGRATIONS: dict[str, Callable[[Session], None]] = {"1": _user_sessions_columns}
+def _v2_user_sessions(conn: Any) -> None:  # noqa: ANN401
+    # Users can be disabled, and a password change ends their sessions (generation). Columns
+    # already there are left alone, like the steps above. "user" is quoted: PostgreSQL reserves it.
+    have = {c["name"] for c in inspect(conn).get_columns("user")}
+    if "disabled" not in have:
+        conn.execute(text('ALTER TABLE "user" ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE'))
+    if "generation" not in have:
+        conn.execute(text('ALTER TABLE "user" ADD COLUMN generation INTEGER NOT NULL DEFAULT 0'))
 
 
-def migrate(engine: Engine) -> None:
-    """Upgrade an active-labeler database of an older, known schema version in place.
+# version -> the step that upgrades a database of that version to the next one, in place.
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions}
 
-    Each step runs in one write transaction that re-reads the version first, so two processes
-    opening the same old database upgrade it once; anything unknown is left to `check_schema`."""
+
+def migrate(engine: Engine) -> int | None:
+    """Upgrade an active-labeler database of an older schema version in place, one step per
+    version, each in its own transaction with its new version stamp. Returns the version found
+    (None when it is not ours or has no version); anything it cannot upgrade is left alone for
+    `check_schema` to refuse."""
     if "meta" not in set(inspect(engine).get_table_names()):
-        return
-
-    def step(s: Session) -> bool:
-        meta = {m.key: m for m in s.exec(select(Meta).with_for_update())}
-        found = meta.get("schema_version")
-        if meta.get("app") is None or meta["app"].value != APP_ID or found is None or found.value not in MIGRATIONS:
-            return False
-        MIGRATIONS[found.value](s)
-        found.value = str(int(found.value) + 1)
-        s.add(found)
-        return True
-
-    while write(engine, step):
-        pass
+        return None
+    with Session(engine) as s:
+        meta = {m.key: m.value for m in s.exec(select(Meta))}
+    if meta.get("app") != APP_ID or not str(meta.get("schema_version", "")).isdigit():
+        return None
+    found = version = int(meta["schema_version"])
+    while version < SCHEMA_VERSION and version in MIGRATIONS:
+        with engine.begin() as conn:
+            MIGRATIONS[version](conn)
+            conn.execute(Meta.__table__.update().where(Meta.__table__.c.key == "schema_version")
+                         .values(value=str(version + 1)))
+        version += 1
+    return found
 
 
 def open_engine(url: str) -> Engine:
-    """An engine on an existing database, upgraded when it is of an older known version and
-    schema-checked; `StoreError` when it cannot be reached."""
+    """An engine on an existing database, upgraded in place from an older schema version when a
+    migration exists, then schema-checked; `StoreError` when it cannot be reached or used."""
     try:
         engine = make_engine(url)
         migrate(engine)

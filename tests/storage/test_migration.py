@@ -1,5 +1,5 @@
-"""Schema 1 -> 2 (users can be disabled; a password change ends sessions): an existing database is
-upgraded in place when it is opened, its users and their passwords kept. New SQLite files are
+"""Schema 2 -> 3 (users can be disabled; a password change ends sessions): an existing database,
+of version 1 or 2, is upgraded in place when it is opened, its users and their passwords kept. New SQLite files are
 private to their owner."""
 
 from __future__ import annotations
@@ -7,13 +7,14 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from sqlmodel import select
 
 from storage import db, users
 from storage.tables import SCHEMA_VERSION, Meta, User
 
-# The user table as schema version 1 made it.
+# The user table as schema versions 1 and 2 made it.
 V1 = sa.MetaData()
 sa.Table("user", V1,
          sa.Column("name", sa.String(128), primary_key=True),
@@ -23,23 +24,26 @@ sa.Table("user", V1,
          sa.Column("created_at", sa.DateTime, nullable=False))
 
 
-def make_v1(url: str) -> None:
-    """A database as version 1 left it, with one user whose password is 'old-password'."""
+def make_old(url: str, version: int) -> None:
+    """A database as ``version`` (1 or 2) left it, with one user whose password is 'old-password'."""
     eng = db.make_engine(url)
     db.create_schema(eng)
     salt = b"s" * users.SALT_BYTES
     with eng.begin() as conn:
         conn.execute(sa.text('DROP TABLE "user"'))
+        if version == 1:
+            conn.execute(sa.text("DROP TABLE classalias"))
         V1.create_all(conn)
         conn.execute(V1.tables["user"].insert().values(
             name="ann", role="reviewer", salt=salt, password_hash=users.hash_password("old-password", salt),
             created_at=sa.func.now()))
-        conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value="1"))
+        conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(version)))
     eng.dispose()
 
 
-def test_version_1_is_upgraded_in_place(store_url: str) -> None:
-    make_v1(store_url)
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_versions_are_upgraded_in_place(store_url: str, version: int) -> None:
+    make_old(store_url, version)
     eng = db.open_engine(store_url)
     with db.session(eng) as s:
         assert s.get(Meta, "schema_version").value == str(SCHEMA_VERSION)
