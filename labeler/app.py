@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import html
-import ipaddress
 import itertools
 import logging
 import re
@@ -18,14 +17,11 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from active import attribution_methods, labeling
 from active.errors import UserError
@@ -33,6 +29,8 @@ from active.labeling import Task
 from active.project import Project
 from labeler import dashboard
 from labeler.prefetch import Prefetcher
+from labeler.security import is_loopback
+from labeler.server import serve_blocks
 from labeler.services import Services, default_services
 from models.images import ImageError
 from storage import db, users, versions
@@ -47,24 +45,14 @@ PREFETCH_AHEAD = 2  # items prepared after the current one (two, so a colleague 
 STATUS_EVERY_S = 3.0
 TRAINING_GIVE_UP_S = 3600  # stop saying "training…" when no new version came after this long
 METHODS = [(m.display, m.name) for m in attribution_methods.REGISTRY.values()]  # (shown, value) for the list
-LOOPBACK_NAMES = ("localhost",)
 SESSIONS_KEPT = 10_000  # browser sessions whose shown item is remembered (oldest forgotten first)
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>$])")
 
 
 def esc(text: object) -> str:
     """A user-supplied string made inert for gr.Markdown: HTML-escaped, Markdown punctuation escaped."""
     return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=True))
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 SHORTCUTS = """**Keys** · `Enter` accept the top suggestion · `1`–`9` pick the n-th suggestion ·
@@ -251,11 +239,9 @@ class LabelerApp:
             return "reviewer"  # a local, single-person setup without users may do everything
         with db.session(self.project.engine) as s:
             u = users.get(s, name)
-        return u.role if u is not None else "annotator"
-
-    def check_password(self, name: str, password: str) -> bool:
-        with db.session(self.project.engine) as s:
-            return users.verify(s, name, password) is not None
+        if u is None or u.disabled:  # removed or disabled since sign-in: no role, no access
+            raise gr.Error("no access: this account is not active in the project")
+        return u.role
 
     # -- the label tab ------------------------------------------------------------------------
     def _shown_by(self, request: gr.Request | None, item_id: int | None) -> None:
@@ -802,67 +788,30 @@ def build_app(project: Project, *, services: Services | None = None, auth: bool 
 
 
 def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, services: Services | None = None,
-           block: bool = True, quiet: bool = False) -> tuple[gr.Blocks, LabelerApp]:
-    """Start the server. Sign-in is required whenever users exist, and always off loopback."""
-    with db.session(project.engine) as s:
-        have_users = bool(users.all_users(s))
-    if not have_users and not is_loopback(host):
-        raise UserError(f"refusing to serve on {host} without sign-in: add a user first "
-                        "(`active users add NAME --role reviewer`)")
+           block: bool = True, quiet: bool = False, no_auth: bool = False,
+           allowed_origins: Sequence[str] = ()) -> tuple[gr.Blocks, LabelerApp]:
+    """Start the server. Sign-in is always on; ``no_auth`` (a local demo) is refused off loopback."""
     check_port(host, port)
-    demo, app = build_app(project, services=services, auth=have_users)
+    if no_auth:
+        if not is_loopback(host):
+            raise UserError(f"refusing to serve on {host} without sign-in: --no-auth is for loopback only")
+        log.warning("serving WITHOUT sign-in: every client is a reviewer. A reverse proxy or tunnel to this "
+                    "port makes that public; use it for a local demo only")
+    else:
+        with db.session(project.engine) as s:
+            if not users.all_users(s):
+                raise UserError("no users yet: add one first (`active users add NAME --role reviewer`), "
+                                "or pass --no-auth for a local demo without sign-in")
+    demo, app = build_app(project, services=services, auth=not no_auth)
     demo.queue(default_concurrency_limit=4)
-    try:
-        demo.launch(server_name=host, server_port=port, auth=app.check_password if have_users else None,
-                    auth_message="active-labeler: sign in with your user name and password (both are needed) "
-                                 "from `active users add`",
-                    prevent_thread_lock=not block, quiet=quiet, head=KEYS_JS, css=CSS, footer_links=[],
-                    show_error=True, max_threads=16, app_kwargs={"middleware": [Middleware(SignInCheck)]})
-    except OSError as exc:  # taken between the check and the bind
-        app.prefetch.close()
-        raise UserError(f"cannot serve on {host}:{port} ({exc}): pass a free --port") from None
+    serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
+                 auth_message="active-labeler: sign in with the name and password from `active users add`",
+                 head=KEYS_JS, css=CSS, block=block, quiet=quiet)
     return demo, app
 
 
-class SignInCheck:
-    """ASGI middleware: a sign-in with an empty user name or password is answered 400 "sign-in
-    needs a user name" (or a password, or both) instead of FastAPI's 422 "Field required" list.
-    The body is read once and handed on unchanged to Gradio's own /login."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith("/login"):
-            await self.app(scope, receive, send)
-            return
-        chunks, more = [], True
-        while more:
-            msg = await receive()
-            chunks.append(msg.get("body", b""))
-            more = msg.get("more_body", False)
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        form = await Request(scope, replay).form()
-        sent = False
-        missing = [what for what, empty in (("a user name", not str(form.get("username") or "").strip()),
-                                            ("a password", not form.get("password"))) if empty]
-        if missing:
-            await JSONResponse({"detail": f"sign-in needs {' and '.join(missing)}"}, status_code=400)(scope, replay, send)
-            return
-        await self.app(scope, replay, send)
-
-
 def check_port(host: str, port: int) -> None:
-    """A clear one-line error (exit 2) instead of Gradio's traceback when the port is taken."""
+    """A clear one-line error (exit 2) instead of a server traceback when the port is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: only a listener blocks
@@ -872,8 +821,9 @@ def check_port(host: str, port: int) -> None:
             raise UserError(f"port {port} on {host} is busy ({exc.strerror or exc}): pass a free --port") from None
 
 
-def serve(project: Project, *, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(project: Project, *, host: str = "127.0.0.1", port: int = 7860, no_auth: bool = False,
+          allowed_origins: Sequence[str] = ()) -> None:
     """`active serve`: run until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launch(project, host=host, port=port, block=True)
+    launch(project, host=host, port=port, block=True, no_auth=no_auth, allowed_origins=allowed_origins)
 
