@@ -88,13 +88,19 @@ def _task(session: Session, q: work.Queued) -> Task:
                 ranked, dict(item.meta or {}))
 
 
+def _lease(s: Session, project: Project, annotator: str) -> work.Queued | None:
+    """The annotator's current item: their lease, kept (and renewed), or a new one."""
+    return work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+
+
+def _task_of(s: Session, q: work.Queued | None) -> Task | None:
+    return None if q is None else _task(s, q)
+
+
 def next_task(project: Project, annotator: str) -> Task | None:
     """Lease (or keep) the annotator's next item; None when the open rounds hold nothing for them."""
-    def fn(s: Session) -> Task | None:
-        q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
-        return None if q is None else _task(s, q)
+    return db.write(project.engine, lambda s: _task_of(s, _lease(s, project, annotator)))
 
-    return db.write(project.engine, fn)
 
 
 def upcoming(project: Project, annotator: str, *, n: int = 1) -> list[Task]:
@@ -112,11 +118,14 @@ def decide(task: Task, label: str) -> str:
 
 def record(project: Project, annotator: str, task: Task, *, decision: str,
            label: str | None = None) -> tuple[Label | None, Task | None]:
-    """Append the annotator's decision on ``task`` and lease their next item, in one transaction.
+    """Append the annotator's decision on ``task`` (the item whose photo they were shown) and lease
+    their next item, in one transaction.
 
-    The label is kept even when the lease ran out meanwhile: losing work is worse than a rare
-    second label (which the agreement and dispute views then show). A second decision on an item
-    the annotator has already labelled (a double key press) is not recorded: the label is None.
+    Recorded only when ``task`` is the annotator's current item (the one `next_task` would show
+    now). Otherwise nothing is written and the label is None: a key pressed on a page that had
+    not caught up (a double press, a second tab, a stale script) must never label an item whose
+    photo was not on screen. A lease that ran out is renewed when the item is still theirs to
+    take, so a slow annotator's work is kept unless a colleague took the item meanwhile.
     """
     if decision not in LABEL_DECISIONS:
         raise UserError(f"unknown decision {decision!r}: use one of {', '.join(LABEL_DECISIONS)}")
@@ -130,9 +139,9 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
 
     def fn(s: Session) -> tuple[Label | None, Task | None]:
         work.lock_annotator(s, annotator)  # a second tab's submit waits, then sees this label
-        if labels.has_seen(s, annotator, task.item_id):
-            q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
-            return None, (None if q is None else _task(s, q))
+        cur = _lease(s, project, annotator)
+        if cur is None or cur.item_id != task.item_id or labels.has_seen(s, annotator, task.item_id):
+            return None, _task_of(s, cur)
         row = labels.append(s, Label(
             item_id=task.item_id, annotator=annotator, label=label, kind=HUMAN, decision=decision,
             suggestion=top[0] if top else None, confidence=top[1] if top else None,
@@ -140,8 +149,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
         ))
         store_disputes.follow_label(s, row)  # a confirmed given label is no longer suspect
         work.release(s, annotator)
-        q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
-        return row, (None if q is None else _task(s, q))
+        return row, _task_of(s, _lease(s, project, annotator))
 
     return db.write(project.engine, fn)
 
@@ -157,26 +165,41 @@ def set_aside(project: Project, item_id: int, reason: str) -> None:
     db.write(project.engine, fn)
 
 
-def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | None]:
+class NotCurrent(UserError):
+    """A decision named an item that is not the annotator's current one; nothing was written."""
+
+    def __init__(self, named: int | None, task: Task | None) -> None:
+        now = f"#{task.item_id} is" if task else "nothing is"
+        super().__init__(f"not recorded: #{named} is not your current item ({now} on your screen now)")
+        self.task = task
+
+
+def undo_last(project: Project, annotator: str, *, shown: int | None) -> tuple[Label | None, Task | None]:
     """Cancel the annotator's latest label (appends an `undo` row) and serve that item again, unless
     someone else has taken or labelled it meanwhile (then the next item).
 
+    ``shown`` is the item on the annotator's screen (None: the "nothing left" page): an undo from
+    a page that is not showing their current item raises `NotCurrent` and writes nothing.
     Returns (the undone label or None when there is nothing to undo, the task now shown)."""
-    def fn(s: Session) -> tuple[Label | None, Task | None]:
+    def fn(s: Session) -> tuple[bool, Label | None, Task | None]:
         work.lock_annotator(s, annotator)  # two undos at once undo two labels, not one twice
+        cur = _lease(s, project, annotator)
+        if (cur.item_id if cur else None) != shown:
+            return False, None, _task_of(s, cur)  # committed: the lease the page is sent to is held
         last = labels.last_human(s, annotator)
         if last is None:
-            q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
-            return None, (None if q is None else _task(s, q))
+            return True, None, _task_of(s, cur)
         labels.append(s, Label(item_id=last.item_id, annotator=annotator, kind=HUMAN, decision=Decision.UNDO,
                                undoes_id=last.id, model_version_id=last.model_version_id,
                                round_id=last.round_id))
-        overlap = project.config.labeling.overlap
-        q = (work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=overlap)
-             or work.lease_next(s, annotator, ttl=_ttl(project), overlap=overlap))
-        return last, (None if q is None else _task(s, q))
+        q = (work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+             or _lease(s, project, annotator))
+        return True, last, _task_of(s, q)
 
-    return db.write(project.engine, fn)
+    ok, undone, task = db.write(project.engine, fn)
+    if not ok:
+        raise NotCurrent(shown, task)
+    return undone, task
 
 
 def progress(project: Project, annotator: str, round_id: int | None) -> dict[str, int]:

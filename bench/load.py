@@ -72,12 +72,12 @@ SUBMIT_APIS = {"accept": "/accept", "second": "/pick_2", "skip": "/skip", "unsur
 DONE_DECISIONS = ("accepted", "corrected", "unsure")
 
 # Outputs of the item events as gradio_client returns them (State and Buttons are left out):
-# photo, suggestions, why, note, class picker, map, map note.
-OUT_BARS, OUT_WHY, OUT_NOTE = 1, 2, 3
+# item id, served token, photo, suggestions, why, note, class picker, map, map note.
+OUT_BARS, OUT_WHY, OUT_NOTE = 3, 4, 5
 ITEM_RE = re.compile(r"item #(\d+)")
 ACK_RE = re.compile(r"^#(\d+): (accepted|corrected|skipped|unsure)(?: (.+))?$")
 UNDO_RE = re.compile(r"^undid your label on #(\d+)$")
-NOT_TWICE = "was already labelled by you; not recorded twice"
+NOT_TWICE = "is no longer your current item"
 
 
 # ------------------------------------------------------------------------------------ the project
@@ -298,7 +298,7 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
         if action == "undo" and labelled == 0:
             action = "accept"
         label = None
-        args: tuple = (True, "gradcam")
+        args: tuple = (item, True, "gradcam")  # every decision names the item on screen
         if action == "accept":
             label, want = ranked[0], "accepted"
         elif action == "second":
@@ -306,7 +306,7 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
         elif action == "class":
             label = rng.choice(classes)
             want = "accepted" if ranked and ranked[0] == label else "corrected"
-            args = (label, True, "gradcam")
+            args = (item, label, True, "gradcam")
         elif action in ("skip", "unsure"):
             want = {"skip": "skipped", "unsure": "unsure"}[action]
         else:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import getpass
 import html
+import itertools
 import logging
 import re
+import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +45,7 @@ PREFETCH_AHEAD = 2  # items prepared after the current one (two, so a colleague 
 STATUS_EVERY_S = 3.0
 TRAINING_GIVE_UP_S = 3600  # stop saying "training…" when no new version came after this long
 METHODS = [(m.display, m.name) for m in attribution_methods.REGISTRY.values()]  # (shown, value) for the list
+SESSIONS_KEPT = 10_000  # browser sessions whose shown item is remembered (oldest forgotten first)
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>$])")
 
@@ -53,31 +57,112 @@ def esc(text: object) -> str:
 
 SHORTCUTS = """**Keys** · `Enter` accept the top suggestion · `1`–`9` pick the n-th suggestion ·
 `/` search all classes · `s` skip · `u` unsure · `Backspace` undo the last label ·
-`a` attention map on/off · Review tab: `g` keep the given label, `m` take the model's suggestion, `n` next"""
+`a` attention map on/off · `c` next attribution method ·
+Review tab: `g` keep the given label, `m` take the model's suggestion, `n` next, `/` another class,
+`Backspace` undo the last review · keys wait while the next photo loads"""
 
 # Keys click the buttons (so every path goes through the same events); keys typed into a text
 # field or the class search are left alone. A button counts only when it is visible (its tab is open).
+#
+# The photo you see is the photo you label: from the moment a decision is sent until the page
+# names a new item (the hidden `served` token changed) AND the photo of that item has loaded
+# (the display copy is named item-<id>.jpg by labeler.prefetch) AND the why-line (Markdown, drawn
+# asynchronously) names it, clicks and keys on the decision
+# controls are swallowed and the item panel is hidden behind a "loading" line, so the photo,
+# suggestions, why-line and map appear together. The server checks the item id of every decision
+# as well; this only keeps the page from sending decisions it would refuse.
 KEYS_JS = """
 <script>
 (() => {
-  const byKey = {"Enter": "btn-accept", "s": "btn-skip", "u": "btn-unsure", "Backspace": "btn-undo",
-                 "g": "btn-keep", "m": "btn-model", "n": "btn-next-dispute"};
+  const GIVE_UP_MS = 30000;  // a response that never comes (network gone) unlocks the page again
+  const PANES = [
+    {name: "label", photo: "photo", text: "why", token: "served", item: "item-id", picker: "class-picker",
+     targets: ["#btn-accept", "#btn-skip", "#btn-unsure", "#btn-undo", ".pick-btn"]},
+    {name: "review", photo: "rphoto", text: "rinfo", token: "rserved", item: "review-item-id",
+     picker: "review-picker",
+     targets: ["#btn-keep", "#btn-model", "#btn-next-dispute", "#btn-review-undo", "#review-table td",
+               "#review-holdout td"]},
+  ];
+  const byKey = {"Enter": ["btn-accept"], "s": ["btn-skip"], "u": ["btn-unsure"],
+                 "Backspace": ["btn-undo", "btn-review-undo"], "g": ["btn-keep"], "m": ["btn-model"],
+                 "n": ["btn-next-dispute"], "c": ["btn-cycle-method"]};
+  const locks = {};
   function visible(el) { return el && el.offsetParent !== null && !el.disabled; }
   function target(id) {
     const el = document.getElementById(id);
     if (!el) return null;
     return el.tagName === "BUTTON" ? el : el.querySelector("button") || el;
   }
+  function val(id) {
+    const el = document.querySelector("#" + id + " input, #" + id + " textarea");
+    return el ? el.value : "";
+  }
+  function photoReady(p) {
+    const id = val(p.item);
+    if (!id) return true;  // no item on the page (nothing left to label / no open dispute)
+    // Markdown renders asynchronously: the text must name the item too, not the previous one.
+    const text = document.getElementById(p.text);
+    if (!text || !(text.textContent || "").includes("item #" + Number(id))) return false;
+    const img = document.querySelector("#" + p.photo + " img");
+    if (!img) return false;
+    const src = decodeURIComponent(img.currentSrc || img.src || "");
+    return src.includes("item-" + Number(id) + ".jpg") && img.complete && img.naturalWidth > 0;
+  }
+  function pending(p) {
+    const l = locks[p.name];
+    if (l && Date.now() - l.since > GIVE_UP_MS) { locks[p.name] = null; return false; }
+    if (l && val(p.token) === l.token) return true;
+    if (!photoReady(p)) return true;
+    locks[p.name] = null;
+    return false;
+  }
+  function lockNow(p) { locks[p.name] = {token: val(p.token), since: Date.now()}; }
+  function paneOf(el, what) {
+    for (const p of PANES) {
+      if (what === "targets" && p.targets.some((sel) => el.closest(sel))) return p;
+      if (what === "picker" && el.closest("#" + p.picker)) return p;
+    }
+    return null;
+  }
+  function sync() {
+    for (const p of PANES) document.body.classList.toggle("al-loading-" + p.name, pending(p));
+    const id = val("item-id");
+    const map = document.querySelector("#attr img");
+    if (map) {  // a map of another item never shows beside this photo
+      const src = decodeURIComponent(map.currentSrc || map.src || "");
+      document.getElementById("attr").classList.toggle("al-stale", !id || !src.includes("map-" + Number(id) + "-"));
+    }
+  }
+  setInterval(sync, 50);
+  document.addEventListener("load", sync, true);  // image load events do not bubble: capture them
+  // Clicks: a decision control while the page is loading is swallowed; otherwise it locks its pane.
+  for (const type of ["pointerdown", "mousedown", "click"]) {
+    document.addEventListener(type, (e) => {
+      const t = e.target instanceof Element ? e.target : null;
+      if (!t) return;
+      const p = paneOf(t, "targets") || (t.closest("li, [role=option]") ? paneOf(t, "picker") : null);
+      if (!p) return;
+      if (pending(p)) { e.preventDefault(); e.stopImmediatePropagation(); sync(); return; }
+      const commits = type === "click" || (type === "mousedown" && paneOf(t, "picker"));
+      if (commits) { lockNow(p); sync(); }
+    }, true);
+  }
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
     const tag = (t && t.tagName || "").toLowerCase();
+    const inPicker = t instanceof Element ? paneOf(t, "picker") : null;
+    if (inPicker && e.key === "Enter") {  // Enter in the class search picks a class: a decision
+      if (pending(inPicker)) { e.preventDefault(); e.stopImmediatePropagation(); return; }
+      lockNow(inPicker);
+      return;
+    }
     if (tag === "input" || tag === "textarea" || tag === "select" || (t && t.isContentEditable)) return;
-    let id = byKey[e.key];
-    if (!id && /^[1-9]$/.test(e.key)) id = "pick-" + e.key;
     if (e.key === "/") {
-      const box = document.querySelector("#class-picker input");
-      if (box && visible(box)) { e.preventDefault(); box.focus(); }
+      for (const p of PANES) {
+        const box = document.querySelector("#" + p.picker + " input");
+        if (box && visible(box)) { e.preventDefault(); box.focus(); return; }
+      }
       return;
     }
     if (e.key === "a") {
@@ -85,18 +170,33 @@ KEYS_JS = """
       if (box && visible(box)) { e.preventDefault(); box.click(); }
       return;
     }
-    if (!id) return;
-    const el = target(id);
-    if (visible(el)) { e.preventDefault(); el.click(); }
+    let ids = byKey[e.key];
+    if (!ids && /^[1-9]$/.test(e.key)) ids = ["pick-" + e.key];
+    if (!ids) return;
+    const el = ids.map(target).find(visible);
+    if (el) { e.preventDefault(); el.click(); }  // the click goes through the capture listener above
   });
 })();
 </script>
 """
 
+# The nine pick buttons wrap in a 3x3 grid and break long class names instead of running them
+# together ("shortslongsleeve"). While a pane is loading its item panel is hidden, not mixed.
+# Gradio also adds a copy of each rule under its container's classes, which outranks a plain
+# `body.x #id` rule: hence the !important where such a rule must win.
 CSS = """
 #photo img, .plot img { object-fit: contain !important; }
-.pick-btn { min-width: 0 !important; }
+#picks { display: grid !important; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 6px; }
+.pick-btn { min-width: 0 !important; white-space: normal !important; overflow-wrap: anywhere;
+            line-height: 1.2; height: auto !important; }
 #why, #progress { font-size: 0.95rem; }
+.hidden-id { display: none !important; }
+#loading-label, #loading-review { display: none; font-weight: 600; }
+body.al-loading-label #loading-label, body.al-loading-review #loading-review { display: block !important; }
+body.al-loading-label #photo img, body.al-loading-label #why, body.al-loading-label #suggestions,
+body.al-loading-label #picks, body.al-loading-label #attr img, body.al-loading-label #note,
+body.al-loading-review #rphoto img, body.al-loading-review #rinfo, body.al-loading-review #rmaps,
+#attr.al-stale img { visibility: hidden !important; }
 """
 
 
@@ -122,6 +222,8 @@ class LabelerApp:
         self.training: Training | None = None
         self._announced: int | None = None
         self._embeddings: dict[int, tuple[Any, Any]] = {}
+        self._shown: OrderedDict[str, int | None] = OrderedDict()  # session -> item it was last sent
+        self._served = itertools.count(1)  # a new token per item output, so the page sees every reply
 
     # -- who is asking ------------------------------------------------------------------------
     def user(self, request: gr.Request | None) -> str:
@@ -142,21 +244,43 @@ class LabelerApp:
         return u.role
 
     # -- the label tab ------------------------------------------------------------------------
-    def show(self, task: Task | None, note: str = "",
-             view: tuple[bool, str] = (True, attribution_methods.DEFAULT_METHOD)) -> list[Any]:
-        """Outputs of every event that changes the item: state, photo, bars, why, 9 picks, note,
-        picker, map, map note. The map comes along when it is already made (prefetched); otherwise
-        it is left empty here and the chained attribution event fills it."""
+    def _shown_by(self, request: gr.Request | None, item_id: int | None) -> None:
+        """Remember which item this browser session was last sent (see `_still_shown`)."""
+        sid = getattr(request, "session_hash", None)
+        if not sid:
+            return
+        with self._lock:
+            self._shown[sid] = item_id
+            self._shown.move_to_end(sid)
+            while len(self._shown) > SESSIONS_KEPT:
+                self._shown.popitem(last=False)
+
+    def _still_shown(self, request: gr.Request | None, item_id: int) -> bool:
+        """False when the session has moved on to another item since a slow event (a map, the side
+        panel) started: its result must not land beside the next item's photo."""
+        sid = getattr(request, "session_hash", None)
+        with self._lock:
+            return not sid or sid not in self._shown or self._shown[sid] == item_id
+
+    def show(self, task: Task | None, note: str = "", view: tuple[bool, str] = (True, attribution_methods.DEFAULT_METHOD),
+             request: gr.Request | None = None) -> list[Any]:
+        """Outputs of every event that changes the item, all of one item together: state, item id,
+        served token, photo, bars, why, 9 picks, note, picker, map, map note. The map comes along
+        when it is already made (prefetched); otherwise it is left empty here and the chained
+        attribution event fills it."""
+        served = f"{task.item_id if task else ''}:{next(self._served)}"
         if task is None:
+            self._shown_by(request, None)
             picks = [gr.Button(value=f"{i + 1}", visible="hidden") for i in range(N_PICKS)]
             done = "**Nothing left to label** in the open rounds. Open a new round with `active select`."
-            return [None, None, None, done, *picks, note, gr.Dropdown(value=None), None, ""]
+            return [None, None, served, None, None, done, *picks, note, gr.Dropdown(value=None), None, ""]
         try:
             photo = self.prefetch.photo(task.item_id, task.path)
         except ImageError as exc:  # a file that vanished or broke since import: set it aside, go on
             labeling.set_aside(self.project, task.item_id, str(exc))
             return self.show(None, f"#{task.item_id} cannot be shown ({esc(exc)}): set aside; press Enter for the next",
-                             view)
+                             view, request)
+        self._shown_by(request, task.item_id)
         bars = {c: p for c, p in task.ranked[:TOP_BARS]} if task.ranked else None
         picks = []
         for i in range(N_PICKS):
@@ -173,7 +297,8 @@ class LabelerApp:
             ready = self.prefetch.ready(("map", task.item_id, task.version_id, method, task.top[0]))
             if ready is not None:
                 attr_img, attr_text = str(ready), self._map_note(method, task.top[0])
-        return [task.to_state(), str(photo), bars, why, *picks, note, gr.Dropdown(value=None), attr_img, attr_text]
+        return [task.to_state(), task.item_id, served, str(photo), bars, why, *picks, note, gr.Dropdown(value=None),
+                attr_img, attr_text]
 
     @staticmethod
     def _map_note(method: str, target: str) -> str:
@@ -205,67 +330,93 @@ class LabelerApp:
                 self.training = Training(latest.id if latest else None, n)
 
     def start(self, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-        annotator = self.user(request)
+        return self._current(self.user(request), "", (show_attr, method), request)
+
+    def _current(self, annotator: str, note: str, view: tuple[bool, str], request: gr.Request) -> list[Any]:
         task = labeling.next_task(self.project, annotator)
         self._after_label(annotator, task)
-        return self.show(task, view=(show_attr, method))
+        return self.show(task, note, view, request)
 
-    def _label(self, state: dict | None, view: tuple[bool, str], request: gr.Request, *, decision: str,
-               label: str | None = None, choose: int | None = None) -> list[Any]:
+    @staticmethod
+    def _named(item_id: Any) -> int | None:
+        return None if item_id in (None, "") else int(item_id)
+
+    def _label(self, state: dict | None, item_id: Any, view: tuple[bool, str], request: gr.Request, *,
+               decision: str, label: str | None = None, choose: int | None = None) -> list[Any]:
         annotator = self.user(request)
-        if state is None:
-            return self.start(*view, request)
-        task = Task.from_state(state)
+        named = self._named(item_id)
+        shown = Task.from_state(state) if state else None
+        if shown is None or named != shown.item_id:
+            # The decision names another item than this page was sent (a stale page or script), or
+            # this session was sent no item yet: record nothing, show the annotator's current item.
+            note = "" if shown is None and named is None else (
+                f"not recorded: #{named} is not the item on this page; this is your current item")
+            return self._current(annotator, note, view, request)
+        task = shown
         if choose is not None:
             if choose >= len(task.ranked):
-                return self.show(task, f"there is no suggestion {choose + 1} for this item", view)
+                return self.show(task, f"there is no suggestion {choose + 1} for this item", view, request)
             label = task.ranked[choose][0]
         if decision == "pick":
             if not label:
-                return self.show(task, "no suggestion to accept: pick a class (press /)", view)
+                return self.show(task, "no suggestion to accept: pick a class (press /)", view, request)
             decision = labeling.decide(task, label)
         try:
             row, nxt = labeling.record(self.project, annotator, task, decision=decision, label=label)
-        except UserError as exc:
-            raise gr.Error(html.escape(str(exc))) from None
+        except UserError as exc:  # the same item again with the reason (the page stays usable)
+            return self.show(task, f"not recorded: {esc(exc)}", view, request)
         self._after_label(annotator, nxt)
         if row is None:
-            return self.show(nxt, f"#{task.item_id} was already labelled by you; not recorded twice", view)
+            return self.show(nxt, f"not recorded: #{task.item_id} is no longer your current item "
+                                  "(labelled already, or its lease went to someone else)", view, request)
+        # "#12: skipped", "#12: unsure", "#12: accepted shirt" (bench/load.py reads these acks)
         what = f"{row.decision} {esc(row.label)}" if row.label else row.decision
-        return self.show(nxt, f"#{task.item_id}: {what}", view)
+        return self.show(nxt, f"#{task.item_id}: {what}", view, request)
 
-    def accept(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
+    def accept(self, state: dict | None, item_id: int | None, show_attr: bool, method: str,
+               request: gr.Request) -> list[Any]:
         task = Task.from_state(state) if state else None
         top = task.top[0] if task and task.top else None
-        return self._label(state, (show_attr, method), request, decision="pick", label=top)
+        return self._label(state, item_id, (show_attr, method), request, decision="pick", label=top)
 
     def pick(self, n: int):  # noqa: ANN201
-        def fn(state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-            return self._label(state, (show_attr, method), request, decision="pick", choose=n)
+        def fn(state: dict | None, item_id: int | None, show_attr: bool, method: str,
+               request: gr.Request) -> list[Any]:
+            return self._label(state, item_id, (show_attr, method), request, decision="pick", choose=n)
 
         fn.__name__ = f"pick_{n + 1}"
         return fn
 
-    def correct(self, state: dict | None, cls: str | None, show_attr: bool, method: str,
+    def correct(self, state: dict | None, item_id: int | None, cls: str | None, show_attr: bool, method: str,
                 request: gr.Request) -> list[Any]:
         if not cls:
-            return self.show(Task.from_state(state) if state else None, view=(show_attr, method))
-        return self._label(state, (show_attr, method), request, decision="pick", label=cls)
+            return self.show(Task.from_state(state) if state else None, view=(show_attr, method), request=request)
+        return self._label(state, item_id, (show_attr, method), request, decision="pick", label=cls)
 
-    def skip(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-        return self._label(state, (show_attr, method), request, decision=Decision.SKIPPED)
+    def skip(self, state: dict | None, item_id: int | None, show_attr: bool, method: str,
+             request: gr.Request) -> list[Any]:
+        return self._label(state, item_id, (show_attr, method), request, decision=Decision.SKIPPED)
 
-    def unsure(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-        return self._label(state, (show_attr, method), request, decision=Decision.UNSURE)
+    def unsure(self, state: dict | None, item_id: int | None, show_attr: bool, method: str,
+               request: gr.Request) -> list[Any]:
+        return self._label(state, item_id, (show_attr, method), request, decision=Decision.UNSURE)
 
-    def undo(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
+    def undo(self, state: dict | None, item_id: int | None, show_attr: bool, method: str,
+             request: gr.Request) -> list[Any]:
         annotator = self.user(request)
-        undone, task = labeling.undo_last(self.project, annotator)
+        named = self._named(item_id)
+        view = (show_attr, method)
+        if state and named != state.get("item_id"):
+            return self._current(annotator, f"not undone: #{named} is not the item on this page", view, request)
+        try:
+            undone, task = labeling.undo_last(self.project, annotator, shown=named)
+        except labeling.NotCurrent as exc:
+            return self.show(exc.task, f"not undone: {esc(exc)}", view, request)
         self._after_label(annotator, task)
         note = f"undid your label on #{undone.item_id}" if undone else "nothing to undo"
-        return self.show(task, note, (show_attr, method))
+        return self.show(task, note, view, request)
 
-    def attribution(self, state: dict | None, show: bool, method: str) -> tuple[Any, str]:
+    def attribution(self, state: dict | None, show: bool, method: str, request: gr.Request) -> tuple[Any, str]:
         """The attribution overlay of the shown item for its top suggestion (own event)."""
         if not state or not show:
             return None, ""
@@ -278,9 +429,22 @@ class LabelerApp:
         except Exception as exc:  # show the reason on the page; labelling goes on
             log.exception("attribution failed")
             return None, f"attention map failed: {esc(exc)}"
+        if not self._still_shown(request, task.item_id):
+            return gr.skip(), gr.skip()
         return str(path), self._map_note(method, task.top[0])
 
-    def side(self, state: dict | None, request: gr.Request) -> tuple[str, list]:
+    def cycle_method(self, state: dict | None, show: bool, method: str, request: gr.Request) -> tuple[Any, Any, str]:
+        """Key `c`: the next attribution method, and its map."""
+        names = [v for _, v in METHODS]
+        nxt = names[(names.index(method) + 1) % len(names)] if method in names else names[0]
+        img, note = self.attribution(state, True, nxt, request) if show else (None, "")
+        return nxt, img, note
+
+    def noop(self, request: gr.Request) -> str:
+        """A round trip through the server with sign-in and nothing else (the bench's baseline)."""
+        return self.user(request)
+
+    def side(self, state: dict | None, request: gr.Request) -> tuple[Any, Any]:
         """Progress line and similar items (own event, after the item is on screen)."""
         annotator = self.user(request)
         task = Task.from_state(state) if state else None
@@ -300,6 +464,8 @@ class LabelerApp:
                     gallery.append((str(self.prefetch.photo(item_id, path)), f"{label} · {sim:.2f}"))
             except Exception:
                 log.exception("similar items failed")
+        if task is not None and not self._still_shown(request, task.item_id):
+            return ", ".join(parts), gr.skip()
         return ", ".join(parts), gallery
 
     def _unit_embeddings(self, version_id: int) -> tuple[Any, Any]:
@@ -342,13 +508,21 @@ class LabelerApp:
             raise gr.Error("the Review tab is for reviewers")
         return name
 
-    def review_next(self, request: gr.Request, skip: dict | None = None) -> list[Any]:  # noqa: B006
+    def review_next(self, request: gr.Request, skip: dict | None = None, note: str = "",
+                    dispute_id: int | None = None) -> list[Any]:
+        """Outputs of every Review event: state, item id, served token, photo, info, the two maps,
+        the pool and holdout tables, the counts, the picker, the note."""
         self._require_reviewer(request)
         skipped = list((skip or {}).get("skipped", []))
-        d = dashboard.next_dispute(self.project, self.services, skip=skipped)
+        d = dashboard.next_dispute(self.project, self.services, skip=skipped, dispute_id=dispute_id)
+        if d is None and dispute_id is not None:  # resolved or refreshed away meanwhile: the next one
+            d = dashboard.next_dispute(self.project, self.services, skip=skipped)
+        pool, holdout = dashboard.dispute_tables(self.project)
+        counts = dashboard.dispute_counts(self.project)
+        served = f"{d['item_id'] if d else ''}:{next(self._served)}"
         if d is None:
-            return [None, None, "**No open disputes.**", None, None, dashboard.dispute_table(self.project, self.services),
-                    gr.Dropdown(value=None)]
+            return [None, None, served, None, "**No open disputes.**", None, None, pool, holdout, counts,
+                    gr.Dropdown(value=None), note]
         d["skipped"] = skipped
         given_map = suggested_map = None
         if d["version_id"] is not None:
@@ -361,42 +535,91 @@ class LabelerApp:
                     log.info("review attribution failed: %s", exc)
                     p = None
                 if slot == "given":
-                    given_map = (str(p), f"given: {target}") if p else None
+                    given_map = str(p) if p else None
                 else:
-                    suggested_map = (str(p), f"model: {target}") if p else None
+                    suggested_map = str(p) if p else None
         photo = str(self.prefetch.photo(d["item_id"], d["path"]))
-        return [d, photo, dashboard.dispute_markdown(d, esc), given_map and given_map[0],
-                suggested_map and suggested_map[0], dashboard.dispute_table(self.project, self.services),
-                gr.Dropdown(value=None)]
+        d["labels"] = [list(r) for r in d["labels"]]
+        return [d, d["item_id"], served, photo, dashboard.dispute_markdown(d, esc), given_map, suggested_map,
+                pool, holdout, counts, gr.Dropdown(value=None), note]
 
-    def resolve(self, state: dict | None, how: str, cls: str | None, request: gr.Request) -> list[Any]:
+    def _review_mismatch(self, state: dict | None, item_id: Any, request: gr.Request) -> list[Any] | None:
+        """The page named another item than the dispute this session was sent: refuse, re-show."""
+        named = self._named(item_id)
+        if named == (state or {}).get("item_id"):
+            return None
+        note = f"not recorded: #{named} is not the dispute on this page"
+        if state:
+            return self.review_next(request, state, note, dispute_id=state.get("dispute_id"))
+        return self.review_next(request, None, note)
+
+    def review_open(self, state: dict | None, evt: gr.SelectData, request: gr.Request) -> list[Any]:
+        """A click on a row of either disputes table opens that dispute."""
+        row = evt.row_value or []
+        skip = {"skipped": (state or {}).get("skipped", [])}
+        if not row or row[0] in (None, ""):
+            return self.review_next(request, skip)
+        dispute_id = int(row[0])
+        out = self.review_next(request, skip, dispute_id=dispute_id)
+        if out[0] is None or out[0]["dispute_id"] != dispute_id:  # resolved since the table was drawn
+            out[-1] = f"dispute #{dispute_id} is no longer open"
+        return out
+
+    def resolve(self, state: dict | None, item_id: Any, how: str, cls: str | None, request: gr.Request) -> list[Any]:
         reviewer = self._require_reviewer(request)
+        refused = self._review_mismatch(state, item_id, request)
+        if refused is not None:
+            return refused
         if not state:
             return self.review_next(request)
         label = {"given": state.get("given"), "model": state.get("suggestion")}.get(how, cls)
         if not label:
-            raise gr.Error("pick a class to resolve with")
+            return self.review_next(request, state, "not recorded: pick a class to resolve with",
+                                    dispute_id=state["dispute_id"])
         try:
             self.project.check_class(label)
             dashboard.resolve(self.project, self.services, state, label, reviewer)
         except UserError as exc:
-            raise gr.Error(html.escape(str(exc))) from None
-        return self.review_next(request, {"skipped": state.get("skipped", [])})
+            return self.review_next(request, state, f"not recorded: {esc(exc)}")
+        note = (f"dispute #{state['dispute_id']} resolved: item #{state['item_id']} is **{esc(label)}** "
+                "· Backspace undoes")
+        return self.review_next(request, {"skipped": state.get("skipped", [])}, note)
 
-    def resolve_given(self, state: dict | None, request: gr.Request) -> list[Any]:
-        return self.resolve(state, "given", None, request)
+    def resolve_given(self, state: dict | None, item_id: int | None, request: gr.Request) -> list[Any]:
+        return self.resolve(state, item_id, "given", None, request)
 
-    def resolve_model(self, state: dict | None, request: gr.Request) -> list[Any]:
-        return self.resolve(state, "model", None, request)
+    def resolve_model(self, state: dict | None, item_id: int | None, request: gr.Request) -> list[Any]:
+        return self.resolve(state, item_id, "model", None, request)
 
-    def resolve_class(self, state: dict | None, cls: str | None, request: gr.Request) -> list[Any]:
-        return self.resolve(state, "class", cls, request)
+    def resolve_class(self, state: dict | None, item_id: int | None, cls: str | None,
+                      request: gr.Request) -> list[Any]:
+        return self.resolve(state, item_id, "class", cls, request)
 
-    def review_skip(self, state: dict | None, request: gr.Request) -> list[Any]:
+    def review_skip(self, state: dict | None, item_id: int | None, request: gr.Request) -> list[Any]:
+        refused = self._review_mismatch(state, item_id, request)
+        if refused is not None:
+            return refused
         skipped = list((state or {}).get("skipped", []))
         if state:
             skipped.append(state["dispute_id"])
         return self.review_next(request, {"skipped": skipped})
+
+    def review_undo(self, state: dict | None, item_id: int | None, request: gr.Request) -> list[Any]:
+        """Backspace on the Review tab: undo this reviewer's last resolution (an `undo` row; the
+        disputes it settled are open again) and show that dispute."""
+        reviewer = self._require_reviewer(request)
+        refused = self._review_mismatch(state, item_id, request)
+        if refused is not None:
+            return refused
+        undone, dispute_id = dashboard.undo_review(self.project, reviewer)
+        skip = {"skipped": (state or {}).get("skipped", [])}
+        if undone is None:
+            return self.review_next(request, skip, "nothing to undo",
+                                    dispute_id=state["dispute_id"] if state else None)
+        note = f"undid your review of item #{undone.item_id} ({esc(undone.label)})"
+        if dispute_id is None:
+            return self.review_next(request, skip, note + "; its dispute is gone (refreshed meanwhile)")
+        return self.review_next(request, skip, note + f"; dispute #{dispute_id} is open again", dispute_id=dispute_id)
 
     # -- page --------------------------------------------------------------------------------
     def on_load(self, request: gr.Request) -> tuple[Any, str]:
@@ -414,15 +637,21 @@ class LabelerApp:
             with gr.Tabs():
                 with gr.Tab("Label", id="label"):
                     state = gr.State(None)
+                    # What the page shows, for the decisions to name (and for scripts: `item_id`).
+                    item_id = gr.Number(None, precision=0, label="item_id", elem_id="item-id", elem_classes="hidden-id",
+                                        interactive=False)
+                    served = gr.Textbox("", label="served", elem_id="served", elem_classes="hidden-id",
+                                        interactive=False)
                     with gr.Row(equal_height=False):
                         with gr.Column(scale=5):
+                            gr.Markdown("Loading the next photo…", elem_id="loading-label")
                             photo = gr.Image(label="photo", type="filepath", height=560, interactive=False,
                                              elem_id="photo", buttons=["fullscreen"])
                         with gr.Column(scale=4):
                             why = gr.Markdown(elem_id="why")
                             bars = gr.Label(num_top_classes=TOP_BARS, label="Suggestions (calibrated confidence)",
                                             elem_id="suggestions")
-                            with gr.Row():
+                            with gr.Row(elem_id="picks"):
                                 picks = [gr.Button(f"{i + 1}", size="sm", elem_id=f"pick-{i + 1}",
                                                    elem_classes="pick-btn", visible="hidden")
                                          for i in range(N_PICKS)]
@@ -438,8 +667,9 @@ class LabelerApp:
                         with gr.Column(scale=4):
                             with gr.Row():
                                 show_attr = gr.Checkbox(True, label="Attention map (a)", elem_id="show-attr")
-                                method = gr.Dropdown(METHODS, value=attribution_methods.DEFAULT_METHOD, label="Method", filterable=False,
-                                                     elem_id="attr-method")
+                                method = gr.Dropdown(METHODS, value=attribution_methods.DEFAULT_METHOD, label="Method",
+                                                     filterable=False, elem_id="attr-method")
+                                cycle = gr.Button("Next method (c)", size="sm", elem_id="btn-cycle-method")
                             attr = gr.Image(label="where the model looked", type="filepath", height=400,
                                             interactive=False, elem_id="attr")
                             attr_note = gr.Markdown()
@@ -449,23 +679,39 @@ class LabelerApp:
 
                 with gr.Tab("Review", id="review", visible=False) as review_tab:
                     rstate = gr.State(None)
+                    ritem = gr.Number(None, precision=0, label="item_id", elem_id="review-item-id",
+                                      elem_classes="hidden-id", interactive=False)
+                    rserved = gr.Textbox("", label="served", elem_id="rserved", elem_classes="hidden-id",
+                                         interactive=False)
                     with gr.Row(equal_height=False):
                         with gr.Column(scale=4):
-                            rphoto = gr.Image(label="photo", type="filepath", height=440, interactive=False)
+                            gr.Markdown("Loading the next dispute…", elem_id="loading-review")
+                            rphoto = gr.Image(label="photo", type="filepath", height=440, interactive=False,
+                                              elem_id="rphoto")
                         with gr.Column(scale=4):
-                            rinfo = gr.Markdown()
+                            rinfo = gr.Markdown(elem_id="rinfo")
                             with gr.Row():
                                 keep = gr.Button("Keep given (g)", variant="primary", elem_id="btn-keep")
                                 take = gr.Button("Take model's (m)", elem_id="btn-model")
                                 rnext = gr.Button("Next (n)", elem_id="btn-next-dispute")
-                            rpicker = gr.Dropdown(classes, value=None, filterable=True, label="Resolve as another class")
-                    with gr.Row():
+                                rundo = gr.Button("Undo (⌫)", elem_id="btn-review-undo")
+                            rpicker = gr.Dropdown(classes, value=None, filterable=True,
+                                                  label="Resolve as another class (/ to search)", elem_id="review-picker")
+                            rnote = gr.Markdown(elem_id="review-note")
+                    with gr.Row(elem_id="rmaps"):
                         rgiven = gr.Image(label="attention for the given label", type="filepath", height=300,
                                           interactive=False)
                         rsugg = gr.Image(label="attention for the model's suggestion", type="filepath", height=300,
                                          interactive=False)
-                    rtable = gr.Dataframe(headers=["dispute", "item", "reason", "score"], label="Open disputes, by score",
-                                          interactive=False)
+                    rcounts = gr.Dataframe(headers=["reason", "open", "resolved"], label="Disputes by reason",
+                                           interactive=False, elem_id="review-counts")
+                    with gr.Row():
+                        rtable = gr.Dataframe(headers=["dispute", "item", "reason", "score"], interactive=False,
+                                              label="Open disputes on pool items, by score (click a row to open it)",
+                                              elem_id="review-table")
+                        rholdout = gr.Dataframe(headers=["dispute", "item", "reason", "score"], interactive=False,
+                                                label="Holdout items whose label looks wrong (the evaluation set)",
+                                                elem_id="review-holdout")
 
                 with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                     refresh = gr.Button("Refresh", size="sm")
@@ -485,7 +731,7 @@ class LabelerApp:
                                               height=300)
                     dash_note = gr.Markdown()
 
-            item_out = [state, photo, bars, why, *picks, note, picker, attr, attr_note]
+            item_out = [state, item_id, served, photo, bars, why, *picks, note, picker, attr, attr_note]
             view = [show_attr, method]
             fast = {"concurrency_limit": None, "show_progress": "hidden"}
 
@@ -499,24 +745,32 @@ class LabelerApp:
             chain(demo.load(self.start, view, item_out, api_name="start", **fast), api=True)
             demo.load(self.on_load, None, [review_tab, who], api_name=False)
             demo.load(self.status, None, status, api_name="status")
-            chain(accept.click(self.accept, [state, *view], item_out, api_name="accept", **fast))
+            named = [state, item_id, *view]
+            chain(accept.click(self.accept, named, item_out, api_name="accept", **fast))
             for i, b in enumerate(picks):
-                chain(b.click(self.pick(i), [state, *view], item_out, api_name=f"pick_{i + 1}", **fast))
-            chain(picker.input(self.correct, [state, picker, *view], item_out, api_name="correct", **fast))
-            chain(skip.click(self.skip, [state, *view], item_out, api_name="skip", **fast))
-            chain(unsure.click(self.unsure, [state, *view], item_out, api_name="unsure", **fast))
-            chain(undo.click(self.undo, [state, *view], item_out, api_name="undo", **fast))
+                chain(b.click(self.pick(i), named, item_out, api_name=f"pick_{i + 1}", **fast))
+            chain(picker.input(self.correct, [state, item_id, picker, *view], item_out, api_name="correct", **fast))
+            chain(skip.click(self.skip, named, item_out, api_name="skip", **fast))
+            chain(unsure.click(self.unsure, named, item_out, api_name="unsure", **fast))
+            chain(undo.click(self.undo, named, item_out, api_name="undo", **fast))
             for ctl in (show_attr, method):
                 ctl.input(self.attribution, [state, show_attr, method], [attr, attr_note], api_name=False,
                           concurrency_limit=2, concurrency_id="attribution", trigger_mode="always_last")
+            cycle.click(self.cycle_method, [state, show_attr, method], [method, attr, attr_note], api_name="cycle_method",
+                        concurrency_limit=2, concurrency_id="attribution", trigger_mode="always_last")
             gr.Timer(STATUS_EVERY_S).tick(self.status, None, status, api_name=False, show_progress="hidden")
+            gr.api(self.noop, api_name="noop", concurrency_limit=None)
 
-            rout = [rstate, rphoto, rinfo, rgiven, rsugg, rtable, rpicker]
+            rout = [rstate, ritem, rserved, rphoto, rinfo, rgiven, rsugg, rtable, rholdout, rcounts, rpicker, rnote]
+            rnamed = [rstate, ritem]
             review_tab.select(self.review_next, None, rout, api_name="review_next")
-            keep.click(self.resolve_given, [rstate], rout, api_name="resolve_given")
-            take.click(self.resolve_model, [rstate], rout, api_name="resolve_model")
-            rpicker.input(self.resolve_class, [rstate, rpicker], rout, api_name="resolve_class")
-            rnext.click(self.review_skip, [rstate], rout, api_name="review_skip")
+            keep.click(self.resolve_given, rnamed, rout, api_name="resolve_given")
+            take.click(self.resolve_model, rnamed, rout, api_name="resolve_model")
+            rpicker.input(self.resolve_class, [rstate, ritem, rpicker], rout, api_name="resolve_class")
+            rnext.click(self.review_skip, rnamed, rout, api_name="review_skip")
+            rundo.click(self.review_undo, rnamed, rout, api_name="review_undo")
+            for table in (rtable, rholdout):
+                table.select(self.review_open, [rstate], rout, api_name=False)
 
             dout = [by_class, by_annot, agree, curve, confusion, dist, averages, dash_note]
             dash_tab.select(self.dashboard, None, dout, api_name="dashboard")
@@ -537,6 +791,7 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
            block: bool = True, quiet: bool = False, no_auth: bool = False,
            allowed_origins: Sequence[str] = ()) -> tuple[gr.Blocks, LabelerApp]:
     """Start the server. Sign-in is always on; ``no_auth`` (a local demo) is refused off loopback."""
+    check_port(host, port)
     if no_auth:
         if not is_loopback(host):
             raise UserError(f"refusing to serve on {host} without sign-in: --no-auth is for loopback only")
@@ -553,6 +808,17 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
                  auth_message="active-labeler: sign in with the name and password from `active users add`",
                  head=KEYS_JS, css=CSS, block=block, quiet=quiet)
     return demo, app
+
+
+def check_port(host: str, port: int) -> None:
+    """A clear one-line error (exit 2) instead of a server traceback when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: only a listener blocks
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"port {port} on {host} is busy ({exc.strerror or exc}): pass a free --port") from None
 
 
 def serve(project: Project, *, host: str = "127.0.0.1", port: int = 7860, no_auth: bool = False,

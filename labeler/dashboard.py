@@ -24,9 +24,9 @@ from active.disputes import rule_name
 from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
-from storage import db, items, labels, versions
+from storage import db, disputes, items, labels, versions
 from storage.enums import Decision, Kind, Split
-from storage.tables import Label
+from storage.tables import DISPUTE_REASONS, Label
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,15 @@ def agreement_markdown(rep: dict) -> str:
 
 
 # -- review ------------------------------------------------------------------------------------
-def next_dispute(project: Project, services: Services, *, skip: list[int]) -> dict | None:
-    """The highest-scoring open dispute not in ``skip``, with everything the Review tab shows."""
+def next_dispute(project: Project, services: Services, *, skip: list[int], dispute_id: int | None = None) -> dict | None:
+    """The highest-scoring open dispute not in ``skip`` (or the open dispute ``dispute_id``), with
+    everything the Review tab shows."""
     with db.session(project.engine) as s:
-        rows = [d for d in services.open_disputes(s, limit=DISPUTES_SHOWN + len(skip)) if d.id not in skip]
+        if dispute_id is not None:
+            one = disputes.get(s, dispute_id)
+            rows = [one] if one is not None and one.status == disputes.OPEN else []
+        else:
+            rows = [d for d in services.open_disputes(s, limit=DISPUTES_SHOWN + len(skip)) if d.id not in skip]
         if not rows:
             return None
         d = rows[0]
@@ -266,9 +271,12 @@ def next_dispute(project: Project, services: Services, *, skip: list[int]) -> di
         # The out-of-fold evidence that raised the dispute: the serving head trained on this very
         # label and tends to agree with it.
         suggestion, confidence = d.detail["suggested"], d.detail.get("p_suggested")
-    people = [(r.annotator, r.kind, r.decision, r.label) for r in labels.effective(history)]
-    return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "reason": d.reason, "score": d.score,
-            "given": cur.label if cur else None, "given_source": cur.source if cur else None,
+    undone = {r.undoes_id for r in history if r.decision == Decision.UNDO}
+    # Every row of the item, undone ones too (marked), so the reviewer sees the whole story.
+    people = [(r.annotator, r.kind, r.decision, r.label, r.created_at.strftime("%Y-%m-%d %H:%M"), r.id in undone)
+              for r in history if r.decision != Decision.UNDO]
+    return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "split": item.split, "reason": d.reason,
+            "score": d.score, "given": cur.label if cur else None, "given_source": cur.source if cur else None,
             "suggestion": suggestion, "confidence": confidence, "version_id": version_id, "labels": people}
 
 
@@ -281,22 +289,38 @@ def _esc(text: object) -> str:
 def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
     conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
     lines = [
-        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} · {esc(rule_name(d['reason']))} · score {d['score']:.2f}",
+        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} ({esc(d['split'])}) · {esc(rule_name(d['reason']))} · "
+        f"score {d['score']:.2f}",
         "",
         f"- given label: **{esc(d['given'] or '—')}** ({esc(d['given_source'] or 'none')})",
         f"- model v{d['version_id']} suggests: **{esc(d['suggestion'] or '—')}**{conf}",
         "",
-        "| who | kind | decision | label |",
-        "|---|---|---|---|",
+        "| who | kind | decision | label | when (UTC) |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {esc(a)} | {esc(k)} | {esc(dec)} | {esc(lab or '—')} |" for a, k, dec, lab in d["labels"]]
+    for a, k, dec, lab, when, undone in d["labels"]:
+        dec = f"{dec} (undone)" if undone else dec
+        lines.append(f"| {esc(a)} | {esc(k)} | {esc(dec)} | {esc(lab or '—')} | {esc(when)} |")
     return "\n".join(lines)
 
 
-def dispute_table(project: Project, services: Services) -> list[list[Any]]:
+def dispute_tables(project: Project) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Open disputes by score: (the review queue of pool items, the holdout list). Holdout ones
+    have their own list: a wrong label there skews every evaluation."""
     with db.session(project.engine) as s:
-        return [[d.id, d.item_id, rule_name(d.reason), round(float(d.score), 3)]
-                for d in services.open_disputes(s, limit=DISPUTES_SHOWN)]
+        return tuple([[d.id, d.item_id, rule_name(d.reason), round(float(d.score), 3)]  # type: ignore[return-value]
+                      for d in disputes.open_disputes(s, limit=DISPUTES_SHOWN, queue=queue)]
+                     for queue in disputes.QUEUES)
+
+
+def dispute_counts(project: Project) -> list[list[Any]]:
+    """Rows of reason, open, resolved (every reason, holdout_label_suspect included), then a total."""
+    with db.session(project.engine) as s:
+        n = disputes.counts(s)
+    rows = [[rule_name(reason), n.get((reason, disputes.OPEN), 0), n.get((reason, disputes.RESOLVED), 0)]
+            for reason in DISPUTE_REASONS]
+    rows.append(["all", sum(r[1] for r in rows), sum(r[2] for r in rows)])
+    return rows
 
 
 def resolve(project: Project, services: Services, d: dict, label: str, reviewer: str) -> Label:
@@ -312,3 +336,19 @@ def resolve(project: Project, services: Services, d: dict, label: str, reviewer:
         return db.write(project.engine, fn)
     except ValueError as exc:  # resolved by someone else, or refreshed: nothing was written
         raise UserError(f"{exc}; press n for the next dispute") from None
+
+
+def undo_review(project: Project, reviewer: str) -> tuple[Label | None, int | None]:
+    """Cancel the reviewer's latest review label (appends an `undo` row) and open again the
+    disputes it resolved, in one transaction. Returns (the undone label, a reopened dispute id);
+    (None, None) when there is nothing to undo."""
+    def fn(s: Any) -> tuple[Label | None, int | None]:
+        last = labels.last_human(s, reviewer, kind=Kind.REVIEW)
+        if last is None:
+            return None, None
+        labels.append(s, Label(item_id=last.item_id, annotator=reviewer, kind=Kind.REVIEW, decision=Decision.UNDO,
+                               undoes_id=last.id, model_version_id=last.model_version_id))
+        again = disputes.reopen(s, last.id)
+        return last, (again[0].id if again else None)
+
+    return db.write(project.engine, fn)

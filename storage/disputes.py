@@ -73,6 +73,10 @@ def open_reasons(session: Session, item_ids: Iterable[int] | None = None) -> dic
     return {i: sorted(r) for i, r in out.items() if wanted is None or i in wanted}
 
 
+def get(session: Session, dispute_id: int) -> Dispute | None:
+    return session.get(Dispute, dispute_id)
+
+
 def for_item(session: Session, item_id: int, *, status: str | None = None) -> list[Dispute]:
     query = select(Dispute).where(Dispute.item_id == item_id)
     if status is not None:
@@ -133,3 +137,22 @@ def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispu
         raise ValueError(f"dispute {dispute_id} is no longer open (resolved or refreshed meanwhile)")
     session.flush()
     return done
+
+
+def counts(session: Session) -> dict[tuple[str, str], int]:
+    """(reason, status) -> number of disputes, open and resolved: one grouped count."""
+    rows = session.exec(select(Dispute.reason, Dispute.status, func.count()).group_by(Dispute.reason, Dispute.status))
+    return {(reason, status): int(n) for reason, status, n in rows}
+
+
+def reopen(session: Session, label_id: int) -> list[Dispute]:
+    """Open again the disputes that ``label_id`` resolved (its review was undone). Returns them."""
+    rows = list(session.exec(select(Dispute).where(Dispute.resolution_label_id == label_id,
+                                                   Dispute.status == RESOLVED)))
+    for d in rows:
+        d.status = OPEN
+        d.resolution_label_id = None
+        d.detail = {k: v for k, v in d.detail.items() if k != "resolved_at"}
+        session.add(d)
+    session.flush()
+    return rows

@@ -111,10 +111,11 @@ def current(session: Session, item_ids: Iterable[int] | None = None) -> dict[int
     return out
 
 
-def last_human(session: Session, annotator: str) -> Label | None:
-    """The annotator's latest label that is not undone (what Backspace would undo)."""
+def last_human(session: Session, annotator: str, *, kind: str = Kind.HUMAN) -> Label | None:
+    """The annotator's latest label of ``kind`` (`human`, or `review` for a reviewer) that is not
+    undone: what Backspace would undo."""
     rows = session.exec(
-        select(Label).where(Label.annotator == annotator, Label.kind == Kind.HUMAN.value)
+        select(Label).where(Label.annotator == annotator, Label.kind == kind)
         .order_by(Label.id.desc()).limit(200)
     ).all()
     kept = effective(list(reversed(rows)))

@@ -206,15 +206,22 @@ def test_holdout_suspects_have_their_own_list(project, cli) -> None:  # noqa: AN
 
 
 def test_disputes_follow_the_labels_people_give(project) -> None:  # noqa: ANN001
-    from active.labeling import Task, record
+    from active.labeling import next_task, record
+    from storage import work
 
     ids = add_items(project, 3)
     add_labels(project, [(ids[0], "dress"), (ids[1], "dress")])
     db.write(project.engine, lambda s: store.replace_open(s, "imported_label_suspect",
                                                           [(ids[0], 0.7, {"given": "dress"})]))
 
+    # Decisions are recorded on the annotator's current item only: queue the three, in order.
+    db.write(project.engine, lambda s: work.open_round(s, strategy="random", model_version_id=None, item_ids=ids,
+                                                       scores=[0.0] * 3, score_name="random"))
+
     def label(item_id: int, cls: str) -> None:
-        record(project, "ann", Task(item_id, "/fake", None, 0.0, "", "", None), decision="corrected", label=cls)
+        task = next_task(project, "ann")
+        assert task is not None and task.item_id == item_id
+        assert record(project, "ann", task, decision="corrected", label=cls)[0] is not None
 
     label(ids[0], "dress")  # a person confirms the given label: the suspicion is settled
     label(ids[1], "shirt")  # a person contradicts it: the item becomes suspect

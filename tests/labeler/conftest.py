@@ -61,8 +61,9 @@ class Fakes:
         return self.refresh_starts
 
     def open_disputes(self, session, *, limit):  # noqa: ANN001
-        q = select(Dispute).where(Dispute.status == "open").order_by(Dispute.score.desc(), Dispute.id).limit(limit)
-        return list(session.exec(q))
+        from storage import disputes
+
+        return disputes.open_disputes(session, limit=limit)  # the review queue (holdout ones are apart)
 
     def resolve_dispute(self, session, dispute_id, label_row):  # noqa: ANN001
         d = session.get(Dispute, dispute_id)

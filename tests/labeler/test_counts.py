@@ -9,14 +9,12 @@ from pathlib import Path
 
 def test_every_view_counts_the_same_after_undo(labeller, capsys, tmp_path: Path) -> None:  # noqa: ANN001
     from active.cli import main
+    from tests.labeler.test_label_tab import item_of
 
     c = labeller.client("ann")
-    c.predict(api_name="/start")
-    for _ in range(3):
-        c.predict(api_name="/accept")
-    c.predict(api_name="/skip")
-    c.predict(api_name="/unsure")
-    c.predict(api_name="/undo")  # takes back the unsure: it counts nowhere now
+    cur = item_of(c.predict(api_name="/start"))
+    for api in ("/accept", "/accept", "/accept", "/skip", "/unsure", "/undo"):  # undo takes back the unsure
+        cur = item_of(c.predict(item_id=cur, api_name=api))
     root = str(labeller.project.root)
 
     capsys.readouterr()

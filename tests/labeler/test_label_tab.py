@@ -23,6 +23,16 @@ def item_of(out) -> int:  # noqa: ANN001
     return int(why.rsplit("item #", 1)[1].split()[0])
 
 
+def note_of(out) -> str:  # noqa: ANN001
+    """The note under the buttons from an item event's outputs (..., note, picker, map, map note)."""
+    return out[-4]
+
+
+def decide(c, api: str, item: int | None, *args):  # noqa: ANN001, ANN201
+    """A decision through the client, naming the item on screen (as the page does)."""
+    return c.predict(item, *args, api_name=api)
+
+
 def test_sign_in_is_required(labeller):
     from gradio_client import Client
 
@@ -35,7 +45,7 @@ def test_accept_correct_skip_unsure_undo(labeller):
     first = c.predict(api_name="/start")
     shown = item_of(first)
     # Accept: the label is the top suggestion, decision accepted, with the suggestion's confidence.
-    out = c.predict(api_name="/accept")
+    out = c.predict(item_id=shown, api_name="/accept")
     rows = human_labels(labeller.project, "ann")
     assert [(r.item_id, r.decision) for r in rows] == [(shown, "accepted")]
     assert rows[0].label == rows[0].suggestion and 0 < rows[0].confidence <= 1
@@ -49,14 +59,16 @@ def test_accept_correct_skip_unsure_undo(labeller):
 
         pred, version = serving_prediction(s, second)
     other = next(c_ for c_ in version.classes if c_ != pred.pred)
-    out = c.predict(other, api_name="/correct")
+    out = c.predict(item_id=second, cls=other, api_name="/correct")
     third = item_of(out)
     # Pick the 2nd suggestion with key 2's endpoint: a correction to that class.
-    out = c.predict(api_name="/pick_2")
+    out = decide(c, "/pick_2", third)
     fourth = item_of(out)
-    out = c.predict(api_name="/skip")
+    out = decide(c, "/skip", fourth)
+    assert note_of(out) == f"#{fourth}: skipped"
     fifth = item_of(out)
-    out = c.predict(api_name="/unsure")
+    out = decide(c, "/unsure", fifth)
+    assert note_of(out) == f"#{fifth}: unsure"
     rows = human_labels(labeller.project, "ann")
     got = [(r.item_id, r.decision, r.label) for r in rows]
     assert got[1] == (second, "corrected", other)
@@ -65,11 +77,11 @@ def test_accept_correct_skip_unsure_undo(labeller):
     assert got[4] == (fifth, "unsure", None)
     assert top  # the first label had a suggestion
     # Undo appends an undo row for the unsure label and serves that item again.
-    out = c.predict(api_name="/undo")
+    out = decide(c, "/undo", item_of(out))
     assert item_of(out) == fifth
     rows = human_labels(labeller.project, "ann")
     assert len(rows) == 6 and rows[-1].decision == "undo" and rows[-1].undoes_id == rows[4].id
-    out = c.predict(api_name="/accept")
+    out = decide(c, "/accept", fifth)
     rows = human_labels(labeller.project, "ann")
     assert (rows[-1].item_id, rows[-1].decision) == (fifth, "accepted")
 
@@ -84,7 +96,7 @@ def test_attribution_and_side_panel(labeller):
     _, text = c.predict(True, "occlusion", api_name="/attribution")
     assert "Occlusion" in text
     assert c.predict(False, "gradcam", api_name="/attribution")[0] is None
-    c.predict(api_name="/accept")
+    decide(c, "/accept", item)
     progress, gallery = c.predict(api_name="/side")
     assert "labelled of 12" in progress and "in this round" in progress
     # The one labelled item (imported labels count too) is among the neighbours with its label.
@@ -99,7 +111,7 @@ def test_two_annotators_never_share_an_item(labeller):
     assert cur_a != cur_b
     with ThreadPoolExecutor(2) as pool:
         for _ in range(4):  # both label at the same moment; the leases still never overlap
-            fa, fb = pool.submit(a.predict, api_name="/accept"), pool.submit(b.predict, api_name="/accept")
+            fa, fb = pool.submit(decide, a, "/accept", cur_a), pool.submit(decide, b, "/accept", cur_b)
             cur_a, cur_b = item_of(fa.result()), item_of(fb.result())
             assert cur_a != cur_b
     rows = human_labels(labeller.project)
@@ -158,6 +170,67 @@ def test_a_photo_that_cannot_be_read_is_set_aside(labeller):
     assert f"#{task.item_id}" in note
     with db.session(labeller.project.engine) as s:
         assert s.get(Item, task.item_id).error
-    # The annotator is not stuck: the next event serves another item.
-    nxt = item_of(c.predict(api_name="/accept"))
+    # The annotator is not stuck: the next event (the page names no item) serves another item.
+    nxt = item_of(decide(c, "/accept", None))
     assert nxt != task.item_id
+
+
+def test_a_decision_names_the_item_on_screen(labeller):
+    """start -> X; accept naming X -> Y; a second accept naming X is refused; X has one label."""
+    c = labeller.client("ann")
+    x = item_of(c.predict(api_name="/start"))
+    out = c.predict(item_id=x, api_name="/accept")
+    y = item_of(out)
+    assert y != x
+    again = c.predict(item_id=x, api_name="/accept")
+    assert "not recorded" in note_of(again) and f"#{x}" in note_of(again)
+    assert item_of(again) == y  # the page is sent the current item, unchanged
+    rows = human_labels(labeller.project, "ann")
+    assert [r.item_id for r in rows if r.item_id == x] == [x] and len(rows) == 1
+    # Skip, unsure, pick, correct and undo naming a stale item record nothing either.
+    for api, args in (("/skip", ()), ("/unsure", ()), ("/pick_1", ()), ("/undo", ())):
+        assert "not" in note_of(decide(c, api, x, *args))
+    assert "not recorded" in note_of(c.predict(item_id=x, cls="dress", api_name="/correct"))
+    # An old script that names no item: the client asks for it; an empty name records nothing.
+    with pytest.raises(TypeError, match="item_id"):
+        c.predict(api_name="/skip")
+    assert "not recorded" in note_of(c.predict(item_id=None, api_name="/skip"))
+    assert len(human_labels(labeller.project, "ann")) == 1
+    # The item on screen is still labelled normally.
+    assert item_of(decide(c, "/skip", y)) not in (x, y)
+    assert [r.item_id for r in human_labels(labeller.project, "ann")] == [x, y]
+
+
+def test_record_and_undo_check_the_current_item(project):
+    """Below the app: a task that is not the annotator's current item is not recorded, and an
+    undo from a page showing another item is refused, in the store itself."""
+    from active import labeling
+    from storage import items, work
+    from storage.tables import Item
+
+    def setup(s):  # noqa: ANN001, ANN202
+        rows = items.add(s, [Item(sha256=f"{k:064x}", path=f"/img/{k}.jpg", width=8, height=8, mode="RGB")
+                             for k in range(3)])
+        work.open_round(s, strategy="random", model_version_id=None, item_ids=[r.id for r in rows],
+                        scores=[0.0] * 3, score_name="random")
+
+    db.write(project.engine, setup)
+    first = labeling.next_task(project, "ann")
+    row, second = labeling.record(project, "ann", first, decision="skipped")
+    assert row is not None and second.item_id != first.item_id
+    stale, shown = labeling.record(project, "ann", first, decision="corrected", label="dress")
+    assert stale is None and shown.item_id == second.item_id
+    with pytest.raises(labeling.NotCurrent, match=f"#{first.item_id} is not your current item"):
+        labeling.undo_last(project, "ann", shown=first.item_id)
+    assert [r.decision for r in human_labels(project)] == ["skipped"]
+    undone, back = labeling.undo_last(project, "ann", shown=second.item_id)
+    assert undone.item_id == first.item_id and back.item_id == first.item_id
+
+
+def test_cycle_method_and_noop(labeller):
+    c = labeller.client("ann")
+    c.predict(api_name="/start")
+    method, overlay, text = c.predict(True, "gradcam", api_name="/cycle_method")
+    assert method == "ig" and overlay and "Integrated Gradients" in text
+    assert c.predict(True, "occlusion", api_name="/cycle_method")[0] == "gradcam"  # wraps around
+    assert c.predict(api_name="/noop") == "ann"

@@ -101,3 +101,16 @@ def test_escaping_user_strings():
     assert esc("**bold**") == "\\*\\*bold\\*\\*"
     # Gradio renders $$...$$ as TeX: no two dollars may stay side by side.
     assert "$$" not in esc("$$\\frac{x$$") and esc("$") == "\\$"
+
+
+def test_serve_on_a_busy_port_is_one_line_naming_the_option(project_dir, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["--project", str(project_dir), "serve", "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--port" in err and str(port) in err and "Traceback" not in err
+
