@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ipaddress
+import json
 import logging
 import re
 import threading
@@ -310,6 +311,44 @@ def make_auth(verify: Callable[[str, str], int | None],
     return check
 
 
+_FIELD_NAMES = {"username": "user name", "password": "password"}
+
+
+def missing_fields_message(body: bytes) -> str:
+    """The JSON answer to a sign-in with empty fields, from FastAPI's 422 body (its ``loc`` lists)."""
+    try:
+        detail = json.loads(body).get("detail", [])
+        missing = [_FIELD_NAMES.get(str(d["loc"][-1]), str(d["loc"][-1])) for d in detail]
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
+        missing = []
+    what = " and ".join(missing) or "user name and password"
+    return json.dumps({"detail": f"Enter your {what} to sign in ({what} missing)."})
+
+
+# Shown on the sign-in page, whose own error line can only say "incorrect credentials": an empty
+# field is named before the form is sent.
+_SIGN_IN_HINT = b"""<script>
+document.addEventListener("click", (ev) => {
+  const btn = ev.target.closest && ev.target.closest("button");
+  const pw = document.querySelector("input[type=password]");
+  if (!btn || !pw || !/log ?in|sign ?in/i.test(btn.textContent || "")) return;
+  const form = btn.closest(".form") || document;
+  const name = [...form.querySelectorAll("input[type=text], textarea")].find((e) => e !== pw);
+  const missing = [];
+  if (name && !name.value.trim()) missing.push("user name");
+  if (!pw.value) missing.push("password");
+  let note = document.getElementById("active-sign-in-missing");
+  if (!missing.length) { if (note) note.remove(); return; }
+  ev.preventDefault(); ev.stopImmediatePropagation();
+  if (!note) {
+    note = document.createElement("p"); note.id = "active-sign-in-missing"; note.setAttribute("role", "alert");
+    note.style.color = "#b91c1c"; btn.parentElement.insertBefore(note, btn);
+  }
+  note.textContent = "Enter your " + missing.join(" and ") + " to sign in.";
+}, true);
+</script>"""
+
+
 # --------------------------------------------------------------------------- the middleware
 
 _SAMESITE_NONE = re.compile(rb";\s*samesite=none", re.I)
@@ -415,7 +454,23 @@ class Guard:
         sessions = self.config.sessions
         cookies_send = self._cookies(send)
 
+        held: Message | None = None  # a 422 start, held until its body says which field is missing
+
         async def wrapped(message: Message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start" and message.get("status") == 422:
+                held = message
+                return
+            if held is not None and message["type"] == "http.response.body":
+                # FastAPI's 422 ("Field required") for an empty form: say what is missing instead.
+                body = missing_fields_message(message.get("body", b"")).encode()
+                hdrs = MutableHeaders(raw=list(held.get("headers", [])))
+                hdrs["content-length"] = str(len(body))
+                hdrs["content-type"] = "application/json"
+                await cookies_send({**held, "status": 400, "headers": hdrs.raw})
+                await cookies_send({"type": "http.response.body", "body": body, "more_body": False})
+                held = None
+                return
             if message["type"] == "http.response.start" and message.get("status") == 200 and attempt.granted:
                 for k, v in message.get("headers", []):
                     if k.lower() == b"set-cookie" and v.startswith(TOKEN_COOKIE_PREFIX.encode()):
@@ -449,7 +504,8 @@ class Guard:
             body.extend(message.get("body", b""))
             if message.get("more_body", False):
                 return
-            page = _API_INFO.sub(lambda _m: _NO_API_INFO, bytes(body), count=1)
+            page = _API_INFO.sub(lambda _m: _NO_API_INFO, bytes(body), count=1).replace(
+                b"</body>", _SIGN_IN_HINT + b"</body>", 1)
             hdrs = MutableHeaders(raw=list(start.get("headers", [])))
             if "content-length" in hdrs:
                 hdrs["content-length"] = str(len(page))

@@ -171,6 +171,16 @@ def test_thirty_wrong_passwords_lock_the_name_not_the_team(quick_throttle, label
     assert not any("guess-" in r.getMessage() or PASSWORD in r.getMessage() for r in caplog.records)
 
 
+def test_an_empty_sign_in_says_what_is_missing(labeller):
+    with httpx.Client(base_url=labeller.url, timeout=30) as c:
+        r = c.post("login", data={"username": "", "password": ""})
+        assert r.status_code == 400 and "user name and password" in r.json()["detail"]
+        r = c.post("login", data={"username": "ann", "password": ""})
+        assert r.status_code == 400 and r.json()["detail"].startswith("Enter your password")
+        # The page names the empty field before the form is sent (its own line says only "incorrect").
+        assert "active-sign-in-missing" in c.get("").text
+
+
 def test_disabled_removed_and_repassworded_users_lose_their_sessions(labeller):
     engine = labeller.project.engine
     db.write(engine, lambda s: users.add(s, "eve", PASSWORD))
