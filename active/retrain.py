@@ -6,12 +6,18 @@ the holdout), evaluate on the labelled ``holdout`` split when there is one, and 
 first, row last). A crash anywhere leaves the previous version serving.
 
 - ``head``: a class-balanced logistic regression on the cached embeddings of the latest network
-  version (pretrained or full): seconds on CPU.
+  version (pretrained or full), its L2 strength chosen by cross-validation on the labels given
+  (`models.head.fit_head_cv`): seconds on CPU. It trains on every labelled pool item and is
+  calibrated on out-of-fold predictions instead of a slice held back.
 - ``full``: fine-tunes the whole configured backbone from its pretrained weights
   (`models.train.fine_tune`).
 
-Training data: pool items whose current label is in the taxonomy (imported labels included: they
-are the given labels, the best we have until humans say otherwise).
+Training data: pool items whose current label is in the taxonomy, each weighted by how far it is
+trusted (`TRUST_WEIGHTS`: review > human > imported). Imported labels are the catalogue's given
+labels, the best we have until humans say otherwise, except those the latest out-of-fold
+dispute check (`active disputes --refresh`) finds suspect: an open ``imported_label_suspect``
+dispute on the very label still current leaves that item out (`trust_weights`). The metrics of
+every version say what it trusted, how many labels it left out, and what it was calibrated on.
 """
 
 from __future__ import annotations
@@ -19,14 +25,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from active import modelstore, scoring
 from active.errors import UserError
-from storage import db, labels, versions
+from storage import db, disputes, labels, versions
 from storage.tables import Item, ModelVersion
 
 if TYPE_CHECKING:
@@ -34,6 +40,19 @@ if TYPE_CHECKING:
 
 MODES = ("head", "full")
 MIN_CLASSES = 2
+# How much one label of each source weighs in training (storage.labels.SOURCES): a reviewer's
+# decision over an annotator's, an annotator's over the catalogue's. Ratios, not tuned values:
+# what matters is the order, and that one disputed human label is not outvoted by one look-alike.
+TRUST_WEIGHTS = {"review": 4.0, "consensus": 2.0, "single": 2.0, "imported": 1.0}
+HUMAN_SOURCES = ("review", "consensus", "single")
+# An imported label whose open dispute gives a posterior of being wrong above this is left out;
+# below it, it is down-weighted by (1 - posterior). The dispute check flags at the same Bayes
+# threshold (`active.disputes.FLAG_POSTERIOR`), so every flagged label is left out.
+LEAVE_OUT_POSTERIOR = 0.5
+# Temperature on human/review labels only once there are this many among the training labels
+# (a one-parameter fit, but on fewer it follows a handful of hard items); else on the
+# out-of-fold predictions of every label kept, weighted by trust.
+MIN_TRUSTED_FOR_CALIBRATION = 100
 
 
 @dataclass
@@ -51,10 +70,77 @@ class LabelledSet:
     holdout_y: np.ndarray
     paths: dict[int, str]
     skipped: int  # labelled pool items whose class is not in the taxonomy
+    # item id -> where its current label comes from (storage.labels.SOURCES)
+    source: dict[int, str] = field(default_factory=dict)
+    # item id -> posterior that its current (imported) label is wrong, from an open dispute
+    suspect: dict[int, float] = field(default_factory=dict)
 
     @property
     def n_labels(self) -> int:
         return len(self.train_ids) + len(self.val_ids)
+
+    def all_pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, classes) of every labelled pool item, train and validation slice together."""
+        ids = np.concatenate([self.train_ids, self.val_ids])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], np.concatenate([self.train_y, self.val_y])[order]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Per-item training weights of a label set, aligned with its ids (n,).
+
+    weight: 0 for labels left out; sources: each label's source; summary: what a version's
+    metrics record (the weights per source, how many labels of each it trained on, how many it
+    left out and down-weighted).
+    """
+
+    weight: np.ndarray
+    sources: np.ndarray
+    summary: dict
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.weight > 0
+
+
+def trust_weights(item_ids: np.ndarray, source: dict[int, str], suspect: dict[int, float]) -> Trust:
+    """Weights (n,) for ``item_ids`` from their label sources and the open disputes' posteriors.
+
+    Human and review labels get `TRUST_WEIGHTS` of their source; an imported label gets 1, times
+    (1 - posterior) when its dispute's posterior is at most `LEAVE_OUT_POSTERIOR`, and 0 (left
+    out) above it. ``suspect`` should only hold items whose current label is the disputed one.
+    """
+    ids = [int(i) for i in np.asarray(item_ids).tolist()]
+    sources = np.array([source.get(i, "imported") for i in ids], dtype=object)
+    weight = np.array([TRUST_WEIGHTS.get(str(src), TRUST_WEIGHTS["imported"]) for src in sources], dtype=np.float64)
+    left_out: list[int] = []
+    down = 0
+    for k, i in enumerate(ids):
+        if sources[k] != "imported" or i not in suspect:
+            continue
+        post = float(suspect[i])
+        if post > LEAVE_OUT_POSTERIOR:
+            weight[k] = 0.0
+            left_out.append(i)
+        else:
+            weight[k] *= 1.0 - post
+            down += 1
+    kept = weight > 0
+    human = np.isin(sources, HUMAN_SOURCES)
+    summary = {
+        "weights": dict(TRUST_WEIGHTS),
+        "trained_on": {"review": int(((sources == "review") & kept).sum()),
+                       "human": int((np.isin(sources, ("consensus", "single")) & kept).sum()),
+                       "imported": int(((sources == "imported") & kept).sum())},
+        "left_out_suspect_imported": len(left_out),
+        "left_out_items": sorted(left_out),  # the audit trail: which catalogue labels it ignored
+        "down_weighted_imported": down,
+        "suspects_known": len(suspect),
+        "leave_out_posterior": LEAVE_OUT_POSTERIOR,
+        "n_human_or_review": int((human & kept).sum()),
+    }
+    return Trust(weight, sources, summary)
 
 
 def snapshot_hash(pairs: list[tuple[int, str]]) -> str:
@@ -85,6 +171,7 @@ def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
     with db.session(project.engine) as s:
         top, current = labels.snapshot(s)
         rows = s.exec(select(Item.id, Item.split, Item.path).where(Item.error.is_(None))).all()
+        open_suspects = disputes.open_disputes(s, reason="imported_label_suspect")
     split = {i: sp for i, sp, _ in rows}
     paths = {i: p for i, _, p in rows}
     pool = sorted((i, c.label) for i, c in current.items() if split.get(i) == "pool" and c.label in index)
@@ -104,7 +191,23 @@ def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
         holdout_ids=np.array([i for i, _ in hold], dtype=np.int64),
         holdout_y=np.array([index[c] for _, c in hold], dtype=np.int64),
         paths=paths, skipped=skipped,
+        source={i: c.source for i, c in current.items() if split.get(i) == "pool"},
+        suspect=_suspects(open_suspects, current),
     )
+
+
+def _suspects(open_suspects: list, current: dict) -> dict[int, float]:  # noqa: ANN001
+    """item id -> posterior of being wrong, for open imported-label disputes whose item still
+    carries the very imported label that was judged (a later label or re-import makes it moot)."""
+    out: dict[int, float] = {}
+    for d in open_suspects:
+        cur = current.get(d.item_id)
+        detail = d.detail or {}
+        if cur is None or cur.source != "imported" or detail.get("given") != cur.label:
+            continue
+        post = detail.get("posterior_wrong")
+        out[int(d.item_id)] = float(post) if post is not None else 1.0
+    return out
 
 
 def network_version(project: Project) -> ModelVersion:
@@ -173,9 +276,6 @@ def _evaluate(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
 
 def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: bool, batch_size: int | None,
                 device: str | None, num_workers: int | None) -> tuple[ModelVersion, object]:
-    from models.calibration import fit_temperature
-    from models.head import fit_head
-
     classes = list(project.config.classes)
     source = network_version(project)
     # Items the network has not embedded yet (new imports) run through it now; the rest is cached.
@@ -184,26 +284,20 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     ids, emb = scoring.load_embeddings(project, source.id)
     row_of = {int(i): k for k, i in enumerate(ids.tolist())}
 
-    def rows(item_ids: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def rows(item_ids: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keep = np.array([int(i) in row_of for i in item_ids.tolist()], dtype=bool)
-        return emb[[row_of[int(i)] for i in item_ids[keep].tolist()]].reshape(-1, emb.shape[1]), y[keep]
+        x = emb[[row_of[int(i)] for i in item_ids[keep].tolist()]].reshape(-1, emb.shape[1])
+        return x, y[keep], item_ids[keep]
 
-    x_tr, y_tr = rows(data.train_ids, data.train_y)
-    x_va, y_va = rows(data.val_ids, data.val_y)
-    fit_started = time.perf_counter()
-    head = fit_head(x_tr, y_tr, len(classes), balanced=True, seed=seed)
-    head.temperature = fit_temperature(head.logits(x_va), y_va) if len(y_va) else 1.0
-    fit_seconds = time.perf_counter() - fit_started
-    metrics: dict = {"temperature": head.temperature,
-                     "train": {"n": int(len(y_tr)), "per_class": _class_counts(y_tr, classes),
-                               "fit_seconds": round(fit_seconds, 3)}}
-    if len(y_va):
-        metrics["validation"] = _evaluate(head.predict_proba(x_va), y_va, classes)
-    x_ho, y_ho = rows(data.holdout_ids, data.holdout_y)
+    # Every labelled pool item trains (no slice held back): calibration uses out-of-fold logits.
+    pool_ids, pool_y = data.all_pool()
+    x_all, y_all, id_all = rows(pool_ids, pool_y)
+    fitted, metrics = fit_trusted_head(x_all, y_all, id_all, data, classes, seed=seed)
+    x_ho, y_ho, _ = rows(data.holdout_ids, data.holdout_y)
     if len(y_ho):
-        metrics["holdout"] = _evaluate(head.predict_proba(x_ho), y_ho, classes)
+        metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, classes)
     staging = modelstore.new_staging(project)
-    np.savez(staging / modelstore.HEAD_FILE, **head.to_arrays())
+    np.savez(staging / modelstore.HEAD_FILE, **fitted.to_arrays())
     image_size = int(source.artifacts.get("image_size", project.config.image_size))
     version = ModelVersion(
         backbone=source.backbone, weights=source.weights, mode="head", classes=classes, metrics=metrics,
@@ -211,6 +305,51 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
                    "init_weights": source.artifacts.get("init_weights", source.weights)},
     )
     return version, staging
+
+
+def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: LabelledSet, classes: list[str],
+                     *, seed: int = 0):  # noqa: ANN201 - models.head.Head, imported lazily
+    """The head of a `head` retrain and its metrics: trust weights, CV-chosen L2 strength,
+    temperature on trusted out-of-fold predictions.
+
+    x: (n, dim) embeddings of the labelled pool items ``item_ids`` (n,) with classes y (n,).
+    Returns (head with its temperature, metrics dict with "train", "trust", "regularisation",
+    "calibration", "temperature" and, when there were out-of-fold logits, "validation": the
+    out-of-fold evaluation on the calibration labels).
+    """
+    from models.calibration import fit_temperature
+    from models.head import fit_head_cv, softmax
+
+    trust = trust_weights(item_ids, data.source, data.suspect)
+    kept = trust.kept
+    if len(set(y[kept].tolist())) < MIN_CLASSES:
+        raise UserError(f"after leaving out {trust.summary['left_out_suspect_imported']} suspect imported labels, "
+                        f"fewer than {MIN_CLASSES} classes remain: review the disputes first (`active disputes`)")
+    x_k, y_k, w_k, src_k = x[kept], y[kept], trust.weight[kept], trust.sources[kept]
+    fit_started = time.perf_counter()
+    cv = fit_head_cv(x_k, y_k, len(classes), sample_weight=w_k, seed=seed)
+    head = cv.head
+    metrics: dict = {"train": {"n": int(len(y_k)), "per_class": _class_counts(y_k, classes)},
+                     "trust": trust.summary,
+                     "regularisation": {"C": cv.C, "scaled_c": cv.scaled_c, "folds": cv.folds,
+                                        "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}}
+    calibration: dict = {"on": "none", "n": 0}
+    if cv.oof_logits is not None:
+        human = np.isin(src_k, HUMAN_SOURCES)
+        if human.sum() >= MIN_TRUSTED_FOR_CALIBRATION:
+            on, weights = human, None
+            calibration["on"] = "human_and_review_out_of_fold"
+        else:
+            on, weights = np.ones(len(y_k), dtype=bool), w_k
+            calibration["on"] = "all_kept_out_of_fold_trust_weighted"
+        head.temperature = fit_temperature(cv.oof_logits[on], y_k[on], None if weights is None else weights[on])
+        calibration["n"] = int(on.sum())
+        metrics["validation"] = {**_evaluate(softmax(cv.oof_logits[on], head.temperature), y_k[on], classes),
+                                 "what": "out-of-fold predictions of the calibration labels"}
+    metrics["train"]["fit_seconds"] = round(time.perf_counter() - fit_started, 3)
+    metrics["calibration"] = {**calibration, "temperature": head.temperature}
+    metrics["temperature"] = head.temperature
+    return head, metrics
 
 
 def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batch_size: int | None,
