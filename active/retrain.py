@@ -32,8 +32,9 @@ import numpy as np
 
 from active import modelstore, scoring
 from active.errors import UserError
-from storage import db, disputes, labels, versions
-from storage.tables import Item, ModelVersion
+from storage import db, disputes, items, labels, versions
+from storage.enums import DisputeReason, Source, Split
+from storage.tables import ModelVersion
 
 if TYPE_CHECKING:
     from active.project import Project
@@ -43,8 +44,8 @@ MIN_CLASSES = 2
 # How much one label of each source weighs in training (storage.labels.SOURCES): a reviewer's
 # decision over an annotator's, an annotator's over the catalogue's. Ratios, not tuned values:
 # what matters is the order, and that one disputed human label is not outvoted by one look-alike.
-TRUST_WEIGHTS = {"review": 4.0, "consensus": 2.0, "single": 2.0, "imported": 1.0}
-HUMAN_SOURCES = ("review", "consensus", "single")
+TRUST_WEIGHTS = {Source.REVIEW: 4.0, Source.CONSENSUS: 2.0, Source.SINGLE: 2.0, Source.IMPORTED: 1.0}
+HUMAN_SOURCES = (Source.REVIEW, Source.CONSENSUS, Source.SINGLE)
 # An imported label whose open dispute gives a posterior of being wrong above this is left out;
 # below it, it is down-weighted by (1 - posterior). The dispute check flags at the same Bayes
 # threshold (`active.disputes.FLAG_POSTERIOR`), so every flagged label is left out.
@@ -112,12 +113,12 @@ def trust_weights(item_ids: np.ndarray, source: dict[int, str], suspect: dict[in
     out) above it. ``suspect`` should only hold items whose current label is the disputed one.
     """
     ids = [int(i) for i in np.asarray(item_ids).tolist()]
-    sources = np.array([source.get(i, "imported") for i in ids], dtype=object)
-    weight = np.array([TRUST_WEIGHTS.get(str(src), TRUST_WEIGHTS["imported"]) for src in sources], dtype=np.float64)
+    sources = np.array([str(source.get(i, Source.IMPORTED)) for i in ids], dtype=object)
+    weight = np.array([TRUST_WEIGHTS.get(src, TRUST_WEIGHTS[Source.IMPORTED]) for src in sources], dtype=np.float64)
     left_out: list[int] = []
     down = 0
     for k, i in enumerate(ids):
-        if sources[k] != "imported" or i not in suspect:
+        if sources[k] != Source.IMPORTED or i not in suspect:
             continue
         post = float(suspect[i])
         if post > LEAVE_OUT_POSTERIOR:
@@ -127,12 +128,12 @@ def trust_weights(item_ids: np.ndarray, source: dict[int, str], suspect: dict[in
             weight[k] *= 1.0 - post
             down += 1
     kept = weight > 0
-    human = np.isin(sources, HUMAN_SOURCES)
+    human = np.isin(sources, [str(h) for h in HUMAN_SOURCES])
     summary = {
-        "weights": dict(TRUST_WEIGHTS),
-        "trained_on": {"review": int(((sources == "review") & kept).sum()),
-                       "human": int((np.isin(sources, ("consensus", "single")) & kept).sum()),
-                       "imported": int(((sources == "imported") & kept).sum())},
+        "weights": {str(k): v for k, v in TRUST_WEIGHTS.items()},
+        "trained_on": {"review": int(((sources == Source.REVIEW) & kept).sum()),
+                       "human": int((np.isin(sources, [str(Source.CONSENSUS), str(Source.SINGLE)]) & kept).sum()),
+                       "imported": int(((sources == Source.IMPORTED) & kept).sum())},
         "left_out_suspect_imported": len(left_out),
         "left_out_items": sorted(left_out),  # the audit trail: which catalogue labels it ignored
         "down_weighted_imported": down,
@@ -164,19 +165,17 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -
 
 
 def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
-    from sqlmodel import select
-
     classes = project.config.classes
     index = {c: k for k, c in enumerate(classes)}
     with db.session(project.engine) as s:
         top, current = labels.snapshot(s)
-        rows = s.exec(select(Item.id, Item.split, Item.path).where(Item.error.is_(None))).all()
-        open_suspects = disputes.open_disputes(s, reason="imported_label_suspect")
-    split = {i: sp for i, sp, _ in rows}
-    paths = {i: p for i, _, p in rows}
-    pool = sorted((i, c.label) for i, c in current.items() if split.get(i) == "pool" and c.label in index)
-    skipped = sum(1 for i, c in current.items() if split.get(i) == "pool" and c.label not in index)
-    hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == "holdout" and c.label in index)
+        readable = set(items.ids(s))
+        split = {i: sp for i, sp in items.splits(s).items() if i in readable}
+        paths = {i: p for i, p in items.paths(s).items() if i in readable}
+        open_suspects = disputes.open_disputes(s, reason=DisputeReason.IMPORTED_LABEL_SUSPECT)
+    pool = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.POOL and c.label in index)
+    skipped = sum(1 for i, c in current.items() if split.get(i) == Split.POOL and c.label not in index)
+    hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.HOLDOUT and c.label in index)
     ids = np.array([i for i, _ in pool], dtype=np.int64)
     y = np.array([index[c] for _, c in pool], dtype=np.int64)
     present = len(set(y.tolist()))
@@ -203,7 +202,7 @@ def _suspects(open_suspects: list, current: dict) -> dict[int, float]:  # noqa: 
     for d in open_suspects:
         cur = current.get(d.item_id)
         detail = d.detail or {}
-        if cur is None or cur.source != "imported" or detail.get("given") != cur.label:
+        if cur is None or cur.source != Source.IMPORTED or detail.get("given") != cur.label:
             continue
         post = detail.get("posterior_wrong")
         out[int(d.item_id)] = float(post) if post is not None else 1.0
@@ -335,7 +334,7 @@ def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: L
                                         "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}}
     calibration: dict = {"on": "none", "n": 0}
     if cv.oof_logits is not None:
-        human = np.isin(src_k, HUMAN_SOURCES)
+        human = np.isin(src_k, [str(h) for h in HUMAN_SOURCES])
         if human.sum() >= MIN_TRUSTED_FOR_CALIBRATION:
             on, weights = human, None
             calibration["on"] = "human_and_review_out_of_fold"
