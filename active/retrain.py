@@ -210,11 +210,15 @@ def _suspects(open_suspects: list, current: dict) -> dict[int, float]:  # noqa: 
 
 
 def network_version(project: Project) -> ModelVersion:
-    """The latest version that runs its own network (its embeddings feed head retrains),
-    publishing the pretrained version 1 when the project has none."""
+    """The network whose embeddings a head retrain uses: the newest version that runs its own
+    network (pretrained or fine-tuned), is not held back and covers the pool; before any covers
+    it, the newest such version (publishing the pretrained version 1 when the project has none).
+    A fine-tune still scoring the pool is not used yet: its embeddings are not all there."""
     scoring.ensure_version(project)
     with db.session(project.engine) as s:
-        return next(v for v in reversed(versions.all_versions(s)) if v.mode != "head")
+        nets = [v for v in reversed(versions.all_versions(s)) if v.mode != "head" and not modelstore.held_back(v)]
+        covering = next((v for v in nets if versions.covers_pool(s, v.id)), None)
+    return covering or nets[0]
 
 
 def _class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -260,11 +264,45 @@ def retrain(
     modelstore.write_json(staging / "meta.json", {"mode": mode, "backbone": version.backbone,
                                                   "weights": version.weights, "classes": version.classes,
                                                   "metrics": version.metrics, "artifacts": version.artifacts})
+    if mode == "full":
+        version.metrics["serving"] = serving_decision(version.metrics.get("holdout"),
+                                                      modelstore.serving_version(project))
     version = modelstore.publish(project, version, staging)
-    if score_after:
+    if mode == "full":
+        _after_fine_tune(project, version, score=score_after, batch_size=batch_size, num_workers=num_workers,
+                         device=device, progress=progress)
+    elif score_after:
         scoring.score(project, version_id=version.id, batch_size=batch_size, num_workers=num_workers,
                       device=device, progress=progress)
     return version
+
+
+def _after_fine_tune(project: Project, version: ModelVersion, *, score: bool, batch_size: int | None,
+                     num_workers: int | None, device: str | None, progress: bool) -> None:
+    """A published fine-tune: held back, it stays unscored (so it never serves) and says so;
+    otherwise the pool is scored with the new network, and only then does it serve
+    (`storage.versions.serving`: the newest version covering the pool). When a head refreshed
+    meanwhile is newer and serves instead, a head is fitted on the new network's embeddings at
+    once so that the fine-tune reaches the labeller."""
+    from active import policy
+
+    reporter = policy.ProgressWriter(project, resume=True)
+    decision = version.metrics.get("serving", {})
+    if decision.get("held_back"):
+        reporter.phase("done", note=f"version {version.id} {decision['reason']}")
+        return
+    if not score:
+        reporter.phase("done", note=f"version {version.id} published; it serves once the pool is scored")
+        return
+    reporter.phase("scoring the pool", version=version.id)
+    scoring.score(project, version_id=version.id, batch_size=batch_size, num_workers=num_workers, device=device,
+                  progress=progress)
+    serving = modelstore.serving_version(project)
+    if serving is not None and serving.id != version.id:
+        reporter.phase("fitting a head on the new network", version=version.id)
+        retrain(project, mode="head", batch_size=batch_size, num_workers=num_workers, device=device,
+                progress=progress)
+    reporter.phase("done", note=f"version {version.id} serves")
 
 
 def _evaluate(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
@@ -316,8 +354,7 @@ def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: L
     "calibration", "temperature" and, when there were out-of-fold logits, "validation": the
     out-of-fold evaluation on the calibration labels).
     """
-    from models.calibration import fit_temperature
-    from models.head import fit_head_cv, softmax
+    from models.head import fit_head_cv
 
     trust = trust_weights(item_ids, data.source, data.suspect)
     kept = trust.kept
@@ -332,32 +369,44 @@ def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: L
                      "trust": trust.summary,
                      "regularisation": {"C": cv.C, "scaled_c": cv.scaled_c, "folds": cv.folds,
                                         "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}}
-    calibration: dict = {"on": "none", "n": 0}
+    calibration: dict = {"on": "none", "n": 0, "temperature": 1.0}
     if cv.oof_logits is not None:
-        human = np.isin(src_k, [str(h) for h in HUMAN_SOURCES])
-        if human.sum() >= MIN_TRUSTED_FOR_CALIBRATION:
-            on, weights = human, None
-            calibration["on"] = "human_and_review_out_of_fold"
-        else:
-            on, weights = np.ones(len(y_k), dtype=bool), w_k
-            calibration["on"] = "all_kept_out_of_fold_trust_weighted"
-        head.temperature = fit_temperature(cv.oof_logits[on], y_k[on], None if weights is None else weights[on])
-        calibration["n"] = int(on.sum())
-        metrics["validation"] = {**_evaluate(softmax(cv.oof_logits[on], head.temperature), y_k[on], classes),
-                                 "what": "out-of-fold predictions of the calibration labels"}
+        head.temperature, calibration, metrics["validation"] = calibrate(
+            cv.oof_logits, y_k, src_k, w_k, classes, what="out-of-fold")
     metrics["train"]["fit_seconds"] = round(time.perf_counter() - fit_started, 3)
-    metrics["calibration"] = {**calibration, "temperature": head.temperature}
+    metrics["calibration"] = calibration
     metrics["temperature"] = head.temperature
     return head, metrics
+
+
+def calibrate(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, weights: np.ndarray, classes: list[str], *,
+              what: str) -> tuple[float, dict, dict]:
+    """The temperature from predictions no model made for its own training labels (out-of-fold,
+    or a held-back validation slice): on the human and review labels among them when there are
+    `MIN_TRUSTED_FOR_CALIBRATION`, else on all of them weighted by trust. Never the holdout.
+
+    logits: (n, c); y, sources, weights: (n,). Returns (temperature, what it was fitted on, the
+    evaluation of those labels at that temperature).
+    """
+    from models.calibration import fit_temperature
+    from models.head import softmax
+
+    human = np.isin(sources, [str(h) for h in HUMAN_SOURCES])
+    if human.sum() >= MIN_TRUSTED_FOR_CALIBRATION:
+        on, w, name = human, None, f"human_and_review_{what}"
+    else:
+        on, w, name = np.ones(len(y), dtype=bool), weights, f"all_kept_{what}_trust_weighted"
+    t = fit_temperature(logits[on], y[on], None if w is None else w[on])
+    evaluation = {**_evaluate(softmax(logits[on], t), y[on], classes), "what": f"{what} predictions of the calibration labels"}
+    return t, {"on": name, "n": int(on.sum()), "temperature": t}, evaluation
 
 
 def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batch_size: int | None,
                 device: str | None, num_workers: int | None, seed: int, progress: bool) -> tuple[ModelVersion, object]:
     import torch
 
+    from active import policy
     from models.backbones import eval_transform, train_transform
-    from models.calibration import fit_temperature
-    from models.head import softmax
     from models.infer import embed_and_predict
     from models.train import fine_tune, fold_temperature
 
@@ -367,22 +416,36 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     spec = modelstore.weights_spec(cfg.backbone, cfg.weights)
+    # Trust as in head mode: suspect catalogue labels are left out of training and validation.
+    tr = trust_weights(data.train_ids, data.source, data.suspect)
+    va = trust_weights(data.val_ids, data.source, data.suspect)
+    tr_ids, tr_y, tr_w = data.train_ids[tr.kept], data.train_y[tr.kept], tr.weight[tr.kept]
+    va_ids, va_y = data.val_ids[va.kept], data.val_y[va.kept]
     torch.manual_seed(seed)
     model = modelstore.build_network(cfg.backbone, len(classes), cfg.weights)  # fresh, from the factory
     t_eval = eval_transform(spec, image_size=cfg.image_size)
+    reporter = policy.ProgressWriter(project)
     result = fine_tune(
-        model, [data.paths[i] for i in data.train_ids.tolist()], data.train_y,
-        [data.paths[i] for i in data.val_ids.tolist()], data.val_y,
+        model, [data.paths[i] for i in tr_ids.tolist()], tr_y, [data.paths[i] for i in va_ids.tolist()], va_y,
         train_transform=train_transform(spec, image_size=cfg.image_size), eval_transform=t_eval,
         epochs=epochs, batch_size=batch_size, device=device, num_workers=num_workers, seed=seed, progress=progress,
+        train_weights=tr_w, balanced=True, patience=cfg.retrain.full_patience, on_progress=reporter,
     )
-    metrics: dict = {"train": {"n": int(len(data.train_y)), "per_class": _class_counts(data.train_y, classes),
-                               "epochs": epochs, "best_epoch": result.best_epoch, "history": result.history}}
+    reporter.phase("evaluating")
+    trust = {**tr.summary, "left_out_suspect_imported": tr.summary["left_out_suspect_imported"]
+             + va.summary["left_out_suspect_imported"],
+             "left_out_items": sorted(tr.summary["left_out_items"] + va.summary["left_out_items"])}
+    metrics: dict = {"train": {"n": int(len(tr_y)), "per_class": _class_counts(tr_y, classes), "epochs": epochs,
+                               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                               "history": result.history, "balanced_sampling": True},
+                     "trust": trust}
     temperature = 1.0
+    metrics["calibration"] = {"on": "none", "n": 0, "temperature": 1.0}
     if result.val_logits is not None and len(result.val_index):
-        y_va = data.val_y[result.val_index]
-        temperature = fit_temperature(result.val_logits, y_va)
-        metrics["validation"] = _evaluate(softmax(result.val_logits, temperature), y_va, classes)
+        pos = result.val_index
+        temperature, metrics["calibration"], metrics["validation"] = calibrate(
+            result.val_logits, va_y[pos], va.sources[va.kept][pos], va.weight[va.kept][pos], classes,
+            what="validation_slice")
     metrics["temperature"] = temperature
     model = fold_temperature(result.model, temperature)
     if len(data.holdout_ids):
@@ -398,3 +461,19 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
                    "image_size": cfg.image_size, "init_weights": spec.name},
     )
     return version, staging
+
+
+def serving_decision(new_holdout: dict | None, serving: ModelVersion | None) -> dict:
+    """Whether a fine-tuned version may serve: not when it is worse on the holdout than the
+    version serving now (accuracy, on a holdout of the same size). Returns the metrics' "serving"
+    entry: {"held_back": bool, "reason": str}."""
+    old = ((serving.metrics or {}).get("holdout") if serving is not None else None) or {}
+    if not new_holdout or not old.get("n") or old.get("n") != new_holdout.get("n"):
+        return {"held_back": False, "reason": "no holdout result to compare with the serving version"}
+    new_acc, old_acc = float(new_holdout["accuracy"]), float(old["accuracy"])
+    if new_acc < old_acc:
+        return {"held_back": True, "compared_with": serving.id,
+                "reason": f"holdout accuracy {new_acc:.4f} is below serving version {serving.id}'s {old_acc:.4f}: "
+                          "kept, not served"}
+    return {"held_back": False, "compared_with": serving.id,
+            "reason": f"holdout accuracy {new_acc:.4f} >= serving version {serving.id}'s {old_acc:.4f}"}

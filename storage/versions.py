@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func
+from sqlalchemy import func, literal
 from sqlmodel import Session, select
 
 from storage.db import in_chunks
@@ -29,6 +29,11 @@ def serving(session: Session) -> ModelVersion | None:
     the newest one whose predictions cover every readable pool item, else the newest."""
     covering = select(ModelVersion).where(sql_covers_pool(ModelVersion.id)).order_by(ModelVersion.id.desc()).limit(1)
     return session.exec(covering).first() or latest(session)
+
+
+def covers_pool(session: Session, version_id: int) -> bool:
+    """Whether the version has predicted every readable pool item (`storage.meaning.covers`)."""
+    return bool(session.execute(select(sql_covers_pool(literal(version_id)))).scalar_one())
 
 
 def serving_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:
