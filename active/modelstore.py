@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from active.atomic import write_atomic
 from active.errors import UserError
 from active.tempdirs import make_owned_dir, remove_orphans
 from storage import db, versions
@@ -123,7 +124,7 @@ def new_staging(project: Project) -> Path:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def _fsync_tree(path: Path) -> None:
