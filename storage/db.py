@@ -14,7 +14,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from storage.tables import APP_ID, SCHEMA_VERSION, ClassAlias, Meta
+from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Meta
 
 T = TypeVar("T")
 
@@ -129,6 +129,7 @@ def check_schema(engine: Engine) -> None:
 
 def _v1_add_class_alias(conn: Any) -> None:  # noqa: ANN401
     SQLModel.metadata.create_all(conn, tables=[ClassAlias.__table__], checkfirst=True)
+    UNREADABLE_INDEX.create(conn, checkfirst=True)
 
 
 # version -> the step that upgrades a database of that version to the next one, in place.
