@@ -9,14 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, false, text
 from sqlmodel import Field, SQLModel
 
 from storage.enums import Decision, DisputeReason, DisputeStatus, Kind, Role, Split
 
 # Bump when a table changes, with a step in `storage.db.MIGRATIONS` that upgrades the previous
 # version in place; `storage.db.open_engine` refuses versions it cannot upgrade.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APP_ID = "active-labeler"
 
 # The columns below hold these enums' values as plain strings (see storage.enums).
@@ -166,3 +166,7 @@ class User(SQLModel, table=True):
     salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     password_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+    # A disabled user cannot sign in and loses open sessions; `generation` grows on every password
+    # change or disable, and a session granted under an older generation ends (labeler.security).
+    disabled: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
