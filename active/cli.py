@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from active.commands import Result
 from active.errors import UserError
+from models import OFFLINE_ENV
 
 # name -> one-line help. Order is the order of `active --help`.
 COMMANDS: dict[str, str] = {
@@ -48,6 +50,8 @@ def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument("--project", type=Path, metavar="DIR",
                         help="project folder (default: the current directory)", **default)
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout", **default)
+    parser.add_argument("--offline", action="store_true", help="never download pretrained weights (also: "
+                        f"{OFFLINE_ENV}=1); a missing weights file is an error naming it", **default)
 
 
 def _add_common_to_actions(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.project = (args.project or Path.cwd()).absolute()
+    if getattr(args, "offline", False):
+        os.environ[OFFLINE_ENV] = "1"  # read where weights are resolved, and by the processes started
     module = importlib.import_module(_module_name(args.command))
     try:
         result = module.run(args)

@@ -73,10 +73,26 @@ class LoadedModel:
 
 
 def current_version(project: Project) -> ModelVersion | None:
-    """The newest published version, which scoring and retraining work on (None before the first
-    `active score`). It serves only once it covers the pool: see `storage.versions.serving`."""
+    """The newest published version that is not held back, which scoring and retraining work on
+    (None before the first `active score`). It serves only once it covers the pool: see
+    `serving_version`."""
     with db.session(project.engine) as s:
-        return versions.latest(s)
+        latest = versions.latest(s)
+        if latest is None or not held_back(latest):
+            return latest
+        return next((v for v in reversed(versions.all_versions(s)) if not held_back(v)), None)
+
+
+def held_back(version: ModelVersion) -> bool:
+    """A fine-tune that ended worse on the holdout than the version serving then: kept, never
+    scored on the pool, so it never serves (`active.retrain.serving_decision` sets it)."""
+    return bool(((version.metrics or {}).get("serving") or {}).get("held_back"))
+
+
+def serving_version(project: Project) -> ModelVersion | None:
+    """The version that serves suggestions, selection and the UI (`storage.versions.serving`)."""
+    with db.session(project.engine) as s:
+        return versions.serving(s)
 
 
 def get_version(project: Project, version_id: int) -> ModelVersion:

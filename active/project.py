@@ -36,7 +36,11 @@ PRESETS: dict[str, list[str]] = {
 @dataclass
 class RetrainPolicy:
     head_every: int = 50  # a background head refresh after this many new human labels; 0 = never
+    # A background full fine-tune after this many new human labels since the last one; 0 = never.
+    full_every: int = 500
+    full_at_round_close: bool = False  # ...and/or whenever a round has closed since the last one
     full_epochs: int = 5
+    full_patience: int = 2  # epochs without a better validation accuracy before a fine-tune stops
     holdout_fraction_for_calibration: float = 0.1
 
 

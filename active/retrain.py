@@ -6,12 +6,18 @@ the holdout), evaluate on the labelled ``holdout`` split when there is one, and 
 first, row last). A crash anywhere leaves the previous version serving.
 
 - ``head``: a class-balanced logistic regression on the cached embeddings of the latest network
-  version (pretrained or full): seconds on CPU.
+  version (pretrained or full), its L2 strength chosen by cross-validation on the labels given
+  (`models.head.fit_head_cv`): seconds on CPU. It trains on every labelled pool item and is
+  calibrated on out-of-fold predictions instead of a slice held back.
 - ``full``: fine-tunes the whole configured backbone from its pretrained weights
   (`models.train.fine_tune`).
 
-Training data: pool items whose current label is in the taxonomy (imported labels included: they
-are the given labels, the best we have until humans say otherwise).
+Training data: pool items whose current label is in the taxonomy, each weighted by how far it is
+trusted (`TRUST_WEIGHTS`: review > human > imported). Imported labels are the catalogue's given
+labels, the best we have until humans say otherwise, except those the latest out-of-fold
+dispute check (`active disputes --refresh`) finds suspect: an open ``imported_label_suspect``
+dispute on the very label still current leaves that item out (`trust_weights`). The metrics of
+every version say what it trusted, how many labels it left out, and what it was calibrated on.
 """
 
 from __future__ import annotations
@@ -19,15 +25,15 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from active import modelstore, scoring
 from active.errors import UserError
-from storage import aliases, db, items, labels, versions
-from storage.enums import Split
+from storage import aliases, db, disputes, items, labels, versions
+from storage.enums import DisputeReason, Source, Split
 from storage.snapshots import labels_hash
 from storage.tables import ModelVersion
 
@@ -36,6 +42,19 @@ if TYPE_CHECKING:
 
 MODES = ("head", "full")
 MIN_CLASSES = 2
+# How much one label of each source weighs in training (storage.labels.SOURCES): a reviewer's
+# decision over an annotator's, an annotator's over the catalogue's. Ratios, not tuned values:
+# what matters is the order, and that one disputed human label is not outvoted by one look-alike.
+TRUST_WEIGHTS = {Source.REVIEW: 4.0, Source.CONSENSUS: 2.0, Source.SINGLE: 2.0, Source.IMPORTED: 1.0}
+HUMAN_SOURCES = (Source.REVIEW, Source.CONSENSUS, Source.SINGLE)
+# An imported label whose open dispute gives a posterior of being wrong above this is left out;
+# below it, it is down-weighted by (1 - posterior). The dispute check flags at the same Bayes
+# threshold (`active.disputes.FLAG_POSTERIOR`), so every flagged label is left out.
+LEAVE_OUT_POSTERIOR = 0.5
+# Temperature on human/review labels only once there are this many among the training labels
+# (a one-parameter fit, but on fewer it follows a handful of hard items); else on the
+# out-of-fold predictions of every label kept, weighted by trust.
+MIN_TRUSTED_FOR_CALIBRATION = 100
 
 
 @dataclass
@@ -55,10 +74,77 @@ class LabelledSet:
     holdout_y: np.ndarray
     paths: dict[int, str]
     skipped: int  # labelled pool items whose class is not in the taxonomy
+    # item id -> where its current label comes from (storage.labels.SOURCES)
+    source: dict[int, str] = field(default_factory=dict)
+    # item id -> posterior that its current (imported) label is wrong, from an open dispute
+    suspect: dict[int, float] = field(default_factory=dict)
 
     @property
     def n_labels(self) -> int:
         return len(self.train_ids) + len(self.val_ids)
+
+    def all_pool(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, classes) of every labelled pool item, train and validation slice together."""
+        ids = np.concatenate([self.train_ids, self.val_ids])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], np.concatenate([self.train_y, self.val_y])[order]
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Per-item training weights of a label set, aligned with its ids (n,).
+
+    weight: 0 for labels left out; sources: each label's source; summary: what a version's
+    metrics record (the weights per source, how many labels of each it trained on, how many it
+    left out and down-weighted).
+    """
+
+    weight: np.ndarray
+    sources: np.ndarray
+    summary: dict
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.weight > 0
+
+
+def trust_weights(item_ids: np.ndarray, source: dict[int, str], suspect: dict[int, float]) -> Trust:
+    """Weights (n,) for ``item_ids`` from their label sources and the open disputes' posteriors.
+
+    Human and review labels get `TRUST_WEIGHTS` of their source; an imported label gets 1, times
+    (1 - posterior) when its dispute's posterior is at most `LEAVE_OUT_POSTERIOR`, and 0 (left
+    out) above it. ``suspect`` should only hold items whose current label is the disputed one.
+    """
+    ids = [int(i) for i in np.asarray(item_ids).tolist()]
+    sources = np.array([str(source.get(i, Source.IMPORTED)) for i in ids], dtype=object)
+    weight = np.array([TRUST_WEIGHTS.get(src, TRUST_WEIGHTS[Source.IMPORTED]) for src in sources], dtype=np.float64)
+    left_out: list[int] = []
+    down = 0
+    for k, i in enumerate(ids):
+        if sources[k] != Source.IMPORTED or i not in suspect:
+            continue
+        post = float(suspect[i])
+        if post > LEAVE_OUT_POSTERIOR:
+            weight[k] = 0.0
+            left_out.append(i)
+        else:
+            weight[k] *= 1.0 - post
+            down += 1
+    kept = weight > 0
+    human = np.isin(sources, [str(h) for h in HUMAN_SOURCES])
+    summary = {
+        "weights": {str(k): v for k, v in TRUST_WEIGHTS.items()},
+        "trained_on": {"review": int(((sources == Source.REVIEW) & kept).sum()),
+                       "human": int((np.isin(sources, [str(Source.CONSENSUS), str(Source.SINGLE)]) & kept).sum()),
+                       "imported": int(((sources == Source.IMPORTED) & kept).sum())},
+        "left_out_suspect_imported": len(left_out),
+        "left_out_items": sorted(left_out),  # the audit trail: which catalogue labels it ignored
+        "down_weighted_imported": down,
+        "suspects_known": len(suspect),
+        "leave_out_posterior": LEAVE_OUT_POSTERIOR,
+        "n_human_or_review": int((human & kept).sum()),
+    }
+    return Trust(weight, sources, summary)
 
 
 def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +248,7 @@ def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
         readable = set(items.ids(s))
         split = {i: sp for i, sp in items.splits(s).items() if i in readable}
         paths = {i: p for i, p in items.paths(s).items() if i in readable}
+        open_suspects = disputes.open_disputes(s, reason=DisputeReason.IMPORTED_LABEL_SUSPECT)
     pool = _training_pairs(current, split, index)
     skipped = sum(1 for i, c in current.items() if split.get(i) == Split.POOL and c.label not in index)
     hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.HOLDOUT and c.label in index)
@@ -179,15 +266,35 @@ def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
         holdout_ids=np.array([i for i, _ in hold], dtype=np.int64),
         holdout_y=np.array([index[c] for _, c in hold], dtype=np.int64),
         paths=paths, skipped=skipped,
+        source={i: c.source for i, c in current.items() if split.get(i) == Split.POOL},
+        suspect=_suspects(open_suspects, current),
     )
 
 
+def _suspects(open_suspects: list, current: dict) -> dict[int, float]:  # noqa: ANN001
+    """item id -> posterior of being wrong, for open imported-label disputes whose item still
+    carries the very imported label that was judged (a later label or re-import makes it moot)."""
+    out: dict[int, float] = {}
+    for d in open_suspects:
+        cur = current.get(d.item_id)
+        detail = d.detail or {}
+        if cur is None or cur.source != Source.IMPORTED or detail.get("given") != cur.label:
+            continue
+        post = detail.get("posterior_wrong")
+        out[int(d.item_id)] = float(post) if post is not None else 1.0
+    return out
+
+
 def network_version(project: Project) -> ModelVersion:
-    """The latest version that runs its own network (its embeddings feed head retrains),
-    publishing the pretrained version 1 when the project has none."""
+    """The network whose embeddings a head retrain uses: the newest version that runs its own
+    network (pretrained or fine-tuned), is not held back and covers the pool; before any covers
+    it, the newest such version (publishing the pretrained version 1 when the project has none).
+    A fine-tune still scoring the pool is not used yet: its embeddings are not all there."""
     scoring.ensure_version(project)
     with db.session(project.engine) as s:
-        return next(v for v in reversed(versions.all_versions(s)) if v.mode != "head")
+        nets = [v for v in reversed(versions.all_versions(s)) if v.mode != "head" and not modelstore.held_back(v)]
+        covering = next((v for v in nets if versions.covers_pool(s, v.id)), None)
+    return covering or nets[0]
 
 
 def _class_counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
@@ -235,11 +342,45 @@ def retrain(
     modelstore.write_json(staging / "meta.json", {"mode": mode, "backbone": version.backbone,
                                                   "weights": version.weights, "classes": version.classes,
                                                   "metrics": version.metrics, "artifacts": version.artifacts})
+    if mode == "full":
+        version.metrics["serving"] = serving_decision(version.metrics.get("holdout"),
+                                                      modelstore.serving_version(project))
     version = modelstore.publish(project, version, staging)
-    if score_after:
+    if mode == "full":
+        _after_fine_tune(project, version, score=score_after, batch_size=batch_size, num_workers=num_workers,
+                         device=device, progress=progress)
+    elif score_after:
         scoring.score(project, version_id=version.id, batch_size=batch_size, num_workers=num_workers,
                       device=device, progress=progress)
     return version
+
+
+def _after_fine_tune(project: Project, version: ModelVersion, *, score: bool, batch_size: int | None,
+                     num_workers: int | None, device: str | None, progress: bool) -> None:
+    """A published fine-tune: held back, it stays unscored (so it never serves) and says so;
+    otherwise the pool is scored with the new network, and only then does it serve
+    (`storage.versions.serving`: the newest version covering the pool). When a head refreshed
+    meanwhile is newer and serves instead, a head is fitted on the new network's embeddings at
+    once so that the fine-tune reaches the labeller."""
+    from active import policy
+
+    reporter = policy.ProgressWriter(project, resume=True)
+    decision = version.metrics.get("serving", {})
+    if decision.get("held_back"):
+        reporter.phase("done", note=f"version {version.id} {decision['reason']}")
+        return
+    if not score:
+        reporter.phase("done", note=f"version {version.id} published; it serves once the pool is scored")
+        return
+    reporter.phase("scoring the pool", version=version.id)
+    scoring.score(project, version_id=version.id, batch_size=batch_size, num_workers=num_workers, device=device,
+                  progress=progress)
+    serving = modelstore.serving_version(project)
+    if serving is not None and serving.id != version.id:
+        reporter.phase("fitting a head on the new network", version=version.id)
+        retrain(project, mode="head", batch_size=batch_size, num_workers=num_workers, device=device,
+                progress=progress)
+    reporter.phase("done", note=f"version {version.id} serves")
 
 
 def _evaluate(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
@@ -250,9 +391,6 @@ def _evaluate(probs: np.ndarray, y: np.ndarray, classes: list[str]) -> dict:
 
 def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: bool, batch_size: int | None,
                 device: str | None, num_workers: int | None) -> tuple[ModelVersion, object]:
-    from models.calibration import fit_temperature
-    from models.head import fit_head
-
     classes = list(project.config.classes)
     source = network_version(project)
     # Items the network has not embedded yet (new imports) run through it now; the rest is cached.
@@ -261,26 +399,20 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     ids, emb = scoring.load_embeddings(project, source.id)
     row_of = {int(i): k for k, i in enumerate(ids.tolist())}
 
-    def rows(item_ids: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def rows(item_ids: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keep = np.array([int(i) in row_of for i in item_ids.tolist()], dtype=bool)
-        return emb[[row_of[int(i)] for i in item_ids[keep].tolist()]].reshape(-1, emb.shape[1]), y[keep]
+        x = emb[[row_of[int(i)] for i in item_ids[keep].tolist()]].reshape(-1, emb.shape[1])
+        return x, y[keep], item_ids[keep]
 
-    x_tr, y_tr = rows(data.train_ids, data.train_y)
-    x_va, y_va = rows(data.val_ids, data.val_y)
-    fit_started = time.perf_counter()
-    head = fit_head(x_tr, y_tr, len(classes), balanced=True, seed=seed)
-    head.temperature = fit_temperature(head.logits(x_va), y_va) if len(y_va) else 1.0
-    fit_seconds = time.perf_counter() - fit_started
-    metrics: dict = {"temperature": head.temperature,
-                     "train": {"n": int(len(y_tr)), "per_class": _class_counts(y_tr, classes),
-                               "fit_seconds": round(fit_seconds, 3)}}
-    if len(y_va):
-        metrics["validation"] = _evaluate(head.predict_proba(x_va), y_va, classes)
-    x_ho, y_ho = rows(data.holdout_ids, data.holdout_y)
+    # Every labelled pool item trains (no slice held back): calibration uses out-of-fold logits.
+    pool_ids, pool_y = data.all_pool()
+    x_all, y_all, id_all = rows(pool_ids, pool_y)
+    fitted, metrics = fit_trusted_head(x_all, y_all, id_all, data, classes, seed=seed)
+    x_ho, y_ho, _ = rows(data.holdout_ids, data.holdout_y)
     if len(y_ho):
-        metrics["holdout"] = _evaluate(head.predict_proba(x_ho), y_ho, classes)
+        metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, classes)
     staging = modelstore.new_staging(project)
-    np.savez(staging / modelstore.HEAD_FILE, **head.to_arrays())
+    np.savez(staging / modelstore.HEAD_FILE, **fitted.to_arrays())
     image_size = int(source.artifacts.get("image_size", project.config.image_size))
     version = ModelVersion(
         backbone=source.backbone, weights=source.weights, mode="head", classes=classes, metrics=metrics,
@@ -290,13 +422,69 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     return version, staging
 
 
+def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: LabelledSet, classes: list[str],
+                     *, seed: int = 0):  # noqa: ANN201 - models.head.Head, imported lazily
+    """The head of a `head` retrain and its metrics: trust weights, CV-chosen L2 strength,
+    temperature on trusted out-of-fold predictions.
+
+    x: (n, dim) embeddings of the labelled pool items ``item_ids`` (n,) with classes y (n,).
+    Returns (head with its temperature, metrics dict with "train", "trust", "regularisation",
+    "calibration", "temperature" and, when there were out-of-fold logits, "validation": the
+    out-of-fold evaluation on the calibration labels).
+    """
+    from models.head import fit_head_cv
+
+    trust = trust_weights(item_ids, data.source, data.suspect)
+    kept = trust.kept
+    if len(set(y[kept].tolist())) < MIN_CLASSES:
+        raise UserError(f"after leaving out {trust.summary['left_out_suspect_imported']} suspect imported labels, "
+                        f"fewer than {MIN_CLASSES} classes remain: review the disputes first (`active disputes`)")
+    x_k, y_k, w_k, src_k = x[kept], y[kept], trust.weight[kept], trust.sources[kept]
+    fit_started = time.perf_counter()
+    cv = fit_head_cv(x_k, y_k, len(classes), sample_weight=w_k, seed=seed)
+    head = cv.head
+    metrics: dict = {"train": {"n": int(len(y_k)), "per_class": _class_counts(y_k, classes)},
+                     "trust": trust.summary,
+                     "regularisation": {"C": cv.C, "scaled_c": cv.scaled_c, "folds": cv.folds,
+                                        "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}}
+    calibration: dict = {"on": "none", "n": 0, "temperature": 1.0}
+    if cv.oof_logits is not None:
+        head.temperature, calibration, metrics["validation"] = calibrate(
+            cv.oof_logits, y_k, src_k, w_k, classes, what="out_of_fold")
+    metrics["train"]["fit_seconds"] = round(time.perf_counter() - fit_started, 3)
+    metrics["calibration"] = calibration
+    metrics["temperature"] = head.temperature
+    return head, metrics
+
+
+def calibrate(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, weights: np.ndarray, classes: list[str], *,
+              what: str) -> tuple[float, dict, dict]:
+    """The temperature from predictions no model made for its own training labels (out-of-fold,
+    or a held-back validation slice): on the human and review labels among them when there are
+    `MIN_TRUSTED_FOR_CALIBRATION`, else on all of them weighted by trust. Never the holdout.
+
+    logits: (n, c); y, sources, weights: (n,). Returns (temperature, what it was fitted on, the
+    evaluation of those labels at that temperature).
+    """
+    from models.calibration import fit_temperature
+    from models.head import softmax
+
+    human = np.isin(sources, [str(h) for h in HUMAN_SOURCES])
+    if human.sum() >= MIN_TRUSTED_FOR_CALIBRATION:
+        on, w, name = human, None, f"human_and_review_{what}"
+    else:
+        on, w, name = np.ones(len(y), dtype=bool), weights, f"all_kept_{what}_trust_weighted"
+    t = fit_temperature(logits[on], y[on], None if w is None else w[on])
+    evaluation = {**_evaluate(softmax(logits[on], t), y[on], classes), "what": f"{what} predictions of the calibration labels"}
+    return t, {"on": name, "n": int(on.sum()), "temperature": t}, evaluation
+
+
 def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batch_size: int | None,
                 device: str | None, num_workers: int | None, seed: int, progress: bool) -> tuple[ModelVersion, object]:
     import torch
 
+    from active import policy
     from models.backbones import eval_transform, train_transform
-    from models.calibration import fit_temperature
-    from models.head import softmax
     from models.infer import embed_and_predict
     from models.train import fine_tune, fold_temperature
 
@@ -306,22 +494,36 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     spec = modelstore.weights_spec(cfg.backbone, cfg.weights)
+    # Trust as in head mode: suspect catalogue labels are left out of training and validation.
+    tr = trust_weights(data.train_ids, data.source, data.suspect)
+    va = trust_weights(data.val_ids, data.source, data.suspect)
+    tr_ids, tr_y, tr_w = data.train_ids[tr.kept], data.train_y[tr.kept], tr.weight[tr.kept]
+    va_ids, va_y = data.val_ids[va.kept], data.val_y[va.kept]
     torch.manual_seed(seed)
     model = modelstore.build_network(cfg.backbone, len(classes), cfg.weights)  # fresh, from the factory
     t_eval = eval_transform(spec, image_size=cfg.image_size)
+    reporter = policy.ProgressWriter(project)
     result = fine_tune(
-        model, [data.paths[i] for i in data.train_ids.tolist()], data.train_y,
-        [data.paths[i] for i in data.val_ids.tolist()], data.val_y,
+        model, [data.paths[i] for i in tr_ids.tolist()], tr_y, [data.paths[i] for i in va_ids.tolist()], va_y,
         train_transform=train_transform(spec, image_size=cfg.image_size), eval_transform=t_eval,
         epochs=epochs, batch_size=batch_size, device=device, num_workers=num_workers, seed=seed, progress=progress,
+        train_weights=tr_w, balanced=True, patience=cfg.retrain.full_patience, on_progress=reporter,
     )
-    metrics: dict = {"train": {"n": int(len(data.train_y)), "per_class": _class_counts(data.train_y, classes),
-                               "epochs": epochs, "best_epoch": result.best_epoch, "history": result.history}}
+    reporter.phase("evaluating")
+    trust = {**tr.summary, "left_out_suspect_imported": tr.summary["left_out_suspect_imported"]
+             + va.summary["left_out_suspect_imported"],
+             "left_out_items": sorted(tr.summary["left_out_items"] + va.summary["left_out_items"])}
+    metrics: dict = {"train": {"n": int(len(tr_y)), "per_class": _class_counts(tr_y, classes), "epochs": epochs,
+                               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                               "history": result.history, "balanced_sampling": True},
+                     "trust": trust}
     temperature = 1.0
+    metrics["calibration"] = {"on": "none", "n": 0, "temperature": 1.0}
     if result.val_logits is not None and len(result.val_index):
-        y_va = data.val_y[result.val_index]
-        temperature = fit_temperature(result.val_logits, y_va)
-        metrics["validation"] = _evaluate(softmax(result.val_logits, temperature), y_va, classes)
+        pos = result.val_index
+        temperature, metrics["calibration"], metrics["validation"] = calibrate(
+            result.val_logits, va_y[pos], va.sources[va.kept][pos], va.weight[va.kept][pos], classes,
+            what="validation_slice")
     metrics["temperature"] = temperature
     model = fold_temperature(result.model, temperature)
     if len(data.holdout_ids):
@@ -337,3 +539,19 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
                    "image_size": cfg.image_size, "init_weights": spec.name},
     )
     return version, staging
+
+
+def serving_decision(new_holdout: dict | None, serving: ModelVersion | None) -> dict:
+    """Whether a fine-tuned version may serve: not when it is worse on the holdout than the
+    version serving now (accuracy, on a holdout of the same size). Returns the metrics' "serving"
+    entry: {"held_back": bool, "reason": str}."""
+    old = ((serving.metrics or {}).get("holdout") if serving is not None else None) or {}
+    if not new_holdout or not old.get("n") or old.get("n") != new_holdout.get("n"):
+        return {"held_back": False, "reason": "no holdout result to compare with the serving version"}
+    new_acc, old_acc = float(new_holdout["accuracy"]), float(old["accuracy"])
+    if new_acc < old_acc:
+        return {"held_back": True, "compared_with": serving.id,
+                "reason": f"holdout accuracy {new_acc:.4f} is below serving version {serving.id}'s {old_acc:.4f}: "
+                          "kept, not served"}
+    return {"held_back": False, "compared_with": serving.id,
+            "reason": f"holdout accuracy {new_acc:.4f} >= serving version {serving.id}'s {old_acc:.4f}"}

@@ -40,7 +40,7 @@ def weights_for(backbone: str, wanted: str) -> str:
     from models.backbones import WeightsError, resolve_weights
 
     try:
-        return resolve_weights(backbone, wanted).name
+        return resolve_weights(backbone, wanted, offline=True).name
     except WeightsError:
         return "none"
 

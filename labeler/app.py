@@ -479,7 +479,18 @@ class LabelerApp:
         return hit
 
     def status(self) -> str:
-        """Model line: the serving version, a running refresh, or a newly serving version."""
+        """Model line, and where a background fine-tune stands while one runs (read from its
+        progress file: the labeller never waits for it)."""
+        from active import policy
+
+        line = self._model_line()
+        fine_tune = policy.fine_tune_progress(self.project)
+        if fine_tune and fine_tune.get("running"):
+            return f"{line} · {esc(policy.describe_progress(fine_tune))}"
+        return line
+
+    def _model_line(self) -> str:
+        """The serving version, a running refresh, or a newly serving version."""
         with db.session(self.project.engine) as s:
             latest = versions.serving(s)
         if latest is None:

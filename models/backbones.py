@@ -6,8 +6,11 @@ reachable through one of the attributes torchvision uses (``fc``, ``classifier``
 The *embedding* of an image is the input of that final Linear (the penultimate features).
 
 Weights are one of:
-- a torchvision enum name (``IMAGENET1K_V1``, ``DEFAULT``...), loaded only from the local cache
-  ``$TORCH_HOME/hub/checkpoints``: nothing is ever downloaded (we check the file first);
+- a torchvision enum name (``IMAGENET1K_V1``, ``DEFAULT``...), loaded from the cache
+  ``$TORCH_HOME/hub/checkpoints``. When the file is not there it is downloaded the way
+  torchvision users expect (the weights' own ``get_state_dict``: torch.hub, progress bar, hash
+  check) unless downloads are forbidden (``offline=True`` or ``ACTIVE_OFFLINE=1``), in which case
+  the error names the file to put there;
 - a ``.pth``/``.pt`` file: a state dict of the same architecture (any head size), optionally
   wrapped as ``{"model": ...}`` or ``{"state_dict": ...}``;
 - ``none``: random initialisation, only when asked for by name.
@@ -25,6 +28,8 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.transforms import v2 as T
+
+from models import OFFLINE_ENV
 
 # Attributes under which torchvision classifiers keep their last layer, in the order we look.
 HEAD_ATTRIBUTES = ("fc", "classifier", "head", "heads")
@@ -73,10 +78,24 @@ def checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def resolve_weights(backbone: str, weights: str | os.PathLike | None) -> WeightsSpec:
-    """Turn a weights option into a `WeightsSpec`, checking that the file is there (no download).
+def offline_from_env() -> bool:
+    """Whether ``ACTIVE_OFFLINE`` forbids downloads."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
-    Raises `WeightsError` naming the file looked for and the options when it is not.
+
+def download_weights(member: Any) -> None:
+    """Fetch a torchvision weights enum member into ``$TORCH_HOME/hub/checkpoints`` with
+    torchvision's own mechanism (torch.hub's download, its progress bar on stderr, the hash in
+    the file name checked). The one place that touches the network: tests patch it."""
+    member.get_state_dict(progress=True, check_hash=True)
+
+
+def resolve_weights(backbone: str, weights: str | os.PathLike | None, *,
+                    offline: bool | None = None) -> WeightsSpec:
+    """Turn a weights option into a `WeightsSpec` whose file is there, downloading a torchvision
+    weights file that is not cached yet unless ``offline`` (default: ``ACTIVE_OFFLINE``).
+
+    Raises `WeightsError` naming the file looked for and the options when it cannot be had.
     """
     check_backbone(backbone)
     text = "" if weights is None else str(weights).strip()
@@ -97,13 +116,21 @@ def resolve_weights(backbone: str, weights: str | os.PathLike | None) -> Weights
         raise WeightsError(f"{backbone} has no weights named {text!r}: use one of {names}, "
                            f"a .pth file, or none") from None
     cache = checkpoint_dir() / os.path.basename(urlparse(member.url).path)
+    if cache.is_file():
+        return WeightsSpec("enum", member.name, enum=member, path=cache)
+    help_text = (f"Put that file there (download {member.url} on a connected machine), "
+                 f"or set TORCH_HOME to the folder holding hub/checkpoints/{cache.name}, "
+                 f"or pass a .pth file as weights, or use --weights none for random init")
+    if offline_from_env() if offline is None else offline:
+        raise WeightsError(f"weights {backbone} {text} are not available offline: looked for {cache} "
+                           f"(downloads are off: --offline or {OFFLINE_ENV}=1). {help_text}")
+    try:
+        download_weights(member)
+    except Exception as exc:  # noqa: BLE001 - no network, a proxy, a bad hash: all mean "not here"
+        raise WeightsError(f"weights {backbone} {text} could not be downloaded into {cache} "
+                           f"({type(exc).__name__}: {exc}). {help_text}") from None
     if not cache.is_file():
-        raise WeightsError(
-            f"weights {backbone} {text} are not available offline: looked for {cache}. "
-            f"Put that file there (download {member.url} on a connected machine), "
-            f"or set TORCH_HOME to the folder holding hub/checkpoints/{cache.name}, "
-            f"or pass a .pth file as weights, or use --weights none for random init"
-        )
+        raise WeightsError(f"weights {backbone} {text}: the download did not leave {cache}. {help_text}")
     return WeightsSpec("enum", member.name, enum=member, path=cache)
 
 

@@ -26,28 +26,32 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood. logits: (n, c); labels: (n,) ints."""
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0,
+        sample_weight: np.ndarray | None = None) -> float:
+    """Mean (weighted) negative log-likelihood. logits: (n, c); labels: (n,) ints; sample_weight: (n,)."""
     lp = log_softmax(np.asarray(logits, dtype=np.float64) / temperature)
-    return float(-lp[np.arange(len(labels)), labels].mean())
+    return float(-np.average(lp[np.arange(len(labels)), labels], weights=sample_weight))
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature T > 0 minimising NLL of softmax(logits / T). logits: (n, c); labels: (n,).
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
+    """The temperature T > 0 minimising the (weighted) NLL of softmax(logits / T).
 
+    logits: (n, c); labels: (n,); sample_weight: (n,) >= 0, how much each label is trusted.
     Returns 1.0 when there are fewer than `MIN_CALIBRATION_ITEMS` items.
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
         raise ValueError(f"logits must be (n, c) and labels (n,); got {logits.shape} and {labels.shape}")
+    if sample_weight is not None and np.shape(sample_weight) != labels.shape:
+        raise ValueError(f"sample_weight must be (n,) = {labels.shape}; got {np.shape(sample_weight)}")
     if len(labels) < MIN_CALIBRATION_ITEMS:
         return 1.0
     lo, hi = INV_T_RANGE
     ratio = (math.sqrt(5) - 1) / 2
 
     def f(inv_t: float) -> float:
-        return nll(logits, labels, 1.0 / inv_t)
+        return nll(logits, labels, 1.0 / inv_t, sample_weight)
 
     a, b = lo, hi
     c, d = b - ratio * (b - a), a + ratio * (b - a)

@@ -2,8 +2,12 @@
 
 The recipe known to work for fashion photos: augmentation (flip, rotation 10 degrees) on the
 training images only, cross-entropy, Adam with lr 1e-3 for the new head and a lower lr for the
-pretrained backbone, a fixed number of epochs, the best epoch kept by validation accuracy; on CUDA
-bf16 autocast + channels_last. Runs on CPU too (slowly) so it is testable.
+pretrained backbone, and what fine-tuning on a catalogue needs besides: class-balanced sampling
+(every class drawn equally often, so a rare class is not drowned), a weight per label (how far it
+is trusted) in the loss, and early stopping on the validation slice (the best epoch is kept; the
+run stops after `patience` epochs without improvement). On CUDA bf16 autocast + channels_last.
+Runs on CPU too (slowly) so it is testable. ``on_progress`` is told after every batch where the
+run stands (epoch, batch, images/s, ETA) so a caller can show it without waiting for the end.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from models.backbones import find_final_linear
@@ -35,6 +39,8 @@ LR_HEAD = 1e-3
 LR_BACKBONE = 1e-4
 GPU_BATCH = 128
 CPU_BATCH = 32
+# Epochs without a better validation accuracy before stopping (the best epoch is kept anyway).
+DEFAULT_PATIENCE = 2
 
 
 @dataclass
@@ -75,12 +81,21 @@ def fine_tune(
     num_workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    train_weights: Sequence[float] | None = None,
+    balanced: bool = True,
+    patience: int | None = DEFAULT_PATIENCE,
+    on_progress: Callable[[dict], None] | None = None,
 ) -> FineTuneResult:
     """Fine-tune ``model`` (whose final Linear already has the right outputs) and return the
     epoch with the best validation accuracy (the last epoch when there is no validation set).
 
-    train_labels, val_labels: ints into the model's outputs. Files that fail to decode are
-    skipped (they were checked at import; this only guards against files changed since).
+    train_labels, val_labels: ints into the model's outputs; train_weights: (n_train,) > 0, the
+    loss weight of each label (None: all 1). ``balanced`` samples each class equally often (with
+    replacement, one epoch = n_train draws); ``patience`` stops after that many epochs without a
+    better validation accuracy (None: run every epoch). ``on_progress(info)`` gets a dict after
+    every batch: epoch, epochs, batch, batches, images_per_s, elapsed_s, eta_s, val_acc (last).
+    Files that fail to decode are skipped (they were checked at import; this only guards against
+    files changed since).
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -92,42 +107,62 @@ def fine_tune(
     workers = default_workers() if num_workers is None else num_workers
     torch.manual_seed(seed)
     model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
-    y_train = torch.as_tensor(np.asarray(train_labels, dtype=np.int64))
+    y_np = np.asarray(train_labels, dtype=np.int64)
+    y_train = torch.as_tensor(y_np)
     y_val = np.asarray(val_labels, dtype=np.int64)
+    w_np = np.ones(len(y_np)) if train_weights is None else np.asarray(train_weights, dtype=np.float64)
+    if w_np.shape != y_np.shape or not np.all(w_np > 0):
+        raise ValueError("train_weights must be (n_train,) and positive")
+    w_train = torch.as_tensor(w_np, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if balanced:
+        counts = np.bincount(y_np)
+        sampler = WeightedRandomSampler(torch.as_tensor(1.0 / counts[y_np], dtype=torch.float64),
+                                        num_samples=len(y_np), replacement=True, generator=generator)
     loader = DataLoader(
-        ImageFiles(train_paths, train_transform), batch_size=bs, shuffle=True, num_workers=workers,
-        collate_fn=collate, pin_memory=cuda, drop_last=len(train_paths) > bs,
+        ImageFiles(train_paths, train_transform), batch_size=bs, shuffle=sampler is None, sampler=sampler,
+        num_workers=workers, collate_fn=collate, pin_memory=cuda, drop_last=len(train_paths) > bs,
         worker_init_fn=worker_init if workers else None, persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed),
+        generator=generator,
     )
     optimizer = torch.optim.Adam(param_groups(model, lr_head=lr_head, lr_backbone=lr_backbone))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="none")  # weighted per label below
     best_acc, best_epoch, best_state = -1.0, 0, None
     best_val: tuple[np.ndarray, np.ndarray] | None = None
-    history = []
+    history: list[dict] = []
+    run_started = time.perf_counter()
+    batches = len(loader)
+    done_batches = 0
     for epoch in range(1, epochs + 1):
         model.train()
         started = time.perf_counter()
         seen = correct = 0
         loss_sum = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False)
-        for index, images, _errors in bar:
+        for batch_no, (index, images, _errors) in enumerate(bar, 1):
             if not len(index):
                 continue
             x = images.to(device, non_blocking=True)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = y_train[index].to(device, non_blocking=True)
+            w = w_train[index].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = model(x)
-                loss = loss_fn(logits.float(), y)
+                loss = (loss_fn(logits.float(), y) * w).sum() / w.sum()
             loss.backward()
             optimizer.step()
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
             correct += int((logits.argmax(1) == y).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            done_batches += 1
+            if on_progress is not None:
+                on_progress(_progress(epoch, epochs, batch_no, batches, done_batches, seen,
+                                      time.perf_counter() - started, time.perf_counter() - run_started,
+                                      history[-1].get("val_acc") if history else None))
         bar.close()
         seconds = time.perf_counter() - started
         record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1),
@@ -148,12 +183,26 @@ def fine_tune(
             best_acc, best_epoch = score, epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             best_val = (inf.logits, inf.index) if len(val_paths) else None
+        elif patience is not None and val_acc is not None and epoch - best_epoch >= patience:
+            if progress:
+                tqdm.write(f"early stop: no better validation accuracy for {patience} epochs (best: epoch {best_epoch})")
+            break
     model.load_state_dict(best_state)
     model.eval()
     result = FineTuneResult(model, best_epoch, history)
     if best_val is not None:
         result.val_logits, result.val_index = best_val
     return result
+
+
+def _progress(epoch: int, epochs: int, batch: int, batches: int, done: int, seen: int, epoch_s: float,
+              elapsed_s: float, val_acc: float | None) -> dict:
+    """Where a run stands; the ETA assumes every remaining epoch runs (early stopping may end it
+    sooner) and costs what the batches so far cost."""
+    remaining = epochs * batches - done
+    return {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches,
+            "images_per_s": round(seen / epoch_s, 2) if epoch_s > 0 else 0.0, "elapsed_s": round(elapsed_s, 1),
+            "eta_s": round(elapsed_s / done * remaining, 1) if done else None, "val_acc": val_acc}
 
 
 def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:

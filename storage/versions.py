@@ -7,7 +7,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, literal
 from sqlmodel import Session, select
 
 from storage.aliases import all_aliases
@@ -83,6 +83,11 @@ def serving(session: Session) -> ModelVersion | None:
     with _serving_lock:
         _serving_cache[pool] = (state, version_id)
     return None if version_id is None else get(session, version_id)
+
+
+def covers_pool(session: Session, version_id: int) -> bool:
+    """Whether the version has predicted every readable pool item (`storage.meaning.covers`)."""
+    return bool(session.execute(select(sql_covers_pool(literal(version_id)))).scalar_one())
 
 
 def serving_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:

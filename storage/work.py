@@ -91,6 +91,11 @@ def close_round(session: Session, round_id: int) -> None:
         session.add(rnd)
 
 
+def last_round_closed_at(session: Session) -> datetime | None:
+    """When the most recently closed round closed (None when none has)."""
+    return session.execute(select(func.max(Round.closed_at))).scalar_one()
+
+
 def lock_annotator(session: Session, annotator: str) -> None:
     """Serialise this annotator's write transactions (labels, undo) until this one ends.
 

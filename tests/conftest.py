@@ -15,9 +15,12 @@ SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
 DATASET = SHARED / "datasets" / "clothing-small"
 TORCH_HOME = SHARED / "torch"
 
-# Tests never download: torchvision finds mobilenet_v2's weights under ../shared/torch or fails.
+# Tests never download: torchvision finds mobilenet_v2's weights under ../shared/torch or fails,
+# and downloads are off for every test and the processes they start (the download tests patch
+# `models.backbones.download_weights` and turn it back on).
 if TORCH_HOME.is_dir():
     os.environ.setdefault("TORCH_HOME", str(TORCH_HOME))
+os.environ["ACTIVE_OFFLINE"] = "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

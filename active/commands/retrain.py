@@ -48,8 +48,10 @@ def run(args: argparse.Namespace) -> Result:
 
     project = Project.load(args.project)
     progress = not args.no_progress and not args.json
+    full = args.mode == "full"  # a fine-tune scores the pool itself, unless it is held back
     version = retrain(project, mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, device=args.device,
-                      num_workers=args.workers, seed=args.seed, score_after=False, progress=progress)
+                      num_workers=args.workers, seed=args.seed, score_after=full and not args.no_score,
+                      progress=progress)
     m = version.metrics
     lines = [f"published version {version.id} ({version.mode}, {version.backbone}) trained on {version.n_labels} "
              f"labels in {m.get('seconds', 0):.1f} s; temperature {m.get('temperature', 1.0):.3f}"]
@@ -62,7 +64,14 @@ def run(args: argparse.Namespace) -> Result:
         lines += _comparison(project, version, data)
     else:
         lines.append("no labelled holdout items: import some with `active import DIR --split holdout`")
-    if not args.no_score:
+    trust = m.get("trust")
+    if trust:
+        lines.append(f"trained on {trust['trained_on']['review']} review, {trust['trained_on']['human']} human and "
+                     f"{trust['trained_on']['imported']} imported labels; left out "
+                     f"{trust['left_out_suspect_imported']} suspect imported labels")
+    if full:
+        lines.append(m.get("serving", {}).get("reason", ""))
+    if not args.no_score and not full:
         report = score(project, version_id=version.id, batch_size=args.batch_size, num_workers=args.workers,
                        device=args.device, progress=progress)
         data["score"] = report.as_dict()

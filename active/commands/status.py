@@ -1,5 +1,5 @@
 """Show what the project holds: items by split, labelled and unlabelled, labels per class and
-per annotator, model versions with their holdout metrics, open rounds and open disputes."""
+per annotator, model versions with their holdout metrics, open rounds, open disputes and a running fine-tune."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 from collections import Counter
 
 from active.commands import Result, table
+from active.policy import describe_progress, fine_tune_progress
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,6 +68,7 @@ def collect(project) -> dict:  # noqa: ANN001
         "holdout_labels_sha256": holdout,
         "open_rounds": rounds,
         "open_disputes": disputes,
+        "fine_tune": fine_tune_progress(project),
     }
 
 
@@ -130,6 +132,8 @@ def render(st: dict) -> str:
         out.append(round_line(r))
     if st["open_disputes"]:
         out.append("open disputes: " + ", ".join(f"{n} {k}" for k, n in st["open_disputes"].items()))
+    if st.get("fine_tune"):
+        out.append(describe_progress(st["fine_tune"]))
     return "\n".join(out)
 
 

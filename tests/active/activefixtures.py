@@ -69,3 +69,15 @@ def blobs(rng: np.random.Generator, n_classes: int, per_class: int, dim: int = 8
     centres = rng.normal(0, 4, (n_classes, dim))
     y = np.repeat(np.arange(n_classes), per_class)
     return centres[y] + rng.normal(0, spread, (y.size, dim)), y
+
+
+def catalogue_with_two_wrong(project: Project) -> tuple[list[int], np.ndarray]:
+    """60 items in three wide blobs with imported labels, two of them wrong (items 0 and 21,
+    truly dress and shirt, given shirt and shoes). Returns (item ids, embeddings (60, 32))."""
+    classes = project.config.classes  # dress, shirt, shoes
+    x, y = blobs(np.random.default_rng(5), 3, 20, dim=32, spread=2.0)
+    ids = add_items(project, len(y))
+    given = y.copy()
+    given[[0, 21]] = [1, 2]
+    add_labels(project, [(i, classes[c]) for i, c in zip(ids, given, strict=True)])
+    return ids, x

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from activefixtures import add_items, add_label, add_labels, blobs, publish_version
+from activefixtures import (
+    add_items,
+    add_label,
+    add_labels,
+    blobs,
+    catalogue_with_two_wrong,
+    publish_version,
+)
 
 from active import disputes as D
 from active.simulate import flip_labels
@@ -116,13 +123,7 @@ def test_annotator_disagreements() -> None:
 
 
 def test_refresh_writes_ranked_disputes_and_resolve_settles_the_item(project) -> None:  # noqa: ANN001
-    classes = project.config.classes  # dress, shirt, shoes
-    rng = np.random.default_rng(5)
-    x, y = blobs(rng, 3, 20, dim=32, spread=2.0)
-    ids = add_items(project, len(y))
-    given = y.copy()
-    given[[0, 21]] = [1, 2]  # two catalogue labels are wrong
-    add_labels(project, [(i, classes[c]) for i, c in zip(ids, given, strict=True)])
+    ids, x = catalogue_with_two_wrong(project)  # items 0 and 21 carry wrong catalogue labels
     # Item 45 (truly shoes): one annotator says shoes, another shirt.
     add_label(project, ids[45], "shoes", kind="human", annotator="ann")
     add_label(project, ids[45], "shirt", kind="human", annotator="bob")

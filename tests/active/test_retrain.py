@@ -6,6 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from activefixtures import (
+    add_items,
+    add_label,
+    add_labels,
+    blobs,
+    catalogue_with_two_wrong,
+    publish_version,
+)
 from modelfixtures import CLASSES, make_tiny_project
 
 from active import modelstore
@@ -40,7 +48,8 @@ def test_head_retrain_metrics_and_publish(tmp_path: Path, make_image) -> None:  
     assert hold["n"] == 9 and 0.0 <= hold["accuracy"] <= 1.0 and 0.0 <= hold["ece"] <= 1.0
     assert set(hold) >= {"accuracy", "macro_f1", "ece", "per_class_recall", "confusion"}
     assert np.array(hold["confusion"]).sum() == 9 and set(hold["per_class_recall"]) == set(CLASSES)
-    assert v.metrics["temperature"] > 0 and v.metrics["train"]["n"] + v.metrics["validation"]["n"] == 24
+    # every labelled pool item trains; the temperature comes from their out-of-fold predictions
+    assert v.metrics["temperature"] > 0 and v.metrics["train"]["n"] == v.metrics["validation"]["n"] == 24
     assert modelstore.current_version(project).id == 2
     assert (project.artifacts / "v2" / "head.npz").is_file()
     assert not list(project.artifacts.glob(".staging-*"))
@@ -98,7 +107,7 @@ def test_crash_before_the_row_keeps_the_previous_version(tmp_path: Path, make_im
     assert modelstore.current_version(project).id == first.id
     assert sorted(p.name for p in project.artifacts.iterdir()) == ["v1", "v2"]
     # a crash while training: nothing is published either
-    monkeypatch.setattr("models.head.fit_head", boom)
+    monkeypatch.setattr("models.head.fit_head_cv", boom)
     with pytest.raises(RuntimeError):
         retrain(project, mode="head", num_workers=0, score_after=False)
     monkeypatch.undo()
@@ -134,6 +143,62 @@ def test_retrain_command_prints_holdout(tmp_path: Path, make_image, capsys) -> N
 
     st = json.loads(capsys.readouterr().out)
     assert st["current_version"] == 2 and "accuracy" in st["model_versions"][-1]["metrics"]["holdout"]
+
+
+def _head_of(project, version):  # noqa: ANN001, ANN202
+    from models.head import Head
+
+    with np.load(modelstore.version_dir(project, version) / modelstore.HEAD_FILE) as d:
+        return Head.from_arrays({k: d[k] for k in d.files})
+
+
+def _conflict(project, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:  # noqa: ANN001
+    """Three classes of blobs, plus one spot where 14 catalogue labels say dress and 10 human
+    labels say shirt. Returns the item ids and the spot's centre."""
+    classes = project.config.classes  # dress, shirt, shoes
+    x, y = blobs(rng, 3, 30, dim=16, spread=1.0)
+    spot = rng.normal(0, 4, (1, 16))
+    xs = np.vstack([x, spot + rng.normal(0, 0.05, (24, 16))])
+    ids = add_items(project, len(xs))
+    add_labels(project, [(i, classes[c]) for i, c in zip(ids[:90], y, strict=True)])
+    add_labels(project, [(i, "dress") for i in ids[90:104]])
+    add_labels(project, [(i, "shirt") for i in ids[104:]], kind="human", annotator="ann")
+    publish_version(project, ids, xs)
+    return ids, spot
+
+
+def test_trusted_labels_outweigh_imported_ones(project, monkeypatch) -> None:  # noqa: ANN001
+    ids, spot = _conflict(project, np.random.default_rng(7))
+    v = retrain(project, mode="head", score_after=False)
+    trust = v.metrics["trust"]
+    assert trust["trained_on"] == {"review": 0, "human": 10, "imported": 104} and trust["left_out_items"] == []
+    assert v.metrics["train"]["n"] == 114
+    assert v.metrics["calibration"]["on"] == "all_kept_out_of_fold_trust_weighted"  # 10 humans are too few
+    assert v.metrics["regularisation"]["folds"] == 5 and v.metrics["regularisation"]["C"] > 0
+    assert _head_of(project, v).predict_proba(spot).argmax() == 1  # shirt: 10 x 2 outweigh 14 x 1
+    # The same labels trusted alike: the 14 catalogue labels win the spot.
+    monkeypatch.setattr(retrain_mod, "TRUST_WEIGHTS", dict.fromkeys(retrain_mod.TRUST_WEIGHTS, 1.0))
+    alike = retrain(project, mode="head", score_after=False)
+    assert _head_of(project, alike).predict_proba(spot).argmax() == 0
+
+
+def test_a_suspect_imported_label_is_left_out_of_the_next_head(project) -> None:  # noqa: ANN001
+    from active import disputes
+
+    ids, x = catalogue_with_two_wrong(project)  # items 0 and 21 carry wrong catalogue labels
+    publish_version(project, ids, x)
+    before = retrain(project, mode="head")  # no dispute check yet: all trusted (scored: cached embeddings)
+    assert before.metrics["trust"]["left_out_items"] == [] and before.metrics["train"]["n"] == 60
+    disputes.refresh(project)
+    after = retrain(project, mode="head", score_after=False)
+    trust = after.metrics["trust"]
+    assert {ids[0], ids[21]} <= set(trust["left_out_items"])
+    assert trust["left_out_suspect_imported"] == len(trust["left_out_items"]) == 60 - after.metrics["train"]["n"]
+    # An annotator labels item 0: the dispute was about the catalogue label, the human one counts.
+    add_label(project, ids[0], "dress", kind="human", annotator="ann")
+    again = retrain(project, mode="head", score_after=False)
+    assert ids[0] not in again.metrics["trust"]["left_out_items"]
+    assert again.metrics["trust"]["trained_on"]["human"] == 1
 
 
 def test_versions_are_compared_on_the_same_holdout(tmp_path: Path, make_image, capsys) -> None:  # noqa: ANN001

@@ -154,7 +154,7 @@ def test_maybe_refresh_starts_one_background_process(project, monkeypatch) -> No
     ids = add_items(project, 4)
     _set_head_every(project, 2)
     # The child is a stand-in that lives a few seconds and names itself "retrain".
-    monkeypatch.setattr(policy, "_command", lambda p: [sys.executable, "-c", "import time; time.sleep(3)", "retrain"])
+    monkeypatch.setattr(policy, "_command", lambda p, mode: [sys.executable, "-c", "import time; time.sleep(3)", "retrain"])
     add_label(project, ids[0], "dress", kind="human", annotator="ann")
     assert policy.maybe_refresh(project) is False  # 1 < 2
     add_label(project, ids[1], "shirt", kind="human", annotator="ann")

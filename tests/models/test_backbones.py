@@ -10,6 +10,7 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from models import backbones
 from models.backbones import (
     BackboneError,
     WeightsError,
@@ -73,18 +74,68 @@ def test_unknown_weights_name_lists_the_valid_ones() -> None:
         resolve_weights("resnet50", "IMAGENET2K")
 
 
-def test_missing_cache_names_the_file_and_options_without_network(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_missing_cache_names_the_file_and_options_when_offline(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("ACTIVE_OFFLINE", "1")
 
     def no_network(*_a, **_k):  # noqa: ANN002, ANN003
         raise AssertionError("tried to download")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(backbones, "download_weights", no_network)
     with pytest.raises(WeightsError) as err:
         build("resnet50", 10, "IMAGENET1K_V1")
     text = str(err.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in text
-    assert "--weights none" in text and ".pth" in text
+    assert "--weights none" in text and ".pth" in text and "--offline" in text
+    monkeypatch.delenv("ACTIVE_OFFLINE")
+    with pytest.raises(WeightsError, match="offline"):  # the argument wins over the environment
+        resolve_weights("resnet50", "IMAGENET1K_V1", offline=True)
+
+
+def test_missing_weights_download_through_torchvision_into_torch_home(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("ACTIVE_OFFLINE")
+    calls = []
+
+    def fake_download(url: str, *, progress: bool, check_hash: bool) -> dict:
+        # what torch.hub.load_state_dict_from_url does: the file lands in $TORCH_HOME/hub/checkpoints
+        calls.append((url, progress, check_hash))
+        dest = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.get_model("resnet18", weights=None).state_dict(), dest)
+        return {}
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", fake_download)
+    spec = resolve_weights("resnet18", "IMAGENET1K_V1")
+    assert calls == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", True, True)]
+    assert spec.kind == "enum" and spec.path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert resolve_weights("resnet18", "IMAGENET1K_V1").path == spec.path and len(calls) == 1  # cached now
+
+    def unreachable(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("torchvision.models._api.load_state_dict_from_url", unreachable)
+    with pytest.raises(WeightsError, match=r"could not be downloaded into .*resnet34-b627a593\.pth.*not known"):
+        resolve_weights("resnet34", "IMAGENET1K_V1")
+
+
+def test_offline_flag_reaches_the_weights(tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
+    from active.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.delenv("ACTIVE_OFFLINE")
+
+    def no_network(*_a, **_k):  # noqa: ANN002, ANN003
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(backbones, "download_weights", no_network)
+    root = tmp_path / "p"
+    assert main(["init", str(root), "--classes", "a,b", "--backbone", "resnet18"]) == 0
+    capsys.readouterr()
+    assert main(["--offline", "--project", str(root), "score", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "resnet18-f37072fd.pth" in err and "offline" in err
 
 
 def test_missing_pth_file(tmp_path: Path) -> None:

@@ -58,3 +58,14 @@ def test_evaluate_matches_sklearn() -> None:
         assert m["per_class_recall"][c] == pytest.approx(cm[k, k] / cm[k].sum())
     with pytest.raises(ValueError, match="probs must be"):
         evaluate(probs[:, :3], labels, ["a", "b", "c", "d"])
+
+
+def test_weighted_temperature_equals_repeating_the_items() -> None:
+    rng = np.random.default_rng(1)
+    logits, labels = _sample(300, 4, rng)
+    weights = rng.integers(0, 4, size=300)
+    repeated = np.repeat(np.arange(300), weights)
+    assert fit_temperature(logits * 2, labels, weights) == pytest.approx(
+        fit_temperature(logits[repeated] * 2, labels[repeated]), rel=1e-4)
+    with pytest.raises(ValueError, match="sample_weight"):
+        fit_temperature(logits, labels, weights[:10])

@@ -44,7 +44,7 @@ def test_fine_tune_learns_colours_and_keeps_best_epoch(tmp_path: Path, make_imag
     model = Tiny(2)
     result = fine_tune(model, paths[:16], labels[:16], paths[16:], labels[16:], train_transform=_tf(),
                        eval_transform=_tf(), epochs=8, batch_size=8, lr_backbone=1e-2, lr_head=1e-2,
-                       num_workers=0, progress=False)
+                       num_workers=0, progress=False, patience=None)
     accs = [h["val_acc"] for h in result.history]
     assert len(result.history) == 8 and all("loss" in h and "images_per_s" in h for h in result.history)
     assert result.best_epoch == int(np.argmax(accs)) + 1
@@ -85,3 +85,22 @@ def test_cuda_fine_tune_amp_channels_last(tmp_path: Path, make_image) -> None:  
     assert next(result.model.parameters()).is_cuda
     assert result.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert np.isfinite([h["loss"] for h in result.history]).all()
+
+
+def test_fine_tune_stops_early_and_reports_progress(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    paths = [make_image(tmp_path / f"{k}.png", 2 * (k % 2), seed=k) for k in range(12)]
+    labels = [k % 2 for k in range(12)]
+    seen: list[dict] = []
+    # Nothing learns at lr 0: validation accuracy never improves after epoch 1.
+    result = fine_tune(Tiny(2), paths[:8], labels[:8], paths[8:], labels[8:], train_transform=_tf(),
+                       eval_transform=_tf(), epochs=10, batch_size=4, lr_backbone=0.0, lr_head=0.0,
+                       num_workers=0, progress=False, patience=2, on_progress=seen.append,
+                       train_weights=[1.0, 2.0] * 4)
+    assert len(result.history) == 3 and result.best_epoch == 1
+    assert len(seen) == 3 * 2  # two batches of four per epoch
+    assert [(p["epoch"], p["batch"], p["batches"], p["epochs"]) for p in seen[:3]] == [(1, 1, 2, 10), (1, 2, 2, 10),
+                                                                                        (2, 1, 2, 10)]
+    assert seen[-1]["eta_s"] > 0 and seen[-1]["val_acc"] == result.history[1]["val_acc"]
+    with pytest.raises(ValueError, match="train_weights"):
+        fine_tune(Tiny(2), paths[:8], labels[:8], [], [], train_transform=_tf(), eval_transform=_tf(), epochs=1,
+                  num_workers=0, progress=False, train_weights=[0.0] * 8)
