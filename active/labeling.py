@@ -192,6 +192,7 @@ def undo_last(project: Project, annotator: str, *, shown: int | None) -> tuple[L
         labels.append(s, Label(item_id=last.item_id, annotator=annotator, kind=HUMAN, decision=Decision.UNDO,
                                undoes_id=last.id, model_version_id=last.model_version_id,
                                round_id=last.round_id))
+        store_disputes.reopen(s, last.id)  # a suspicion the undone label settled is open again
         q = (work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=project.config.labeling.overlap)
              or _lease(s, project, annotator))
         return True, last, _task_of(s, q)

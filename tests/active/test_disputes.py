@@ -236,3 +236,26 @@ def test_disputes_follow_the_labels_people_give(project) -> None:  # noqa: ANN00
     D.refresh(project)  # a refresh keeps what the labels say
     with db.session(project.engine) as s:
         assert [(d.item_id, d.reason) for d in store.open_disputes(s)] == [(ids[1], "imported_label_suspect")]
+
+
+def test_undoing_the_label_that_settled_a_suspicion_opens_it_again(project) -> None:  # noqa: ANN001
+    from active.labeling import next_task, record, undo_last
+    from storage import work
+
+    ids = add_items(project, 2)
+    add_labels(project, [(ids[0], "dress")])
+    db.write(project.engine, lambda s: store.replace_open(s, "imported_label_suspect",
+                                                          [(ids[0], 0.7, {"given": "dress"})]))
+    db.write(project.engine, lambda s: work.open_round(s, strategy="random", model_version_id=None, item_ids=ids,
+                                                       scores=[0.0] * 2, score_name="random"))
+    task = next_task(project, "ann")
+    assert task is not None and task.item_id == ids[0]
+    row, shown = record(project, "ann", task, decision="accepted", label="dress")
+    assert row is not None and shown is not None
+    with db.session(project.engine) as s:
+        assert [d.status for d in store.for_item(s, ids[0])] == ["resolved"]
+    undone, _ = undo_last(project, "ann", shown=shown.item_id)
+    assert undone is not None and undone.id == row.id
+    with db.session(project.engine) as s:
+        (again,) = store.for_item(s, ids[0])
+    assert again.status == "open" and again.resolution_label_id is None
