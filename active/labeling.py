@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 
 from active.errors import UserError
 from active.project import Project
+from active.similarity import normalise  # noqa: F401  (the labeller's embeddings cache uses it)
 from storage import db, items, labels, work
 from storage.tables import Item, Label, Lease, ModelVersion, Prediction
 
@@ -242,13 +243,6 @@ def similar_labelled(project: Project, item_id: int, ids: np.ndarray, unit: np.n
             if len(out) == k:
                 break
     return out
-
-
-def normalise(embeddings: np.ndarray) -> np.ndarray:
-    """(n, d) -> (n, d) rows scaled to unit length (zero rows stay zero)."""
-    emb = np.asarray(embeddings, dtype=np.float32)
-    norm = np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb / np.maximum(norm, 1e-12)
 
 
 
