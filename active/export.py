@@ -40,7 +40,7 @@ from tqdm import tqdm
 from active.errors import UserError
 from active.project import Project
 from active.tempdirs import make_owned_dir, orphans, remove_orphans
-from storage import db, labels, versions
+from storage import db, labels, pages, versions
 from storage.labels import CurrentLabel
 from storage.tables import Dispute, Item, ModelVersion, Prediction, utcnow
 
@@ -74,7 +74,7 @@ FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "T
 
 BASE_COLUMNS = (
     "item_id", "sha256", "original_path", "exported_path", "split", "label", "source", "n_human",
-    "agreement", "imported_label", "model_version", "predicted", "confidence", "round", "annotator",
+    "agreement", "imported_label", "model_version", "predicted", "confidence", "round", "page", "annotator",
     "labelled_at",
 )
 
@@ -329,6 +329,7 @@ class Row:
     cur: CurrentLabel
     pred: Prediction | None
     disputes: list[str]
+    page: int | None = None  # the page (Grid tab) the deciding label was given on
     split: str = ""
     folder: str = ""
     file_name: str = ""
@@ -380,6 +381,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         version = versions.latest(s)
         preds = versions.predictions(s, version.id) if version is not None else {}
         disputes = open_disputes(s)
+        on_pages = pages.page_ids(s, (c.round_id for c in current.values()))
     sha_of = {i: it.sha256 for i, it in all_items.items()}
     snap = snapshot_hash(current, sha_of)
 
@@ -402,7 +404,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if reasons and opts.include == "exclude":
             excluded["open_dispute"] += 1
             continue
-        rows.append(Row(item, cur, preds.get(item_id), reasons))
+        rows.append(Row(item, cur, preds.get(item_id), reasons, cur.round_id if cur.round_id in on_pages else None))
 
     folders = class_folders(r.cur.label for r in rows)
     split_of = assign_splits([(r.item.sha256, r.cur.label, r.item.split) for r in rows], opts.splits,
@@ -446,6 +448,7 @@ def record(row: Row, *, flag: bool) -> dict[str, Any]:
         "predicted": pred.pred if pred is not None else None,
         "confidence": pred.confidence if pred is not None else None,
         "round": cur.round_id,
+        "page": row.page,
         "annotator": cur.annotator,
         "labelled_at": cur.created_at.isoformat(),
     }

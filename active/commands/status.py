@@ -18,7 +18,7 @@ def collect(project) -> dict:  # noqa: ANN001
     from sqlalchemy import func
     from sqlmodel import select
 
-    from storage import db, labels, versions, work
+    from storage import db, labels, pages, versions, work
     from storage.tables import Dispute, Item, Label
 
     with db.session(project.engine) as s:
@@ -30,6 +30,7 @@ def collect(project) -> dict:  # noqa: ANN001
             select(Label.annotator, Label.decision, func.count())
             .where(Label.kind != "imported").group_by(Label.annotator, Label.decision)
         ).all()
+        on_page = pages.page_label_counts(s)
         vlist = versions.all_versions(s)
         disputes = dict(s.exec(select(Dispute.reason, func.count()).where(Dispute.status == "open")
                                .group_by(Dispute.reason)).all())
@@ -47,6 +48,8 @@ def collect(project) -> dict:  # noqa: ANN001
     annotators: dict[str, Counter] = {}
     for name, decision, n in annot:
         annotators.setdefault(name, Counter())[decision] += n
+    for name, n in on_page.items():  # human labels given on a page (Grid tab), a part of "accepted"/"corrected"
+        annotators.setdefault(name, Counter())["on_page"] = n
     return {
         "project": str(project.root),
         "backbone": project.config.backbone,
@@ -75,10 +78,12 @@ def render(st: dict) -> str:
                         v.get("imported", 0)] for c, v in st["classes"].items()],
                       ["class", "labelled", "review", "human", "imported"])]
     if st["annotators"]:
-        out += ["", table([[a, sum(v for k, v in c.items() if k != "undo"), c.get("accepted", 0),
-                            c.get("corrected", 0), c.get("unsure", 0), c.get("skipped", 0), c.get("resolved", 0)]
+        out += ["", table([[a, sum(v for k, v in c.items() if k not in ("undo", "on_page")), c.get("accepted", 0),
+                            c.get("corrected", 0), c.get("unsure", 0), c.get("skipped", 0), c.get("resolved", 0),
+                            c.get("on_page", 0)]
                            for a, c in st["annotators"].items()],
-                          ["annotator", "labels", "accepted", "corrected", "unsure", "skipped", "resolved"])]
+                          ["annotator", "labels", "accepted", "corrected", "unsure", "skipped", "resolved",
+                           "on a page"])]
     if st["model_versions"]:
         rows = []
         for v in st["model_versions"]:
