@@ -21,6 +21,7 @@ import numpy as np
 from sqlmodel import Session
 
 from active.errors import UserError
+from active.labeling import merged_probs
 from active.project import Project
 from storage import db, labels, pages, versions, work
 from storage.tables import Label, ModelVersion
@@ -202,7 +203,7 @@ def _prob(version: ModelVersion | None, pred: Any, cls: str) -> float | None:
     """The version's calibrated probability of ``cls`` for the item (merged classes summed)."""
     if version is None or pred is None or not pred.probs:
         return None
-    return float(sum(p for c, p in zip(version.classes, pred.probs, strict=False) if c == cls))
+    return merged_probs(version.classes, pred.probs).get(cls, 0.0)
 
 
 def undo_page(project: Project, annotator: str) -> tuple[int, list[int]] | None:
@@ -231,3 +232,19 @@ def unlabelled_filter(project: Project):  # noqa: ANN201
         return np.array([int(i) in free for i in ids], dtype=bool)
 
     return allow
+
+
+def embed_photo(project: Project, version_id: int, path: str) -> tuple[np.ndarray, str]:
+    """(embedding (d,) float32, top class) of a photo that is not in the project (a search by photo),
+    through the network of ``version_id``. Loads torch: call it off the web server's event loop."""
+    from active.modelstore import load_model
+    from models.infer import embed_and_predict
+
+    loaded = load_model(project, version_id)
+    if not loaded.classes:
+        raise UserError(f"model version {version_id} has no classifier head: run `active retrain` first")
+    out = embed_and_predict(loaded.model, [path], transform=loaded.transform, batch_size=1, num_workers=0)
+    if out.errors:
+        raise UserError(f"the photo cannot be read: {next(iter(out.errors.values()))}")
+    merged = merged_probs(loaded.classes, out.probs[0])
+    return out.embeddings[0].astype(np.float32), max(merged, key=merged.__getitem__)

@@ -17,15 +17,13 @@ from sqlmodel import Session, select
 
 from active.errors import UserError
 from active.project import Project
-from active.similarity import normalise  # noqa: F401  (the labeller's embeddings cache uses it)
+from active.similarity import SimilarityIndex
 from storage import db, items, labels, work
 from storage.tables import Item, Label, Lease, ModelVersion, Prediction
 
 HUMAN = "human"
 # Decisions an annotator makes on the Label tab (the `undo` row is written by `undo_last`).
 LABEL_DECISIONS = ("accepted", "corrected", "unsure", "skipped")
-# Candidates looked at (nearest first) to find k neighbours that carry a label.
-SIMILAR_CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -80,6 +78,15 @@ def latest_prediction(session: Session, item_id: int) -> tuple[Prediction, Model
     return None if row is None else (row[0], row[1])
 
 
+def merged_probs(classes: list[str], probs: Any) -> dict[str, float]:
+    """class -> probability, summed per class name: after `classes remove X --into Y` a version
+    lists Y twice, and the probability of the merged class is the sum of its outputs."""
+    merged: dict[str, float] = {}
+    for cls, p in zip(classes, probs, strict=False):
+        merged[cls] = merged.get(cls, 0.0) + float(p)
+    return merged
+
+
 def _task(session: Session, q: work.Queued) -> Task:
     item = session.get(Item, q.item_id)
     if item is None:
@@ -89,11 +96,7 @@ def _task(session: Session, q: work.Queued) -> Task:
     found = latest_prediction(session, q.item_id)
     if found is not None:
         pred, version = found
-        # Sum per class name: after `classes remove X --into Y` a version lists Y twice, and the
-        # probability of the merged class is the sum of its outputs.
-        merged: dict[str, float] = {}
-        for cls, p in zip(version.classes, pred.probs, strict=False):
-            merged[cls] = merged.get(cls, 0.0) + float(p)
+        merged = merged_probs(version.classes, pred.probs)
         ranked = tuple(sorted(merged.items(), key=lambda cp: -cp[1]))  # stable: ties keep class order
         version_id = version.id
     return Task(q.item_id, item.path, q.round_id or None, q.score, q.score_name, q.strategy, version_id,
@@ -215,35 +218,28 @@ def human_label_count(session: Session) -> int:
     return int(session.exec(select(func.count()).where(Label.kind == HUMAN, Label.label.is_not(None))).one())
 
 
-def similar_labelled(project: Project, item_id: int, ids: np.ndarray, unit: np.ndarray, *,
+def similar_labelled(project: Project, item_id: int, index: SimilarityIndex, *,
                      k: int = 6) -> list[tuple[int, str, str, float]]:
-    """The ``k`` labelled items nearest to ``item_id`` by cosine similarity of embeddings.
+    """The ``k`` labelled items nearest to ``item_id`` in ``index`` (one model version's embeddings).
 
-    ids: (n,) item ids; unit: (n, d) L2-normalised embeddings of one model version.
     Returns [(item_id, path, current label, cosine)] nearest first; empty when the item has no
     embedding in this version.
     """
-    where = np.flatnonzero(ids == item_id)
-    if where.size == 0:
+    query = index.vector(item_id)
+    if query is None:
         return []
-    sims = unit @ unit[where[0]]
-    sims[where[0]] = -np.inf
-    m = min(SIMILAR_CANDIDATES, sims.size)
-    cand = np.argpartition(-sims, m - 1)[:m] if m < sims.size else np.arange(sims.size)
-    cand = cand[np.argsort(-sims[cand], kind="stable")]
-    cand_ids = [int(ids[c]) for c in cand if np.isfinite(sims[c])]
-    with db.session(project.engine) as s:
-        current = labels.current(s, cand_ids)
-        paths = dict(s.exec(select(Item.id, Item.path).where(Item.id.in_(cand_ids))).all()) if cand_ids else {}
-    out = []
-    for c in cand:
-        i = int(ids[c])
-        if i in current and i in paths:
-            out.append((i, paths[i], current[i].label, float(sims[c])))
-            if len(out) == k:
-                break
-    return out
 
+    def has_label(ids: np.ndarray) -> np.ndarray:
+        with db.session(project.engine) as s:
+            current = labels.current(s, ids.tolist())
+        return np.array([int(i) in current for i in ids], dtype=bool)
+
+    found = index.neighbours(query, k, allow=has_label, exclude=[item_id])
+    ids = [i for i, _ in found]
+    with db.session(project.engine) as s:
+        current = labels.current(s, ids)
+        paths = dict(s.exec(select(Item.id, Item.path).where(Item.id.in_(ids))).all()) if ids else {}
+    return [(i, paths[i], current[i].label, sim) for i, sim in found if i in current and i in paths]
 
 
 def human_ratings(session: Session) -> dict[int, dict[str, str]]:

@@ -25,6 +25,7 @@ from active.errors import UserError
 from active.labeling import Task
 from active.project import Project
 from labeler import dashboard
+from labeler.grid import GRID_CSS, GRID_JS, GridTab
 from labeler.prefetch import Prefetcher
 from labeler.services import Services, default_services
 from models.images import ImageError
@@ -61,14 +62,14 @@ def is_loopback(host: str) -> bool:
 
 SHORTCUTS = """**Keys** · `Enter` accept the top suggestion · `1`–`9` pick the n-th suggestion ·
 `/` search all classes · `s` skip · `u` unsure · `Backspace` undo the last label ·
-`a` attention map on/off · Review tab: `g` keep the given label, `m` take the model's suggestion, `n` next"""
+`a` attention map on/off · `l` more like this (Grid tab) · Review tab: `g` keep the given label, `m` take the model's suggestion, `n` next"""
 
 # Keys click the buttons (so every path goes through the same events); keys typed into a text
 # field or the class search are left alone. A button counts only when it is visible (its tab is open).
 KEYS_JS = """
 <script>
 (() => {
-  const byKey = {"Enter": "btn-accept", "s": "btn-skip", "u": "btn-unsure", "Backspace": "btn-undo",
+  const byKey = {"Enter": "btn-accept", "s": "btn-skip", "u": "btn-unsure", "Backspace": "btn-undo", "l": "btn-more",
                  "g": "btn-keep", "m": "btn-model", "n": "btn-next-dispute"};
   function visible(el) { return el && el.offsetParent !== null && !el.disabled; }
   function target(id) {
@@ -129,7 +130,7 @@ class LabelerApp:
         self._lock = threading.Lock()
         self.training: Training | None = None
         self._announced: int | None = None
-        self._embeddings: dict[int, tuple[Any, Any]] = {}
+        self.grid = GridTab(self)
 
     # -- who is asking ------------------------------------------------------------------------
     def user(self, request: gr.Request | None) -> str:
@@ -199,6 +200,11 @@ class LabelerApp:
         if task is not None:
             self.prefetch.warm(self.project, [task])
         self.prefetch.later(work)
+
+    def after_grid(self, annotator: str) -> None:
+        """Background: a confirmed page added labels; let the policy decide on a head refresh."""
+        del annotator
+        self.prefetch.later(self._maybe_refresh)
 
     def _maybe_refresh(self) -> None:
         try:
@@ -302,23 +308,13 @@ class LabelerApp:
         gallery: list = []
         if task is not None and task.version_id is not None:
             try:
-                ids, unit = self._unit_embeddings(task.version_id)
-                for item_id, path, label, sim in labeling.similar_labelled(self.project, task.item_id, ids, unit,
+                index = self.grid.index.get(task.version_id)
+                for item_id, path, label, sim in labeling.similar_labelled(self.project, task.item_id, index,
                                                                            k=SIMILAR_K):
                     gallery.append((str(self.prefetch.photo(item_id, path)), f"{label} · {sim:.2f}"))
             except Exception:
                 log.exception("similar items failed")
         return ", ".join(parts), gallery
-
-    def _unit_embeddings(self, version_id: int) -> tuple[Any, Any]:
-        with self._lock:
-            hit = self._embeddings.get(version_id)
-        if hit is None:
-            ids, emb = self.services.load_embeddings(self.project, version_id)
-            hit = (ids, labeling.normalise(emb))
-            with self._lock:
-                self._embeddings = {version_id: hit}  # keep only the newest version in memory
-        return hit
 
     def status(self) -> str:
         """Model line: current version, a running refresh, or a newly published version."""
@@ -419,7 +415,7 @@ class LabelerApp:
             with gr.Row():
                 who = gr.Markdown()
                 status = gr.Markdown(elem_id="status")
-            with gr.Tabs():
+            with gr.Tabs() as tabs:
                 with gr.Tab("Label", id="label"):
                     state = gr.State(None)
                     with gr.Row(equal_height=False):
@@ -441,6 +437,7 @@ class LabelerApp:
                                 skip = gr.Button("Skip (s)", elem_id="btn-skip")
                                 unsure = gr.Button("Unsure (u)", elem_id="btn-unsure")
                                 undo = gr.Button("Undo (⌫)", elem_id="btn-undo")
+                                more = gr.Button("More like this (l)", elem_id="btn-more")
                             note = gr.Markdown(elem_id="note")
                             progress = gr.Markdown(elem_id="progress")
                         with gr.Column(scale=4):
@@ -466,6 +463,7 @@ class LabelerApp:
                                 keep = gr.Button("Keep given (g)", variant="primary", elem_id="btn-keep")
                                 take = gr.Button("Take model's (m)", elem_id="btn-model")
                                 rnext = gr.Button("Next (n)", elem_id="btn-next-dispute")
+                                rmore = gr.Button("More like this", elem_id="btn-more-review")
                             rpicker = gr.Dropdown(classes, value=None, filterable=True, label="Resolve as another class")
                     with gr.Row():
                         rgiven = gr.Image(label="attention for the given label", type="filepath", height=300,
@@ -474,6 +472,9 @@ class LabelerApp:
                                          interactive=False)
                     rtable = gr.Dataframe(headers=["dispute", "item", "reason", "score"], label="Open disputes, by score",
                                           interactive=False)
+
+                with gr.Tab("Grid", id="grid"):
+                    grid_parts = self.grid.build()
 
                 with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                     refresh = gr.Button("Refresh", size="sm")
@@ -526,10 +527,21 @@ class LabelerApp:
             rpicker.input(self.resolve_class, [rstate, rpicker], rout, api_name="resolve_class")
             rnext.click(self.review_skip, [rstate], rout, api_name="review_skip")
 
+            # "More like this": the item on screen -> a page of its nearest unlabelled neighbours.
+            gout = [*grid_parts["outputs"], tabs]
+            more.click(self.more_like, [state], gout, api_name="more_like", show_progress="hidden")
+            rmore.click(self.more_like, [rstate], gout, api_name="more_like_review", show_progress="hidden")
+
             dout = [by_class, by_annot, agree, curve, confusion, dist, averages, dash_note]
             dash_tab.select(self.dashboard, None, dout, api_name="dashboard")
             refresh.click(self.dashboard, None, dout, api_name=False)
         return demo
+
+    def more_like(self, state: dict | None, request: gr.Request) -> list[Any]:
+        """The Grid tab, opened on the nearest unlabelled neighbours of the item shown here."""
+        item_id = (state or {}).get("item_id")
+        return [*self.grid.more_like(int(item_id) if item_id is not None else None, request),
+                gr.Tabs(selected="grid")]
 
     def dashboard(self, request: gr.Request) -> list[Any]:
         self.user(request)
@@ -553,7 +565,7 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
     demo.queue(default_concurrency_limit=4)
     demo.launch(server_name=host, server_port=port, auth=app.check_password if have_users else None,
                 auth_message="active-labeler: sign in with the name and password from `active users add`",
-                prevent_thread_lock=not block, quiet=quiet, head=KEYS_JS, css=CSS, footer_links=[],
+                prevent_thread_lock=not block, quiet=quiet, head=KEYS_JS + GRID_JS, css=CSS + GRID_CSS, footer_links=[],
                 show_error=True, max_threads=16)
     return demo, app
 
