@@ -50,7 +50,7 @@ GRID_JS = """
   const G = window.activeGrid = {focus: 0, page: null, hoverTimer: null};
   function page() { return document.querySelector("#grid-page .grid-page"); }
   function thumbs() { const p = page(); return p ? Array.from(p.querySelectorAll(".grid-thumb")) : []; }
-  function shownVisible() { const p = page(); return p && p.offsetParent !== null; }
+  function tabVisible() { const el = document.getElementById("grid-page"); return el && el.offsetParent !== null; }
   function sync() {
     const p = page();
     const id = p ? p.dataset.page + ":" + p.dataset.cls : null;
@@ -100,7 +100,7 @@ GRID_JS = """
     G.hoverTimer = setTimeout(() => click("grid-attn"), 600);  // a pause on a thumbnail shows its map
   });
   document.addEventListener("keydown", (e) => {
-    if (e.ctrlKey || e.metaKey || e.altKey || !shownVisible()) return;
+    if (e.ctrlKey || e.metaKey || e.altKey || !tabVisible()) return;
     const tag = (e.target && e.target.tagName || "").toLowerCase();
     if (tag === "input" || tag === "textarea" || tag === "select" || (e.target && e.target.isContentEditable)) return;
     const moves = {ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1]};
