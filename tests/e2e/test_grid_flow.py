@@ -3,7 +3,6 @@ Enter confirms: 23 labels of the class and one item queued for the Label tab."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from active.importer import import_candidates, scan_folder
 from storage import db, versions
 from storage.tables import Item, ModelVersion, Prediction, QueueEntry, Round
 from tests.conftest import draw_image
-from tests.e2e.test_label_flow import CHROMIUM
+from tests.e2e.browser import CHROMIUM, signed_in_page
 from tests.labeler.conftest import CLASSES, EMB_DIM, PASSWORD, labeller  # noqa: F401  (the running-app fixture)
 from tests.labeler.test_label_tab import human_labels
 
@@ -60,20 +59,11 @@ def test_confirm_a_page_with_one_thumbnail_marked(labeller, tmp_path):  # noqa: 
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
     dresses = add_dress_page(labeller, tmp_path)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
+        browser, page = signed_in_page(pw, labeller.url, "ann", PASSWORD)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(labeller.url)
-            page.get_by_label(re.compile("username", re.I)).fill("ann")
-            page.get_by_label(re.compile("password", re.I)).fill(PASSWORD)
-            page.keyboard.press("Enter")
-            page.wait_for_function("() => /item #\\d+/.test(document.querySelector('#why')?.innerText || '')",
-                                   timeout=30_000)
             page.get_by_role("tab", name="Grid").click()
             page.locator("#grid-head").wait_for(state="attached")
-            page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a field
+            page.locator("body").click(position={"x": 5, "y": 5})
             page.keyboard.press("n")  # the next class with items: dress
             page.wait_for_function(f"() => document.querySelectorAll('#grid-page .grid-thumb').length === {PAGE}",
                                    timeout=30_000)

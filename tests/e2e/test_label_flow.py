@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.browser import CHROMIUM, signed_in_page
 from tests.labeler.conftest import PASSWORD, labeller  # noqa: F401  (the running-app fixture)
 from tests.labeler.test_label_tab import human_labels
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.e2e
 
 
@@ -25,18 +24,8 @@ def current_item(page) -> int:  # noqa: ANN001
 def test_keyboard_only_labelling(labeller, tmp_path):  # noqa: F811
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
+        browser, page = signed_in_page(pw, labeller.url, "ann", PASSWORD)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1000})
-            page.goto(labeller.url)
-            page.get_by_label(re.compile("username", re.I)).fill("ann")
-            page.get_by_label(re.compile("password", re.I)).fill(PASSWORD)
-            page.keyboard.press("Enter")
-            page.wait_for_function("() => /item #\\d+/.test(document.querySelector('#why')?.innerText || '')",
-                                   timeout=30_000)
-            page.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a field
             shown = []
             for key in ("Enter", "2", "s"):
                 item = current_item(page)
