@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.enums import DisputeReason, Source
+
 DEFAULT_FOLDS = 5
 # L2 strength of the cross-validated heads, as sklearn's C = DISPUTE_REG_ITEMS / n_train: the
 # penalty weighs as much as the loss of about this many items, whatever the set's size (sklearn
@@ -310,7 +312,8 @@ def _model_rows(
 ) -> dict[str, list[tuple[int, float, dict]]]:
     rows: dict[str, list[tuple[int, float, dict]]] = {"model_disagrees": [], "imported_label_suspect": []}
     for pos in np.flatnonzero(issues.flagged):
-        reason = "imported_label_suspect" if sources[pos] == "imported" else "model_disagrees"
+        reason = (DisputeReason.IMPORTED_LABEL_SUSPECT if sources[pos] == Source.IMPORTED
+                  else DisputeReason.MODEL_DISAGREES)
         sug = int(issues.suggested[pos])
         detail = {
             "given": given[pos],
@@ -331,21 +334,21 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
     from active.errors import UserError
     from storage import db, labels, versions
     from storage import disputes as store
+    from storage.meaning import is_human_class
 
     with db.session(project.engine) as s:
         rows = labels.for_items(s)
-        version = versions.get(s, version_id) if version_id is not None else versions.latest(s)
+        version = versions.get(s, version_id) if version_id is not None else versions.serving(s)
         if version_id is not None and version is None:
             raise UserError(f"no model version {version_id}")
     votes = []
     current = {}
     for item_id, group in rows.items():
         cur = labels.derive(group)
-        if cur is None or cur.source == "review":
+        if cur is None or cur.source == Source.REVIEW:
             continue
         current[item_id] = cur
-        votes += [(item_id, r.annotator, r.label) for r in labels.effective(group)
-                  if r.kind == "human" and r.label and r.decision in labels.HUMAN_DECISIONS]
+        votes += [(item_id, r.annotator, r.label) for r in labels.effective(group) if is_human_class(r)]
     disagreements = annotator_disagreements(votes)
     replaced: dict[str, list[tuple[int, float, dict]]] = {
         "annotators_disagree": [(d.item_id, d.score, {"labels": d.labels}) for d in disagreements],

@@ -76,7 +76,7 @@ def resolve_version(project: Project, version_id: int | None) -> ModelVersion:
     from storage import db, versions
 
     with db.session(project.engine) as s:
-        version = versions.latest(s) if version_id is None else versions.get(s, version_id)
+        version = versions.serving(s) if version_id is None else versions.get(s, version_id)
     if version is None:
         if version_id is None:
             raise UserError("this project has no model version yet: run `active score` first "

@@ -8,7 +8,7 @@ Formats (DESIGN.md, flow 7):
 - ``csv`` / ``jsonl``: ``OUT/labels.csv`` or ``OUT/labels.jsonl`` only (no images), one row per item;
   ``exported_path`` is where an image export with the same options puts the file;
 - ``hf``: the Hugging Face ``imagefolder`` layout: the image tree of ``imagefolder`` (``val`` is
-  named ``validation``), one ``metadata.jsonl`` per split folder whose ``file_name`` is relative to
+  named ``validation``), one ``metadata.parquet`` per split folder whose ``file_name`` is relative to
   it, and a ``README.md`` whose YAML ``configs`` declare every split (``holdout`` included).
 
 Every export writes ``OUT/export.json`` (the manifest: command, time, options, counts per
@@ -40,22 +40,27 @@ from tqdm import tqdm
 from active.errors import UserError
 from active.project import Project
 from active.tempdirs import make_owned_dir, orphans, remove_orphans
-from storage import db, labels, pages, versions
+from storage import db, items, labels, pages, versions
+from storage import disputes as store_disputes
+from storage.enums import Decision, Source, Split
 from storage.labels import CurrentLabel
-from storage.tables import Dispute, Item, ModelVersion, Prediction, utcnow
+from storage.tables import Item, ModelVersion, Prediction, utcnow
 
 FORMATS = ("imagefolder", "csv", "jsonl", "hf")
 IMAGE_FORMATS = ("imagefolder", "hf")
 # flag: keep disputed items and say why in a `disputed` column; exclude: drop them;
 # unresolved-disputes: keep them, no column.
 INCLUDE_MODES = ("flag", "exclude", "unresolved-disputes")
-HOLDOUT_SPLIT = "holdout"
+HOLDOUT_SPLIT = Split.HOLDOUT
 # Without --splits, pool items are exported as `train` and holdout items as `holdout`.
 POOL_SPLIT = "train"
 HF_SPLIT_NAMES = {"val": "validation"}  # the name Hugging Face's split inference knows
 MANIFEST_NAME = "export.json"
 TABLE_NAMES = {"imagefolder": "labels.csv", "csv": "labels.csv", "jsonl": "labels.jsonl", "hf": None}
-HF_METADATA = "metadata.jsonl"
+# Parquet, not JSON lines: `datasets` infers each split's JSON types from its first rows and refuses
+# splits whose all-null columns (a holdout without rounds) then differ; Parquet carries the schema.
+HF_METADATA = "metadata.parquet"
+ARROW_TYPES = ("bool", "int64", "float64", "string")
 SPLIT_SUM_TOLERANCE = 1e-6
 
 # Folder and file names: at most this many UTF-8 bytes (most filesystems allow 255).
@@ -74,9 +79,13 @@ FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "T
 
 BASE_COLUMNS = (
     "item_id", "sha256", "original_path", "exported_path", "split", "label", "source", "n_human",
-    "agreement", "imported_label", "model_version", "predicted", "confidence", "round", "page", "annotator",
-    "labelled_at",
+    "agreement", "imported_label", "n_skipped", "n_unsure", "model_version", "predicted", "confidence", "round",
+    "page", "annotator", "labelled_at",
 )
+# Arrow types of the base columns in a Hugging Face export's card (``label`` is a ClassLabel).
+HF_TYPES = {"item_id": "int64", "n_human": "int64", "agreement": "float64", "n_skipped": "int64",
+            "n_unsure": "int64", "model_version": "int64", "confidence": "float64", "round": "int64",
+            "page": "int64"}
 
 
 # --------------------------------------------------------------------------- options
@@ -329,6 +338,7 @@ class Row:
     cur: CurrentLabel
     pred: Prediction | None
     disputes: list[str]
+    passes: Mapping[str, int]  # effective skipped / unsure decisions on the item
     page: int | None = None  # the page (Grid tab) the deciding label was given on
     split: str = ""
     folder: str = ""
@@ -358,29 +368,16 @@ def snapshot_hash(current: Mapping[int, CurrentLabel], sha_of: Mapping[int, str]
     return h.hexdigest()
 
 
-def open_disputes(session: Any, item_ids: Iterable[int] | None = None) -> dict[int, list[str]]:
-    """Open dispute reasons per item (sorted, unique)."""
-    from sqlmodel import select
-
-    query = select(Dispute.item_id, Dispute.reason).where(Dispute.status == "open")
-    out: dict[int, set[str]] = defaultdict(set)
-    for item_id, reason in session.exec(query):
-        out[item_id].add(reason)
-    wanted = None if item_ids is None else set(item_ids)
-    return {i: sorted(r) for i, r in out.items() if wanted is None or i in wanted}
-
-
 def collect(project: Project, opts: ExportOptions) -> Collected:
     """Read the store once and decide what is exported, where, and why the rest is not."""
-    from sqlmodel import select
-
     excluded: Counter = Counter()
     with db.session(project.engine) as s:
-        all_items = {i.id: i for i in s.exec(select(Item).order_by(Item.id))}
+        all_items = {i.id: i for i in items.all_items(s)}
         max_label_id, current = labels.snapshot(s)
-        version = versions.latest(s)
+        version = versions.serving(s)
         preds = versions.predictions(s, version.id) if version is not None else {}
-        disputes = open_disputes(s)
+        disputes = store_disputes.open_reasons(s)
+        passes = labels.passes_by_item(s)
         on_pages = pages.page_ids(s, (c.round_id for c in current.values()))
     sha_of = {i: it.sha256 for i, it in all_items.items()}
     snap = snapshot_hash(current, sha_of)
@@ -391,7 +388,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if cur is None:
             excluded["no_label"] += 1
             continue
-        if opts.only_human and cur.source == "imported":
+        if opts.only_human and cur.source == Source.IMPORTED:
             excluded["only_imported_label"] += 1
             continue
         if opts.min_agreement is not None and cur.agreement is not None and cur.agreement < opts.min_agreement:
@@ -404,7 +401,8 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if reasons and opts.include == "exclude":
             excluded["open_dispute"] += 1
             continue
-        rows.append(Row(item, cur, preds.get(item_id), reasons, cur.round_id if cur.round_id in on_pages else None))
+        rows.append(Row(item, cur, preds.get(item_id), reasons, passes.get(item_id, {}),
+                        cur.round_id if cur.round_id in on_pages else None))
 
     folders = class_folders(r.cur.label for r in rows)
     split_of = assign_splits([(r.item.sha256, r.cur.label, r.item.split) for r in rows], opts.splits,
@@ -443,7 +441,9 @@ def record(row: Row, *, flag: bool) -> dict[str, Any]:
         "source": cur.source,
         "n_human": cur.n_human,
         "agreement": cur.agreement,
-        "imported_label": cur.imported if cur.imported is not None and cur.imported != cur.label else None,
+        "imported_label": cur.imported,
+        "n_skipped": row.passes.get(Decision.SKIPPED, 0),
+        "n_unsure": row.passes.get(Decision.UNSURE, 0),
         "model_version": pred.model_version_id if pred is not None else None,
         "predicted": pred.pred if pred is not None else None,
         "confidence": pred.confidence if pred is not None else None,
@@ -525,15 +525,68 @@ def place_file(src: Path, dst: Path, sha: str, *, copy: bool) -> str:
     return "copied"
 
 
-def _hf_readme(splits: Sequence[str]) -> str:
-    lines = ["---", "configs:", "- config_name: default", "  data_files:"]
+def _hf_dtype(column: str, values: Sequence[Any]) -> str:
+    """The Arrow type of one metadata column: the base columns' own, else one that holds every value."""
+    if column in HF_TYPES:
+        return HF_TYPES[column]
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {bool}:
+        return "bool"
+    if kinds and kinds <= {int}:
+        return "int64"
+    if kinds and kinds <= {int, float}:
+        return "float64"
+    return "string"
+
+
+def _hf_features(records: Sequence[Mapping[str, Any]], classes: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """YAML lines of the card's features (``image``, ``label`` as a ClassLabel of ``classes``,
+    then every other column with one type) and the type chosen per column."""
+    cols = [c for c in _columns(records) if c not in ("file_name", "label")]
+    types = {c: _hf_dtype(c, [r.get(c) for r in records]) for c in cols}
+    lines = ["  - name: image", "    dtype: image", "  - name: label", "    dtype:", "      class_label:",
+             "        names:"]
+    lines += [f"          '{k}': {json.dumps(name, ensure_ascii=False)}" for k, name in enumerate(classes)]
+    for c in cols:
+        lines += [f"  - name: {json.dumps(c, ensure_ascii=False)}", f"    dtype: {types[c]}"]
+    return lines, types
+
+
+def _hf_readme(splits: Sequence[str], features: Sequence[str]) -> str:
+    """The dataset card: the splits and the features, once for the Hub (``dataset_info``) and once
+    for `datasets.load_dataset(folder)` (the config's ``features``), which infers types otherwise."""
+    lines = ["---", "dataset_info:", "  features:", *features, "configs:", "- config_name: default",
+             "  data_files:"]
     for split in splits:
         lines += [f"  - split: {split}", f'    path: "{split}/**"']
+    lines += ["  features:", *[f"  {ln}" for ln in features]]
     lines += ["---", "", "Exported by active-labeler: see export.json for the provenance.", ""]
     return "\n".join(lines)
 
 
-def _write_tree(tmp: Path, collected: Collected, opts: ExportOptions, manifest: dict[str, Any]) -> list[Row]:
+def _hf_cast(value: Any, dtype: str) -> Any:
+    """``value`` as the column's type: a string column turns numbers into text."""
+    return str(value) if dtype == "string" and value is not None and not isinstance(value, str) else value
+
+
+def write_hf_metadata(path: Path, records: Sequence[Mapping[str, Any]], types: Mapping[str, str]) -> None:
+    """One split's ``metadata.parquet`` with the same schema in every split (``types``: column ->
+    one of `ARROW_TYPES`; ``file_name`` and ``label`` are strings)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError("the hf format writes Parquet metadata and needs pyarrow: "
+                        "pip install 'active-labeler[hf]' (or the `datasets` package)") from None
+    arrow = {"bool": pa.bool_(), "int64": pa.int64(), "float64": pa.float64(), "string": pa.string()}
+    names = ["file_name", "label", *types]
+    schema = pa.schema([(n, arrow[types.get(n, "string")]) for n in names])
+    columns = {n: [_hf_cast(r.get(n), types.get(n, "string")) for r in records] for n in names}
+    pq.write_table(pa.table(columns, schema=schema), path)
+
+
+def _write_tree(tmp: Path, collected: Collected, opts: ExportOptions, manifest: dict[str, Any], *,
+                classes: Sequence[str]) -> list[Row]:
     """Write images (image formats) and tables into ``tmp``; returns the rows actually exported."""
     rows = collected.rows
     placed = Counter()
@@ -557,12 +610,15 @@ def _write_tree(tmp: Path, collected: Collected, opts: ExportOptions, manifest: 
         (write_jsonl if table.endswith(".jsonl") else write_csv)(tmp / table, records)
     if opts.format == "hf":
         by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r, rec in zip(rows, records, strict=True):
-            meta = {"file_name": f"{r.folder}/{r.file_name}"} | {k: _hf_value(v) for k, v in rec.items()}
+        metas = [{"file_name": f"{r.folder}/{r.file_name}"} | {k: _hf_value(v) for k, v in rec.items()}
+                 for r, rec in zip(rows, records, strict=True)]
+        names = list(dict.fromkeys([*classes, *sorted({r.cur.label for r in rows})]))
+        features, types = _hf_features(metas, names)
+        for r, meta in zip(rows, metas, strict=True):
             by_split[r.split].append(meta)
         for split, recs in by_split.items():
-            write_jsonl(tmp / split / HF_METADATA, recs)
-        (tmp / "README.md").write_text(_hf_readme(sorted(by_split)), encoding="utf-8")
+            write_hf_metadata(tmp / split / HF_METADATA, recs, types)
+        (tmp / "README.md").write_text(_hf_readme(sorted(by_split), features), encoding="utf-8")
     manifest["files"] = dict(placed)
     manifest["skipped"] = skipped
     return rows
@@ -653,7 +709,7 @@ def export(project: Project, opts: ExportOptions) -> dict[str, Any]:
                                "max_label_id": collected.max_label_id},
             "class_folders": collected.class_folders,
         }
-        rows = _write_tree(tmp, collected, opts, manifest)
+        rows = _write_tree(tmp, collected, opts, manifest, classes=project.config.classes)
         by_split: dict[str, Counter] = defaultdict(Counter)
         for r in rows:
             by_split[r.split][r.cur.label] += 1

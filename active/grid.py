@@ -24,12 +24,13 @@ from active.errors import UserError
 from active.labeling import merged_probs
 from active.project import Project
 from storage import db, labels, pages, versions, work
+from storage.enums import Decision, Kind
 from storage.tables import Label, ModelVersion
 
 PAGE_SIZE = 48
 MIN_PAGE_SIZE = 1
 MAX_PAGE_SIZE = 96
-HUMAN = "human"
+HUMAN = Kind.HUMAN
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ def _size(size: int) -> int:
 
 
 def serving_version(session: Session) -> ModelVersion | None:
-    """The version whose predictions sort pages: the current one, when it has a classifier head."""
-    version = versions.latest(session)
+    """The serving version (`storage.versions.serving`) when it has a classifier head: its
+    predictions sort the pages."""
+    version = versions.serving(session)
     return version if version is not None and version.classes else None
 
 
@@ -177,7 +179,7 @@ def confirm(project: Project, annotator: str, page_id: int, shown: Sequence[int]
             pred = preds.get(i)
             rows.append(Label(
                 item_id=i, annotator=annotator, label=page_cls, kind=HUMAN,
-                decision="accepted" if pred is not None and pred.pred == page_cls else "corrected",
+                decision=Decision.ACCEPTED if pred is not None and pred.pred == page_cls else Decision.CORRECTED,
                 suggestion=pred.pred if pred else None, confidence=_prob(version, pred, page_cls),
                 model_version_id=rnd.model_version_id, round_id=page_id))
         labels.append_many(s, rows)
@@ -215,7 +217,7 @@ def undo_page(project: Project, annotator: str) -> tuple[int, list[int]] | None:
         rows = pages.last_page_labels(s, annotator)
         if not rows:
             return None
-        labels.append_many(s, [Label(item_id=r.item_id, annotator=annotator, kind=HUMAN, decision="undo",
+        labels.append_many(s, [Label(item_id=r.item_id, annotator=annotator, kind=HUMAN, decision=Decision.UNDO,
                                      undoes_id=r.id, model_version_id=r.model_version_id, round_id=r.round_id)
                                for r in rows])
         return int(rows[0].round_id or 0), [r.item_id for r in rows]

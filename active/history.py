@@ -9,11 +9,10 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import select
-
 from active.errors import UserError
 from active.project import Project
-from storage import db, labels, pages
+from storage import db, items, labels, pages
+from storage.enums import Decision
 from storage.labels import CurrentLabel
 from storage.tables import Item, Label
 
@@ -25,18 +24,18 @@ def find_item(session: Any, ref: str) -> Item:
     """The item named by ``ref``: its id, its sha256 (or a unique prefix), or its file path."""
     ref = ref.strip()
     if ref.isdigit():
-        item = session.get(Item, int(ref))
+        item = items.get(session, int(ref))
         if item is not None:
             return item
     low = ref.lower()
     if len(low) >= MIN_SHA_PREFIX and _HEX.fullmatch(low):
-        found = list(session.exec(select(Item).where(Item.sha256.startswith(low)).limit(2)))
+        found = items.by_sha_prefix(session, low, limit=2)
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
             raise UserError(f"{ref!r} matches several items' sha256: give more characters")
     for path in dict.fromkeys([ref, str(Path(ref).absolute())]):
-        item = session.exec(select(Item).where(Item.path == path)).first()
+        item = items.by_path(session, path)
         if item is not None:
             return item
     raise UserError(f"no item {ref!r}: give an item id, a sha256 (prefix of {MIN_SHA_PREFIX}+ characters) "
@@ -67,7 +66,7 @@ def history(project: Project, ref: str) -> dict[str, Any]:
         item = find_item(s, ref)
         rows = labels.for_items(s, [item.id or 0]).get(item.id or 0, [])
         on_pages = pages.page_ids(s, (r.round_id for r in rows))
-    undone_by = {r.undoes_id: r.id or 0 for r in rows if r.decision == "undo" and r.undoes_id is not None}
+    undone_by = {r.undoes_id: r.id or 0 for r in rows if r.decision == Decision.UNDO and r.undoes_id is not None}
     return {
         "item": {"id": item.id, "sha256": item.sha256, "path": item.path, "split": item.split,
                  "source": item.source, "meta": item.meta},
@@ -111,9 +110,9 @@ def changes(project: Project, since: datetime) -> list[Change]:
     changed and changed back is not listed, and an undo counts from when it was written.
     """
     with db.session(project.engine) as s:
-        ids = set(s.exec(select(Label.item_id).where(Label.created_at >= since)))
+        ids = labels.item_ids_since(s, since)
         grouped = labels.for_items(s, ids) if ids else {}
-        paths = {i: p for i, p in s.exec(select(Item.id, Item.path)).all() if i in ids} if ids else {}
+        paths = items.paths(s, ids) if ids else {}
     out: list[Change] = []
     for item_id in sorted(grouped):
         rows: Sequence[Label] = grouped[item_id]

@@ -26,6 +26,7 @@ from active.errors import UserError
 from active.project import Project, validate_class_name
 from models.images import ImageError, inspect_bytes, read_image_bytes
 from storage import db, items, labels
+from storage.enums import Decision, Kind, Split
 from storage.tables import Item, Label
 
 BATCH_SIZE = 256
@@ -276,7 +277,7 @@ def import_candidates(
     project: Project,
     candidates: list[Candidate],
     *,
-    split: str = "pool",
+    split: str = Split.POOL,
     source: str = "",
     add_classes: bool = False,
     progress: bool = True,
@@ -366,7 +367,7 @@ def _record_batch(engine, checked: list[_Checked], allowed: set[str], *, split: 
             new_items.append((item, c))
         items.add(session, [i for i, _ in new_items])
         given = labels.append_many(session, [
-            Label(item_id=item.id, annotator=IMPORTER, label=c.cand.label, kind="imported", decision="given")
+            Label(item_id=item.id, annotator=IMPORTER, label=c.cand.label, kind=Kind.IMPORTED, decision=Decision.GIVEN)
             for item, c in new_items if c.cand.label is not None
         ])
         return len(new_items), len(given), already, new_skips

@@ -12,18 +12,18 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from active.errors import UserError
 from active.project import Project
 from active.similarity import SimilarityIndex
-from storage import db, items, labels, work
-from storage.tables import Item, Label, Lease, ModelVersion, Prediction
+from storage import db, items, labels, versions, work
+from storage.enums import CLASS_DECISIONS, SEEN_DECISIONS, Decision, Kind
+from storage.tables import Label
 
-HUMAN = "human"
+HUMAN = Kind.HUMAN
 # Decisions an annotator makes on the Label tab (the `undo` row is written by `undo_last`).
-LABEL_DECISIONS = ("accepted", "corrected", "unsure", "skipped")
+LABEL_DECISIONS = SEEN_DECISIONS
 
 
 @dataclass(frozen=True)
@@ -66,18 +66,6 @@ def _ttl(project: Project) -> timedelta:
     return timedelta(minutes=project.config.labeling.lease_minutes)
 
 
-def latest_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:
-    """The newest version's prediction with probabilities for one item (one indexed lookup)."""
-    row = session.exec(
-        select(Prediction, ModelVersion)
-        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-        .where(Prediction.item_id == item_id, Prediction.probs.is_not(None))
-        .order_by(Prediction.model_version_id.desc())
-        .limit(1)
-    ).first()
-    return None if row is None else (row[0], row[1])
-
-
 def merged_probs(classes: list[str], probs: Any) -> dict[str, float]:
     """class -> probability, summed per class name: after `classes remove X --into Y` a version
     lists Y twice, and the probability of the merged class is the sum of its outputs."""
@@ -88,12 +76,12 @@ def merged_probs(classes: list[str], probs: Any) -> dict[str, float]:
 
 
 def _task(session: Session, q: work.Queued) -> Task:
-    item = session.get(Item, q.item_id)
+    item = items.get(session, q.item_id)
     if item is None:
         raise UserError(f"item {q.item_id} is queued but missing from the store")
     ranked: tuple[tuple[str, float], ...] = ()
     version_id = None
-    found = latest_prediction(session, q.item_id)
+    found = versions.serving_prediction(session, q.item_id)
     if found is not None:
         pred, version = found
         merged = merged_probs(version.classes, pred.probs)
@@ -122,13 +110,7 @@ def upcoming(project: Project, annotator: str, *, n: int = 1) -> list[Task]:
 def decide(task: Task, label: str) -> str:
     """accepted when ``label`` is the top suggestion shown, corrected otherwise."""
     top = task.top
-    return "accepted" if top is not None and top[0] == label else "corrected"
-
-
-def _already_labelled(session: Session, annotator: str, item_id: int) -> bool:
-    rows = session.exec(select(Label).where(Label.item_id == item_id, Label.annotator == annotator,
-                                            Label.kind == HUMAN)).all()
-    return any(r.decision in LABEL_DECISIONS for r in labels.effective(rows))
+    return Decision.ACCEPTED if top is not None and top[0] == label else Decision.CORRECTED
 
 
 def record(project: Project, annotator: str, task: Task, *, decision: str,
@@ -141,7 +123,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
     """
     if decision not in LABEL_DECISIONS:
         raise UserError(f"unknown decision {decision!r}: use one of {', '.join(LABEL_DECISIONS)}")
-    if decision in ("accepted", "corrected"):
+    if decision in CLASS_DECISIONS:
         if not label:
             raise UserError(f"a {decision} label needs a class")
         project.check_class(label)
@@ -151,7 +133,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
 
     def fn(s: Session) -> tuple[Label | None, Task | None]:
         work.lock_annotator(s, annotator)  # a second tab's submit waits, then sees this label
-        if _already_labelled(s, annotator, task.item_id):
+        if labels.has_seen(s, annotator, task.item_id):
             q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
             return None, (None if q is None else _task(s, q))
         row = labels.append(s, Label(
@@ -172,7 +154,7 @@ def set_aside(project: Project, item_id: int, reason: str) -> None:
 
     def fn(s: Session) -> None:
         items.mark_unreadable(s, item_id, reason)
-        s.execute(delete(Lease).where(Lease.item_id == item_id))
+        work.drop_leases(s, item_id)
 
     db.write(project.engine, fn)
 
@@ -188,7 +170,7 @@ def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | No
         if last is None:
             q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
             return None, (None if q is None else _task(s, q))
-        labels.append(s, Label(item_id=last.item_id, annotator=annotator, kind=HUMAN, decision="undo",
+        labels.append(s, Label(item_id=last.item_id, annotator=annotator, kind=HUMAN, decision=Decision.UNDO,
                                undoes_id=last.id, model_version_id=last.model_version_id,
                                round_id=last.round_id))
         overlap = project.config.labeling.overlap
@@ -200,22 +182,20 @@ def undo_last(project: Project, annotator: str) -> tuple[Label | None, Task | No
 
 
 def progress(project: Project, annotator: str, round_id: int | None) -> dict[str, int]:
-    """Figures for "37 / 100 in this round, 1,204 labelled of 3,781" (a handful of counts)."""
+    """Figures for the Label tab's progress line: the round's items by state (`work.RoundProgress`),
+    labelled items of all, and the annotator's effective decisions (an undone one is not counted)."""
     with db.session(project.engine) as s:
-        done, total = work.round_progress(s, round_id) if round_id else (0, 0)
-        labelled = s.exec(
-            select(func.count(func.distinct(Label.item_id)))
-            .where(Label.kind.in_((HUMAN, "review")), Label.label.is_not(None))
-        ).one()
-        items = s.exec(select(func.count()).select_from(Item)).one()
-        mine = s.exec(select(func.count()).where(Label.annotator == annotator, Label.kind == HUMAN,
-                                                 Label.decision != "undo")).one()
-    return {"round_done": done, "round_total": total, "labelled": int(labelled), "items": int(items),
-            "mine": int(mine)}
+        rnd = work.round_progress(s, round_id) if round_id else work.RoundProgress(0, 0, 0, 0, 0)
+        labelled = labels.count_labelled(s)
+        n_items = items.count(s)
+        mine = sum(labels.decisions_by_annotator(s, annotator).get(annotator, {}).values())
+    return {"round_labelled": rnd.labelled, "round_skipped": rnd.skipped, "round_unsure": rnd.unsure,
+            "round_total": rnd.total, "labelled": labelled, "items": n_items, "mine": mine}
 
 
 def human_label_count(session: Session) -> int:
-    return int(session.exec(select(func.count()).where(Label.kind == HUMAN, Label.label.is_not(None))).one())
+    """Effective human class labels (what the retrain policy counts)."""
+    return labels.count_human_class(session)
 
 
 def similar_labelled(project: Project, item_id: int, index: SimilarityIndex, *,
@@ -238,18 +218,5 @@ def similar_labelled(project: Project, item_id: int, index: SimilarityIndex, *,
     ids = [i for i, _ in found]
     with db.session(project.engine) as s:
         current = labels.current(s, ids)
-        paths = dict(s.exec(select(Item.id, Item.path).where(Item.id.in_(ids))).all()) if ids else {}
+        paths = items.paths(s, ids)
     return [(i, paths[i], current[i].label, sim) for i, sim in found if i in current and i in paths]
-
-
-def human_ratings(session: Session) -> dict[int, dict[str, str]]:
-    """item -> {annotator: class} from human labels that still count (latest per annotator).
-
-    Reads every human label (for the dashboard, not the labelling hot path)."""
-    rows = session.exec(select(Label).where(Label.kind == HUMAN).order_by(Label.id)).all()
-    undone = {r.undoes_id for r in rows if r.decision == "undo"}
-    out: dict[int, dict[str, str]] = {}
-    for r in rows:
-        if r.decision in labels.HUMAN_DECISIONS and r.label and r.id not in undone:
-            out.setdefault(r.item_id, {})[r.annotator] = r.label
-    return out

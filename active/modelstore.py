@@ -72,9 +72,16 @@ class LoadedModel:
 
 
 def current_version(project: Project) -> ModelVersion | None:
-    """The version that serves: the newest published one (None before the first `active score`)."""
+    """The newest published version, which scoring and retraining work on (None before the first
+    `active score`). It serves only once it covers the pool: see `serving_version`."""
     with db.session(project.engine) as s:
         return versions.latest(s)
+
+
+def serving_version(project: Project) -> ModelVersion | None:
+    """The version that serves suggestions, selection and the UI (`storage.versions.serving`)."""
+    with db.session(project.engine) as s:
+        return versions.serving(s)
 
 
 def get_version(project: Project, version_id: int) -> ModelVersion:

@@ -44,24 +44,12 @@ def lock_path(project: Project) -> Path:
 def new_human_labels(project: Project) -> int:
     """Human labels (with a class, not undone) newer than the current version's label snapshot
     (all of them when there is no version or it was not trained on labels)."""
-    from sqlalchemy import func
-    from sqlmodel import select
-
     from storage import db, labels, versions
-    from storage.tables import Label
 
     with db.session(project.engine) as s:
         version = versions.latest(s)
         since = int((version.metrics or {}).get("label_snapshot_max_id", 0)) if version is not None else 0
-        undone = select(Label.undoes_id).where(Label.undoes_id.is_not(None))
-        query = select(func.count()).where(
-            Label.id > since,
-            Label.kind == "human",
-            Label.label.is_not(None),
-            Label.decision.in_(labels.HUMAN_DECISIONS),
-            Label.id.not_in(undone),
-        )
-        return int(s.exec(query).one())
+        return labels.count_human_class(s, after_id=since)
 
 
 def _alive(pid: int, *, child: bool) -> bool:

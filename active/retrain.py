@@ -26,8 +26,9 @@ import numpy as np
 
 from active import modelstore, scoring
 from active.errors import UserError
-from storage import db, labels, versions
-from storage.tables import Item, ModelVersion
+from storage import db, items, labels, versions
+from storage.enums import Split
+from storage.tables import ModelVersion
 
 if TYPE_CHECKING:
     from active.project import Project
@@ -78,18 +79,16 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -
 
 
 def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
-    from sqlmodel import select
-
     classes = project.config.classes
     index = {c: k for k, c in enumerate(classes)}
     with db.session(project.engine) as s:
         top, current = labels.snapshot(s)
-        rows = s.exec(select(Item.id, Item.split, Item.path).where(Item.error.is_(None))).all()
-    split = {i: sp for i, sp, _ in rows}
-    paths = {i: p for i, _, p in rows}
-    pool = sorted((i, c.label) for i, c in current.items() if split.get(i) == "pool" and c.label in index)
-    skipped = sum(1 for i, c in current.items() if split.get(i) == "pool" and c.label not in index)
-    hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == "holdout" and c.label in index)
+        readable = set(items.ids(s))
+        split = {i: sp for i, sp in items.splits(s).items() if i in readable}
+        paths = {i: p for i, p in items.paths(s).items() if i in readable}
+    pool = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.POOL and c.label in index)
+    skipped = sum(1 for i, c in current.items() if split.get(i) == Split.POOL and c.label not in index)
+    hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.HOLDOUT and c.label in index)
     ids = np.array([i for i, _ in pool], dtype=np.int64)
     y = np.array([index[c] for _, c in pool], dtype=np.int64)
     present = len(set(y.tolist()))

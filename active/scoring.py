@@ -24,7 +24,7 @@ import numpy as np
 from active import modelstore
 from active.errors import UserError
 from storage import db, items, versions
-from storage.tables import Item, ModelVersion, Prediction
+from storage.tables import ModelVersion, Prediction
 
 if TYPE_CHECKING:
     from active.project import Project
@@ -230,7 +230,7 @@ def _score_network(project: Project, version: ModelVersion, report: ScoreReport,
 
     with db.session(project.engine) as s:
         todo = versions.unscored_ids(s, version.id)
-        paths = {i.id: i.path for i in _items(s, todo)}
+        paths = items.paths(s, todo)
     if not todo:
         return
     dev = _default_device(device)
@@ -271,15 +271,6 @@ def _score_network(project: Project, version: ModelVersion, report: ScoreReport,
             flush()
             buffered = 0
     flush()
-
-
-def _items(session, ids: list[int]) -> list[Item]:  # noqa: ANN001
-    from sqlmodel import select
-
-    out = []
-    for start in range(0, len(ids), 500):
-        out += list(session.exec(select(Item).where(Item.id.in_(ids[start : start + 500]))))
-    return out
 
 
 def _write_chunk(project: Project, version: ModelVersion, folder: Path, item_ids: np.ndarray,

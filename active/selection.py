@@ -36,20 +36,19 @@ class Pool:
 
 
 def candidate_pool(project: Project) -> Pool:
-    """Readable pool items without a human label, not queued in an open round; and the pool items
-    a human has labelled (reviewed, or labelled in the app)."""
-    from sqlmodel import select
-
-    from storage import db, items, labels, versions
-    from storage.tables import QueueEntry, Round
+    """Readable pool items that are not labelled (`storage.meaning.is_labelled`: an imported label
+    alone does not count), not queued in an open round; and the labelled pool items. Scores come
+    from the serving version."""
+    from storage import db, items, labels, versions, work
+    from storage.enums import Split
+    from storage.meaning import is_labelled
 
     with db.session(project.engine) as s:
-        pool = items.ids(s, split="pool")
-        current = labels.current(s, pool)
-        queued = set(s.exec(select(QueueEntry.item_id).join(Round, Round.id == QueueEntry.round_id)
-                            .where(Round.closed_at.is_(None))))
-        version = versions.latest(s)
-    confirmed = {i for i, cur in current.items() if cur.source != "imported"}
+        pool = items.ids(s, split=Split.POOL)
+        rows = labels.for_items(s, pool)
+        queued = work.queued_in_open_rounds(s)
+        version = versions.serving(s)
+    confirmed = {i for i, group in rows.items() if is_labelled(group)}
     candidates = np.array([i for i in pool if i not in confirmed and i not in queued], dtype=np.int64)
     labelled = np.array(sorted(confirmed), dtype=np.int64)
     return Pool(candidates, labelled, version.id if version is not None else None)
@@ -128,14 +127,15 @@ def select_round(project: Project, *, strategy: str = strategies.DEFAULT_STRATEG
 
 
 def close_finished_rounds(project: Project) -> list[int]:
-    """Close open rounds whose every queued item has a human label; returns their ids."""
+    """Close open rounds whose every queued item is handled (labelled, skipped, unsure or
+    unreadable); returns their ids."""
     from storage import db, work
 
     def fn(s):  # noqa: ANN001, ANN202
         closed = []
         for rnd in work.open_rounds(s):
-            done, total = work.round_progress(s, rnd.id)
-            if total and done >= total:
+            progress = work.round_progress(s, rnd.id)
+            if progress.total and progress.handled >= progress.total:
                 work.close_round(s, rnd.id)
                 closed.append(int(rnd.id))
         return closed
@@ -144,8 +144,8 @@ def close_finished_rounds(project: Project) -> list[int]:
 
 
 def queued_left(project: Project) -> int:
-    """Items queued in open rounds that have no human label yet."""
+    """Items queued in open rounds that nobody has handled yet."""
     from storage import db, work
 
     with db.session(project.engine) as s:
-        return sum(total - done for done, total in (work.round_progress(s, r.id) for r in work.open_rounds(s)))
+        return sum(p.total - p.handled for p in (work.round_progress(s, r.id) for r in work.open_rounds(s)))

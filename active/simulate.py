@@ -254,13 +254,14 @@ def load_project_data(project) -> ProjectData:  # noqa: ANN001
     from active.errors import UserError
     from active.scoring import load_embeddings
     from storage import db, items, labels, versions
+    from storage.enums import Split
 
     with db.session(project.engine) as s:
-        version = versions.latest(s)
+        version = versions.serving(s)
         if version is None:
             raise UserError("no model version yet: run `active score` first (the simulation uses its cached embeddings)")
-        pool = items.ids(s, split="pool")
-        holdout = items.ids(s, split="holdout")
+        pool = items.ids(s, split=Split.POOL)
+        holdout = items.ids(s, split=Split.HOLDOUT)
         current = labels.current(s, pool + holdout)
     emb_ids, emb = load_embeddings(project, version.id)
     row_of = {int(i): r for r, i in enumerate(np.asarray(emb_ids).tolist())}

@@ -30,6 +30,7 @@ from labeler.prefetch import Prefetcher
 from labeler.services import Services, default_services
 from models.images import ImageError
 from storage import db, users, versions
+from storage.enums import Decision
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class LabelerApp:
             return
         if started:
             with db.session(self.project.engine) as s:
-                latest = versions.latest(s)
+                latest = versions.serving(s)
                 n = labeling.human_label_count(s)
             with self._lock:
                 self.training = Training(latest.id if latest else None, n)
@@ -268,10 +269,10 @@ class LabelerApp:
         return self._label(state, (show_attr, method), request, decision="pick", label=cls)
 
     def skip(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-        return self._label(state, (show_attr, method), request, decision="skipped")
+        return self._label(state, (show_attr, method), request, decision=Decision.SKIPPED)
 
     def unsure(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
-        return self._label(state, (show_attr, method), request, decision="unsure")
+        return self._label(state, (show_attr, method), request, decision=Decision.UNSURE)
 
     def undo(self, state: dict | None, show_attr: bool, method: str, request: gr.Request) -> list[Any]:
         annotator = self.user(request)
@@ -302,7 +303,8 @@ class LabelerApp:
         p = labeling.progress(self.project, annotator, task.round_id if task else None)
         parts = []
         if task and task.round_id:
-            parts.append(f"{p['round_done']:,} / {p['round_total']:,} in this round")
+            parts.append(f"{p['round_labelled']:,} / {p['round_total']:,} labelled in this round "
+                         f"({p['round_skipped']:,} skipped, {p['round_unsure']:,} unsure)")
         parts.append(f"{p['labelled']:,} labelled of {p['items']:,}")
         parts.append(f"{p['mine']:,} by you ({esc(annotator)})")
         gallery: list = []
@@ -317,9 +319,9 @@ class LabelerApp:
         return ", ".join(parts), gallery
 
     def status(self) -> str:
-        """Model line: current version, a running refresh, or a newly published version."""
+        """Model line: the serving version, a running refresh, or a newly serving version."""
         with db.session(self.project.engine) as s:
-            latest = versions.latest(s)
+            latest = versions.serving(s)
         if latest is None:
             return "no model yet: run `active score` to get suggestions"
         with self._lock:
@@ -480,7 +482,7 @@ class LabelerApp:
                     refresh = gr.Button("Refresh", size="sm")
                     with gr.Row():
                         by_class = gr.Dataframe(label="Labelled per class", interactive=False)
-                        by_annot = gr.Dataframe(label="Labels per annotator", interactive=False)
+                        by_annot = gr.Dataframe(label="Decisions per annotator (undone ones not counted)", interactive=False)
                     agree = gr.Markdown()
                     with gr.Row():
                         curve = gr.Image(label="learning curve", type="filepath", interactive=False, height=380,

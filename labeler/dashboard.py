@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from active import labeling
 from active.agreement import agreement
 from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
-from storage import db, labels, versions
-from storage.tables import Item, Label, Prediction
+from storage import db, items, labels, versions
+from storage.enums import Decision, Kind, Split
+from storage.tables import Label
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ class DashboardCache:
                 if isinstance(acc, int | float):
                     points.append((v.id, v.n_labels, float(acc)))
             version = versions.get(s, version_id) if version_id else None
-            split = dict(s.exec(_select_split()).all())
-            preds = {p.item_id: p.pred for p in s.exec(_select_preds(version_id))} if version_id else {}
+            split = items.splits(s)
+            preds = {i: p.pred for i, p in versions.predictions(s, version_id).items()} if version_id else {}
             current = labels.current(s)
         curve = learning_curve(points, self.folder / f"curve-{tag}.png")
         # Confusion on the holdout: the human-checked evaluation set, current label vs this version.
@@ -141,12 +141,12 @@ class DashboardCache:
         matrix = np.zeros((len(names), len(names)), dtype=np.int64)
         for item_id, cur in current.items():
             p = preds.get(item_id)
-            if split.get(item_id) == "holdout" and p in index and cur.label in index:
+            if split.get(item_id) == Split.HOLDOUT and p in index and cur.label in index:
                 matrix[index[cur.label], index[p]] += 1
         title = f"model v{version_id}, {int(matrix.sum()):,} holdout items" if version_id else "no model yet"
         confusion = confusion_plot(matrix, names, self.folder / f"confusion-{tag}.png", title=title)
-        pool_labels = Counter(cur.label for i, cur in current.items() if split.get(i) == "pool")
-        pool_preds = Counter(p for i, p in preds.items() if split.get(i) == "pool" and p)
+        pool_labels = Counter(cur.label for i, cur in current.items() if split.get(i) == Split.POOL)
+        pool_preds = Counter(p for i, p in preds.items() if split.get(i) == Split.POOL and p)
         dist = distribution_plot(names, pool_labels, pool_preds, self.folder / f"dist-{tag}.png")
         return curve, confusion, dist
 
@@ -161,16 +161,17 @@ class DashboardCache:
 
     def render(self) -> list[Any]:
         """Outputs: by-class rows, by-annotator rows, agreement text, 3 plot paths, averages, note."""
-        from active.commands.status import collect
+        from active.commands.status import (
+            ANNOTATOR_HEADERS,
+            CLASS_HEADERS,
+            annotator_rows,
+            class_rows,
+            collect,
+        )
 
         st = collect(self.project)
-        by_class = [[c, v["total"], v.get("review", 0), v.get("consensus", 0) + v.get("single", 0),
-                     v.get("imported", 0)] for c, v in st["classes"].items()]
-        by_annot = [[a, sum(n for k, n in c.items() if k != "undo"), c.get("accepted", 0), c.get("corrected", 0),
-                     c.get("unsure", 0), c.get("skipped", 0), c.get("resolved", 0), c.get("undo", 0)]
-                    for a, c in st["annotators"].items()]
         with db.session(self.project.engine) as s:
-            rep = agreement(labeling.human_ratings(s), self.project.config.classes)
+            rep = agreement(labels.human_ratings(s), self.project.config.classes)
         agree = agreement_markdown(rep)
         version_id = st["current_version"]
         notes = []
@@ -193,9 +194,7 @@ class DashboardCache:
                     averages.append((str(fut.result()), cls))
             if pending:
                 notes.append(f"class-average attention: {pending} still being computed (Refresh to see them)")
-        return [_frame(by_class, ["class", "labelled", "review", "human", "imported"]),
-                _frame(by_annot, ["annotator", "labels", "accepted", "corrected", "unsure", "skipped", "resolved",
-                                  "undone"]),
+        return [_frame(class_rows(st), CLASS_HEADERS), _frame(annotator_rows(st), ANNOTATOR_HEADERS),
                 agree, curve and str(curve), confusion and str(confusion), dist and str(dist), averages,
                 "  \n".join(_esc(n) for n in notes)]
 
@@ -204,18 +203,6 @@ def _frame(rows: list[list[Any]], headers: list[str]) -> Any:
     import pandas as pd
 
     return pd.DataFrame(rows, columns=headers)
-
-
-def _select_split():  # noqa: ANN202
-    from sqlmodel import select
-
-    return select(Item.id, Item.split)
-
-
-def _select_preds(version_id: int | None):  # noqa: ANN202
-    from sqlmodel import select
-
-    return select(Prediction).where(Prediction.model_version_id == version_id)
 
 
 def agreement_markdown(rep: dict) -> str:
@@ -239,10 +226,10 @@ def next_dispute(project: Project, services: Services, *, skip: list[int]) -> di
         if not rows:
             return None
         d = rows[0]
-        item = s.get(Item, d.item_id)
+        item = items.get(s, d.item_id)
         history = labels.for_items(s, [d.item_id]).get(d.item_id, [])
         cur = labels.derive(history)
-        found = labeling.latest_prediction(s, d.item_id)
+        found = versions.serving_prediction(s, d.item_id)
     suggestion = confidence = version_id = None
     if found is not None:
         pred, version = found
@@ -289,8 +276,8 @@ def dispute_table(project: Project, services: Services) -> list[list[Any]]:
 def resolve(project: Project, services: Services, d: dict, label: str, reviewer: str) -> Label:
     """Append the reviewer's `review` label and mark the dispute resolved, in one transaction."""
     def fn(s: Any) -> Label:
-        row = labels.append(s, Label(item_id=d["item_id"], annotator=reviewer, label=label, kind="review",
-                                     decision="resolved", suggestion=d.get("suggestion"),
+        row = labels.append(s, Label(item_id=d["item_id"], annotator=reviewer, label=label, kind=Kind.REVIEW,
+                                     decision=Decision.RESOLVED, suggestion=d.get("suggestion"),
                                      confidence=d.get("confidence"), model_version_id=d.get("version_id")))
         services.resolve_dispute(s, d["dispute_id"], row)
         return row

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import event, inspect, make_url
 from sqlalchemy.engine import Engine
@@ -19,6 +19,8 @@ from storage.tables import APP_ID, SCHEMA_VERSION, Meta
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 30_000
+# Values bound per `IN (...)`: stays under SQLite's bound-parameter limit with room for the rest.
+IN_CHUNK = 500
 # Retries after SQLite's own busy_timeout gave up (or a PostgreSQL serialization failure).
 WRITE_RETRIES = 6
 
@@ -145,6 +147,18 @@ def session(engine: Engine, *, write: bool = False) -> Iterator[Session]:
         yield s
         if write:
             s.commit()
+
+
+def in_chunks(session: Session, query: Any, column: Any, values: Iterable[Any], *,  # noqa: ANN401
+              size: int = IN_CHUNK) -> list[Any]:
+    """Rows of ``query.where(column.in_(values))``, run in chunks of ``size`` values (each value once).
+
+    The one chunked ``IN`` of the store: any length of ``values`` works on SQLite and PostgreSQL."""
+    wanted = sorted(set(values))
+    out: list[Any] = []
+    for start in range(0, len(wanted), size):
+        out += list(session.exec(query.where(column.in_(wanted[start : start + size]))))
+    return out
 
 
 def _is_transient(exc: OperationalError) -> bool:

@@ -6,16 +6,18 @@ record); resolved ones are kept with the label that settled them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
+from storage.enums import DisputeStatus
 from storage.tables import DISPUTE_REASONS, Dispute, Label, utcnow
 
-OPEN = "open"
-RESOLVED = "resolved"
+OPEN = DisputeStatus.OPEN
+RESOLVED = DisputeStatus.RESOLVED
 
 
 def check_reason(reason: str) -> str:
@@ -46,6 +48,21 @@ def open_disputes(session: Session, *, reason: str | None = None, limit: int | N
     if limit is not None:
         query = query.limit(limit)
     return list(session.exec(query))
+
+
+def count_open(session: Session) -> dict[str, int]:
+    """Open disputes per reason."""
+    rows = session.exec(select(Dispute.reason, func.count()).where(Dispute.status == OPEN).group_by(Dispute.reason))
+    return {reason: int(n) for reason, n in rows}
+
+
+def open_reasons(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, list[str]]:
+    """item -> its open dispute reasons (sorted, unique), for ``item_ids`` or every item."""
+    out: dict[int, set[str]] = defaultdict(set)
+    for item_id, reason in session.exec(select(Dispute.item_id, Dispute.reason).where(Dispute.status == OPEN)):
+        out[item_id].add(reason)
+    wanted = None if item_ids is None else set(item_ids)
+    return {i: sorted(r) for i, r in out.items() if wanted is None or i in wanted}
 
 
 def for_item(session: Session, item_id: int, *, status: str | None = None) -> list[Dispute]:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from storage.db import in_chunks
 from storage.tables import SPLITS, Item
 
 
@@ -18,13 +19,41 @@ def check_split(split: str) -> str:
 
 def by_sha(session: Session, hashes: Iterable[str]) -> dict[str, Item]:
     """Items whose sha256 is in ``hashes``, keyed by hash."""
-    hashes = list(set(hashes))
-    found: dict[str, Item] = {}
-    for start in range(0, len(hashes), 500):  # stay under SQLite's bound-parameter limit
-        chunk = hashes[start : start + 500]
-        for item in session.exec(select(Item).where(Item.sha256.in_(chunk))):
-            found[item.sha256] = item
-    return found
+    return {item.sha256: item for item in in_chunks(session, select(Item), Item.sha256, hashes)}
+
+
+def get_many(session: Session, item_ids: Iterable[int]) -> list[Item]:
+    """The items of ``item_ids`` that exist, by id."""
+    return sorted(in_chunks(session, select(Item), Item.id, item_ids), key=lambda i: i.id or 0)
+
+
+def all_items(session: Session) -> list[Item]:
+    return list(session.exec(select(Item).order_by(Item.id)))
+
+
+def by_sha_prefix(session: Session, prefix: str, *, limit: int = 2) -> list[Item]:
+    """Up to ``limit`` items whose sha256 starts with ``prefix`` (lower-case hex)."""
+    return list(session.exec(select(Item).where(Item.sha256.startswith(prefix)).order_by(Item.id).limit(limit)))
+
+
+def by_path(session: Session, path: str) -> Item | None:
+    return session.exec(select(Item).where(Item.path == path).order_by(Item.id)).first()
+
+
+def paths(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, str]:
+    """item id -> file path (all items when ``item_ids`` is None)."""
+    query = select(Item.id, Item.path)
+    rows = session.exec(query).all() if item_ids is None else in_chunks(session, query, Item.id, item_ids)
+    return {int(i): p for i, p in rows}
+
+
+def splits(session: Session) -> dict[int, str]:
+    """item id -> split, for every item."""
+    return {int(i): s for i, s in session.exec(select(Item.id, Item.split)).all()}
+
+
+def count_unreadable(session: Session) -> int:
+    return int(session.exec(select(func.count()).where(Item.error.is_not(None))).one())
 
 
 def add(session: Session, items: Sequence[Item]) -> list[Item]:
@@ -46,6 +75,10 @@ def ids(session: Session, *, split: str | None = None, readable_only: bool = Tru
     if readable_only:
         query = query.where(Item.error.is_(None))
     return list(session.exec(query))
+
+
+def count(session: Session) -> int:
+    return int(session.exec(select(func.count()).select_from(Item)).one())
 
 
 def count_by_split(session: Session) -> dict[str, int]:

@@ -9,31 +9,30 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import func, update
 from sqlmodel import Session, select
 
-from storage.tables import DECISIONS, LABEL_KINDS, Label
+from storage.db import in_chunks
+from storage.enums import CLASS_DECISIONS, Decision, Kind
+from storage.meaning import (
+    CurrentLabel,
+    derive,
+    effective,
+    label_table,
+    seen_by,
+    sql_effective,
+    sql_human_class,
+    sql_labelled,
+)
+from storage.tables import DECISIONS, LABEL_KINDS, Item, Label, ModelVersion, Prediction
 
-# Where a current label comes from (also the export's provenance column).
-SOURCES = ("review", "consensus", "single", "imported")
-HUMAN_DECISIONS = ("accepted", "corrected")
-
-
-@dataclass(frozen=True)
-class CurrentLabel:
-    item_id: int
-    label: str
-    source: str  # one of SOURCES
-    label_id: int  # the row that decided it (the latest agreeing one for consensus)
-    n_human: int  # human labels with a class
-    agreement: float | None  # share of those that agree with `label`; None without human labels
-    imported: str | None  # the latest imported (catalogue) label, if any
-    annotator: str
-    created_at: datetime
-    round_id: int | None
-    model_version_id: int | None
+__all__ = [
+    "CurrentLabel", "append", "append_many", "count_human_class", "count_labelled", "current", "decisions_by_annotator",
+    "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human",
+    "labelled_by_split", "snapshot", "uses_by_class",
+]
 
 
 def append(session: Session, label: Label) -> Label:
@@ -51,80 +50,31 @@ def append_many(session: Session, rows: Sequence[Label]) -> list[Label]:
 
 
 def _validate(label: Label) -> None:
+    # Store plain strings: enum members would otherwise reach drivers that adapt by exact type.
+    label.kind = str(label.kind)
+    label.decision = str(label.decision)
     if label.kind not in LABEL_KINDS:
         raise ValueError(f"unknown label kind {label.kind!r}: use one of {', '.join(LABEL_KINDS)}")
     if label.decision not in DECISIONS:
         raise ValueError(f"unknown decision {label.decision!r}: use one of {', '.join(DECISIONS)}")
-    needs_class = label.decision in ("given", "accepted", "corrected", "resolved")
+    needs_class = label.decision in (Decision.GIVEN, *CLASS_DECISIONS, Decision.RESOLVED)
     if needs_class and not label.label:
         raise ValueError(f"a {label.decision!r} label needs a class")
-    if label.decision == "undo" and label.undoes_id is None:
+    if label.decision == Decision.UNDO and label.undoes_id is None:
         raise ValueError("an undo label must name the label it undoes (undoes_id)")
 
 
 def for_items(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, list[Label]]:
     """Every label row, oldest first, grouped by item (all items when ``item_ids`` is None)."""
     grouped: dict[int, list[Label]] = defaultdict(list)
+    query = select(Label).order_by(Label.id)
     if item_ids is None:
-        chunks: list[list[int] | None] = [None]
+        rows = list(session.exec(query))
     else:
-        wanted = sorted(set(item_ids))
-        chunks = [wanted[i : i + 500] for i in range(0, len(wanted), 500)]
-    for chunk in chunks:
-        query = select(Label).order_by(Label.id)
-        if chunk is not None:
-            query = query.where(Label.item_id.in_(chunk))
-        for row in session.exec(query):
-            grouped[row.item_id].append(row)
+        rows = sorted(in_chunks(session, query, Label.item_id, item_ids), key=lambda r: r.id or 0)
+    for row in rows:
+        grouped[row.item_id].append(row)
     return grouped
-
-
-def effective(rows: Sequence[Label]) -> list[Label]:
-    """The rows that still count: undo rows and the rows they undo removed."""
-    undone = {r.undoes_id for r in rows if r.decision == "undo"}
-    return [r for r in rows if r.decision != "undo" and r.id not in undone]
-
-
-def derive(rows: Sequence[Label]) -> CurrentLabel | None:
-    """The current label from one item's rows (oldest first), or None when it has none."""
-    rows = effective(rows)
-    imported = [r for r in rows if r.kind == "imported" and r.label]
-    last_imported = imported[-1].label if imported else None
-    humans = [r for r in rows if r.kind == "human" and r.label and r.decision in HUMAN_DECISIONS]
-    reviews = [r for r in rows if r.kind == "review" and r.label]
-
-    def make(row: Label, source: str, agreement: float | None) -> CurrentLabel:
-        return CurrentLabel(
-            item_id=row.item_id,
-            label=row.label or "",
-            source=source,
-            label_id=row.id or 0,
-            n_human=len(humans),
-            agreement=agreement,
-            imported=last_imported,
-            annotator=row.annotator,
-            created_at=row.created_at,
-            round_id=row.round_id,
-            model_version_id=row.model_version_id,
-        )
-
-    def agreement_with(label: str) -> float | None:
-        if not humans:
-            return None
-        return sum(r.label == label for r in humans) / len(humans)
-
-    if reviews:
-        row = reviews[-1]
-        return make(row, "review", agreement_with(row.label or ""))
-    if humans:
-        counts = Counter(r.label for r in humans)
-        top = max(counts.values())
-        tied = {c for c, n in counts.items() if n == top}
-        row = next(r for r in reversed(humans) if r.label in tied)
-        return make(row, "single" if len(humans) == 1 else "consensus", top / len(humans))
-    if imported:
-        return make(imported[-1], "imported", None)
-    return None
 
 
 def current(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, CurrentLabel]:
@@ -140,13 +90,109 @@ def current(session: Session, item_ids: Iterable[int] | None = None) -> dict[int
 def last_human(session: Session, annotator: str) -> Label | None:
     """The annotator's latest label that is not undone (what Backspace would undo)."""
     rows = session.exec(
-        select(Label).where(Label.annotator == annotator, Label.kind == "human").order_by(Label.id.desc()).limit(200)
+        select(Label).where(Label.annotator == annotator, Label.kind == Kind.HUMAN.value)
+        .order_by(Label.id.desc()).limit(200)
     ).all()
-    undone = {r.undoes_id for r in rows if r.decision == "undo"}
-    for row in rows:
-        if row.decision != "undo" and row.id not in undone:
-            return row
-    return None
+    kept = effective(list(reversed(rows)))
+    return kept[-1] if kept else None
+
+
+def has_seen(session: Session, annotator: str, item_id: int) -> bool:
+    """Whether ``annotator`` has already dealt with ``item_id`` (`storage.meaning.seen_by`)."""
+    rows = session.exec(select(Label).where(Label.item_id == item_id).order_by(Label.id)).all()
+    return seen_by(rows, annotator)
+
+
+def _effective_rows():  # noqa: ANN202
+    lab = label_table()
+    return lab, sql_effective(lab)
+
+
+def count_human_class(session: Session, *, after_id: int = 0) -> int:
+    """Effective human class labels (accepted or corrected, not undone) with an id above ``after_id``."""
+    lab, eff = _effective_rows()
+    query = select(func.count()).select_from(lab).where(lab.c.id > after_id, sql_human_class(lab), eff)
+    return int(session.execute(query).scalar_one())
+
+
+def count_labelled(session: Session) -> int:
+    """Labelled items (`storage.meaning.is_labelled`): a person's class label that still counts."""
+    return int(session.execute(select(func.count()).select_from(Item).where(sql_labelled(Item.id))).scalar_one())
+
+
+def labelled_by_split(session: Session) -> dict[str, int]:
+    """Labelled items per split."""
+    rows = session.execute(select(Item.split, func.count()).where(sql_labelled(Item.id)).group_by(Item.split))
+    return {split: int(n) for split, n in rows}
+
+
+def decisions_by_annotator(session: Session, annotator: str | None = None) -> dict[str, Counter]:
+    """annotator -> Counter(decision) of their effective human and review rows (undone
+    decisions and the undo rows themselves are not counted)."""
+    lab, eff = _effective_rows()
+    query = (select(lab.c.annotator, lab.c.decision, func.count()).select_from(lab)
+             .where(lab.c.kind != Kind.IMPORTED.value, eff).group_by(lab.c.annotator, lab.c.decision))
+    if annotator is not None:
+        query = query.where(lab.c.annotator == annotator)
+    out: dict[str, Counter] = {}
+    for name, decision, n in session.execute(query):
+        out.setdefault(name, Counter())[decision] += int(n)
+    return out
+
+
+def passes_by_item(session: Session) -> dict[int, Counter]:
+    """item -> Counter of its effective skipped and unsure human decisions (the export's columns)."""
+    lab, eff = _effective_rows()
+    passes = [Decision.SKIPPED.value, Decision.UNSURE.value]
+    query = (select(lab.c.item_id, lab.c.decision, func.count()).select_from(lab)
+             .where(lab.c.kind == Kind.HUMAN.value, lab.c.decision.in_(passes), eff)
+             .group_by(lab.c.item_id, lab.c.decision))
+    out: dict[int, Counter] = {}
+    for item_id, decision, n in session.execute(query):
+        out.setdefault(item_id, Counter())[decision] += int(n)
+    return out
+
+
+def human_ratings(session: Session) -> dict[int, dict[str, str]]:
+    """item -> {annotator: class} from effective human class labels (the latest per annotator).
+
+    Reads every human label (for the dashboard and agreement, not the labelling hot path)."""
+    lab, eff = _effective_rows()
+    query = (select(lab.c.item_id, lab.c.annotator, lab.c.label).select_from(lab)
+             .where(sql_human_class(lab), eff).order_by(lab.c.id))
+    out: dict[int, dict[str, str]] = {}
+    for item_id, annotator, label in session.execute(query):
+        out.setdefault(item_id, {})[annotator] = label
+    return out
+
+
+def item_ids_since(session: Session, since: datetime) -> set[int]:
+    """Items with a label row written at or after ``since``."""
+    return set(session.exec(select(Label.item_id).where(Label.created_at >= since)))
+
+
+def uses_by_class(session: Session) -> dict[str, int]:
+    """Label rows per class name (all kinds, undone ones included: what a rename would touch)."""
+    rows = session.exec(select(Label.label, func.count()).where(Label.label.is_not(None)).group_by(Label.label))
+    return {name: int(n) for name, n in rows}
+
+
+def rewrite_class(session: Session, old: str, new: str) -> dict[str, int]:
+    """Rename ``old`` to ``new`` in labels, suggestions, predictions and version class lists.
+    Returns rows changed per kind."""
+    changed = {
+        "labels": session.execute(update(Label).where(Label.label == old).values(label=new)).rowcount,
+        "suggestions": session.execute(update(Label).where(Label.suggestion == old).values(suggestion=new)).rowcount,
+        "predictions": session.execute(update(Prediction).where(Prediction.pred == old).values(pred=new)).rowcount,
+    }
+    n_versions = 0
+    for v in session.exec(select(ModelVersion)):
+        if old in v.classes:
+            v.classes = [new if c == old else c for c in v.classes]
+            session.add(v)
+            n_versions += 1
+    changed["model_versions"] = n_versions
+    return changed
 
 
 def snapshot(session: Session) -> tuple[int, dict[int, CurrentLabel]]:

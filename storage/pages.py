@@ -22,12 +22,12 @@ from sqlalchemy import and_, exists, func, literal, select
 from sqlmodel import Session
 
 from storage import work
+from storage.enums import Split
+from storage.meaning import label_table, sql_effective, sql_human_class, sql_labelled
 from storage.tables import Item, Label, Lease, Prediction, QueueEntry, Round, utcnow
 
 PAGE_STRATEGY = work.PAGE_STRATEGY
 MARKED_STRATEGY = "page-marked"
-# Label kinds whose rows (with a class, not undone) make an item labelled by a person.
-PERSON_KINDS = ("human", "review")
 
 
 @dataclass(frozen=True)
@@ -38,28 +38,15 @@ class Thumb:
     pred: str | None  # the serving version's top class for the item
 
 
-def _counts(lab):  # noqa: ANN001, ANN202
-    """The label row ``lab`` (a table alias) is not undone."""
-    undo = Label.__table__.alias("undo")
-    return ~exists(select(literal(1)).where(undo.c.item_id == lab.c.item_id, undo.c.undoes_id == lab.c.id))
-
-
-def _person_labelled(item_col):  # noqa: ANN001, ANN202
-    """EXISTS a person's label with a class, not undone, on the item in ``item_col``."""
-    lab = Label.__table__.alias("plab")
-    not_undone = _counts(lab)
-    return exists(select(literal(1)).where(lab.c.item_id == item_col, lab.c.kind.in_(PERSON_KINDS),
-                                           lab.c.label.is_not(None), not_undone))
-
-
 def _free(item_col, now: datetime):  # noqa: ANN001, ANN202
-    """The item is readable, in the pool, nobody labelled it and nobody holds a lease on it."""
+    """The item is readable, in the pool, not labelled (`storage.meaning`) and nobody holds a
+    lease on it."""
     item = Item.__table__.alias("fi")
     lease = Lease.__table__.alias("fl")
     return and_(
-        exists(select(literal(1)).where(item.c.id == item_col, item.c.error.is_(None), item.c.split == "pool")),
+        exists(select(literal(1)).where(item.c.id == item_col, item.c.error.is_(None), item.c.split == Split.POOL.value)),
         ~exists(select(literal(1)).where(lease.c.item_id == item_col, lease.c.expires_at >= now)),
-        ~_person_labelled(item_col),
+        ~sql_labelled(item_col),
     )
 
 
@@ -130,13 +117,13 @@ def free_items(session: Session, item_ids: Iterable[int], *, now: datetime | Non
 
 
 def unlabelled(session: Session, item_ids: Iterable[int]) -> set[int]:
-    """Those of ``item_ids`` that no person has labelled (with a class, not undone)."""
+    """Those of ``item_ids`` that are not labelled (`storage.meaning.sql_labelled`)."""
     wanted = sorted({int(i) for i in item_ids})
     out: set[int] = set()
     for start in range(0, len(wanted), 500):
         chunk = wanted[start:start + 500]
         out |= {int(i) for i in session.scalars(
-            select(Item.id).where(Item.id.in_(chunk), ~_person_labelled(Item.id)))}
+            select(Item.id).where(Item.id.in_(chunk), ~sql_labelled(Item.id)))}
     return out
 
 
@@ -196,28 +183,25 @@ def page_ids(session: Session, round_ids: Iterable[int | None]) -> set[int]:
 
 def last_page_labels(session: Session, annotator: str) -> list[Label]:
     """The annotator's labels of their latest page that still count (what undoing a page takes back)."""
-    lab = Label.__table__.alias("ul")
-    not_undone = _counts(lab)
+    lab = label_table("ul")
     pages = select(Round.id).where(Round.strategy == PAGE_STRATEGY)
+    mine = and_(lab.c.annotator == annotator, sql_human_class(lab), sql_effective(lab))
     latest = session.execute(
-        select(func.max(lab.c.round_id)).where(lab.c.annotator == annotator, lab.c.kind == "human",
-                                               lab.c.decision != "undo", lab.c.round_id.in_(pages), not_undone)
+        select(func.max(lab.c.round_id)).where(mine, lab.c.round_id.in_(pages))
     ).scalar_one_or_none()
     if latest is None:
         return []
-    ids = select(lab.c.id).where(lab.c.annotator == annotator, lab.c.kind == "human", lab.c.decision != "undo",
-                                 lab.c.round_id == latest, not_undone)
+    ids = select(lab.c.id).where(mine, lab.c.round_id == latest)
     return list(session.scalars(select(Label).where(Label.id.in_(ids)).order_by(Label.id)))
 
 
 def page_label_counts(session: Session) -> dict[str, int]:
-    """annotator -> their human labels given on a page that still count."""
-    lab = Label.__table__.alias("cl")
-    not_undone = _counts(lab)
+    """annotator -> their effective human class labels given on a page."""
+    lab = label_table("cl")
     pages = select(Round.id).where(Round.strategy == PAGE_STRATEGY)
     rows = session.execute(
         select(lab.c.annotator, func.count())
-        .where(lab.c.kind == "human", lab.c.decision != "undo", lab.c.round_id.in_(pages), not_undone)
+        .where(sql_human_class(lab), sql_effective(lab), lab.c.round_id.in_(pages))
         .group_by(lab.c.annotator)
     ).all()
     return {str(a): int(n) for a, n in rows}

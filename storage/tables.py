@@ -12,16 +12,19 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from storage.enums import Decision, DisputeReason, DisputeStatus, Kind, Role, Split
+
 # Bump when a table changes; `storage.db.open_engine` refuses any other version.
 SCHEMA_VERSION = 1
 APP_ID = "active-labeler"
 
-SPLITS = ("pool", "holdout")
-LABEL_KINDS = ("imported", "human", "review")
+# The columns below hold these enums' values as plain strings (see storage.enums).
+SPLITS = tuple(Split)
+LABEL_KINDS = tuple(Kind)
 # `undo` appends a row that cancels an earlier human label (its id in `undoes_id`).
-DECISIONS = ("given", "accepted", "corrected", "unsure", "skipped", "resolved", "undo")
-ROLES = ("annotator", "reviewer")
-DISPUTE_REASONS = ("annotators_disagree", "model_disagrees", "imported_label_suspect")
+DECISIONS = tuple(Decision)
+ROLES = tuple(Role)
+DISPUTE_REASONS = tuple(DisputeReason)
 
 
 def utcnow() -> datetime:
@@ -43,7 +46,7 @@ class Item(SQLModel, table=True):
     height: int
     mode: str = Field(max_length=16)
     source: str = Field(default="", max_length=512, index=True)
-    split: str = Field(default="pool", max_length=16, index=True)
+    split: str = Field(default=Split.POOL.value, max_length=16, index=True)
     meta: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # Set when scoring could not decode the file, so it is not retried forever.
     error: str | None = None
@@ -130,7 +133,7 @@ class Dispute(SQLModel, table=True):
     item_id: int = Field(foreign_key="item.id", index=True)
     reason: str = Field(max_length=32)
     score: float
-    status: str = Field(default="open", max_length=16, index=True)
+    status: str = Field(default=DisputeStatus.OPEN.value, max_length=16, index=True)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     resolution_label_id: int | None = Field(default=None, foreign_key="label.id")
     created_at: datetime = Field(default_factory=utcnow)

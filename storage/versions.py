@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from storage.db import in_chunks
+from storage.meaning import sql_covers_pool
 from storage.tables import Item, ModelVersion, Prediction
 
 
@@ -18,8 +20,26 @@ def publish(session: Session, version: ModelVersion) -> ModelVersion:
 
 
 def latest(session: Session) -> ModelVersion | None:
-    """The current model version: the newest published one."""
+    """The newest published version (what scoring works on; it may not serve yet, see `serving`)."""
     return session.exec(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)).first()
+
+
+def serving(session: Session) -> ModelVersion | None:
+    """The version that serves suggestions, selection and the UI (`storage.meaning.serving_id`):
+    the newest one whose predictions cover every readable pool item, else the newest."""
+    covering = select(ModelVersion).where(sql_covers_pool(ModelVersion.id)).order_by(ModelVersion.id.desc()).limit(1)
+    return session.exec(covering).first() or latest(session)
+
+
+def serving_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:
+    """The serving version's prediction with probabilities for one item, with that version;
+    None when it has none (no version, or one without a head for our classes)."""
+    version = serving(session)
+    if version is None:
+        return None
+    pred = session.exec(select(Prediction).where(Prediction.item_id == item_id,
+                                                 Prediction.model_version_id == version.id)).first()
+    return None if pred is None or pred.probs is None else (pred, version)
 
 
 def get(session: Session, version_id: int) -> ModelVersion | None:
@@ -40,14 +60,8 @@ def predictions(
 ) -> dict[int, Prediction]:
     """Predictions of one version keyed by item id."""
     query = select(Prediction).where(Prediction.model_version_id == version_id)
-    if item_ids is None:
-        return {p.item_id: p for p in session.exec(query)}
-    wanted = sorted(set(item_ids))
-    out: dict[int, Prediction] = {}
-    for i in range(0, len(wanted), 500):
-        for p in session.exec(query.where(Prediction.item_id.in_(wanted[i : i + 500]))):
-            out[p.item_id] = p
-    return out
+    rows = session.exec(query) if item_ids is None else in_chunks(session, query, Prediction.item_id, item_ids)
+    return {p.item_id: p for p in rows}
 
 
 def unscored_ids(session: Session, version_id: int) -> list[int]:

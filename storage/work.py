@@ -13,21 +13,41 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select, text
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text
 from sqlmodel import Session
 
-from storage.tables import Item, Label, Lease, QueueEntry, Round, utcnow
+from storage.enums import RoundState
+from storage.meaning import sql_done_count, sql_reviewed, sql_round_state, sql_seen_by
+from storage.tables import Item, Lease, QueueEntry, Round, utcnow
 
 DEFAULT_LEASE_TTL = timedelta(minutes=10)
 LEASE_LOCK_KEY = 0x6C656173  # any constant; names the lease hand-out lock on PostgreSQL
 ANNOTATOR_LOCK_KEY = 0x616E6E6F  # names the per-annotator locks on PostgreSQL (with hashtext(name))
-# Decisions that mean an annotator has dealt with an item (it is not served to them again).
-SEEN_DECISIONS = ("accepted", "corrected", "unsure", "skipped")
 # The strategy of the rounds that are pages of the Grid tab (`storage.pages`); their leases are
 # not the annotator's single item.
 PAGE_STRATEGY = "page"
-# Decisions that count towards an item being done.
-DONE_DECISIONS = ("accepted", "corrected", "unsure")
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """What became of a round's queued items (`storage.meaning.round_state`): each item counts
+    once, in ``labelled``, ``unsure``, ``skipped``, ``unreadable`` or neither (still open)."""
+
+    labelled: int
+    skipped: int
+    unsure: int
+    unreadable: int
+    total: int
+
+    @property
+    def handled(self) -> int:
+        """Items nobody needs to see again in this round (a skipped item counts: otherwise a
+        skip would keep its round open forever)."""
+        return self.labelled + self.skipped + self.unsure + self.unreadable
+
+    def to_dict(self) -> dict[str, int]:
+        return {"labelled": self.labelled, "skipped": self.skipped, "unsure": self.unsure,
+                "unreadable": self.unreadable, "total": self.total}
 
 
 @dataclass(frozen=True)
@@ -142,26 +162,10 @@ def _candidates(annotator: str, overlap: int):  # noqa: ANN202
     """SELECT item_id, round_id of the items ``annotator`` may be served next, best first."""
     q = QueueEntry.__table__.alias("q")
     r = Round.__table__.alias("r")
-    lab = Label.__table__.alias("lab")
-    undo = Label.__table__.alias("undo")
     lease = Lease.__table__.alias("l")
-    # item_id first so the lookup uses its index (an undo row always names a label of its own item).
-    not_undone = ~exists(select(literal(1)).where(undo.c.item_id == lab.c.item_id, undo.c.undoes_id == lab.c.id))
-
-    seen_by_me = exists(
-        select(literal(1)).where(
-            lab.c.item_id == q.c.item_id,
-            lab.c.annotator == annotator,
-            lab.c.decision.in_(SEEN_DECISIONS),
-            not_undone,
-        )
-    )
-    reviewed = exists(select(literal(1)).where(lab.c.item_id == q.c.item_id, lab.c.kind == "review"))
-    done_count = (
-        select(func.count(func.distinct(lab.c.annotator)))
-        .where(lab.c.item_id == q.c.item_id, lab.c.kind == "human", lab.c.decision.in_(DONE_DECISIONS), not_undone)
-        .scalar_subquery()
-    )
+    seen_by_me = sql_seen_by(q.c.item_id, annotator)
+    reviewed = sql_reviewed(q.c.item_id)
+    done_count = sql_done_count(q.c.item_id)
     lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
     item = Item.__table__.alias("i")
     return (
@@ -240,24 +244,33 @@ def active_leases(session: Session, *, now: datetime | None = None) -> list[Leas
     return list(session.scalars(select(Lease).where(Lease.expires_at >= now)))
 
 
-def round_progress(session: Session, round_id: int) -> tuple[int, int]:
-    """(items of the round that are dealt with, items queued in the round).
-
-    Dealt with: a human label that is not undone (skips and unsure included: the item goes back
-    to the candidates of the next round), a review, or a file found unreadable.
-    """
+def round_progress(session: Session, round_id: int) -> RoundProgress:
+    """How far a round is: its queued items by `storage.meaning.round_state`."""
     q = QueueEntry.__table__.alias("q")
-    lab = Label.__table__.alias("lab")
-    undo = Label.__table__.alias("undo")
     item = Item.__table__.alias("i")
-    not_undone = ~exists(select(literal(1)).where(undo.c.item_id == lab.c.item_id, undo.c.undoes_id == lab.c.id))
-    handled = exists(select(literal(1)).where(
-        lab.c.item_id == q.c.item_id,
-        ((lab.c.kind == "human") & lab.c.decision.in_(SEEN_DECISIONS) & not_undone) | (lab.c.kind == "review"),
-    ))
-    unreadable = exists(select(literal(1)).where(item.c.id == q.c.item_id, item.c.error.is_not(None)))
-    total = session.execute(select(func.count()).where(QueueEntry.round_id == round_id)).scalar_one()
-    done = session.execute(
-        select(func.count()).select_from(q).where(q.c.round_id == round_id, handled | unreadable)
-    ).scalar_one()
-    return int(done), int(total)
+    states = sql_round_state(q.c.item_id, item.c.error)
+    counts = [func.count(case((cond, 1))) for cond in states.values()]
+    row = session.execute(
+        select(func.count(), *counts).select_from(q.join(item, item.c.id == q.c.item_id)).where(q.c.round_id == round_id)
+    ).one()
+    got = dict(zip(states, row[1:], strict=True))
+    return RoundProgress(labelled=int(got[RoundState.LABELLED] or 0), skipped=int(got[RoundState.SKIPPED] or 0),
+                         unsure=int(got[RoundState.UNSURE] or 0), unreadable=int(got[RoundState.UNREADABLE] or 0),
+                         total=int(row[0]))
+
+
+def queued_in_open_rounds(session: Session) -> set[int]:
+    """Items queued by a round that is still open."""
+    query = select(QueueEntry.item_id).join(Round, Round.id == QueueEntry.round_id).where(Round.closed_at.is_(None))
+    return {int(i) for i in session.execute(query).scalars()}
+
+
+def queue(session: Session, round_id: int) -> list[QueueEntry]:
+    """A round's queue in priority order."""
+    query = select(QueueEntry).where(QueueEntry.round_id == round_id).order_by(QueueEntry.priority)
+    return list(session.scalars(query))
+
+
+def drop_leases(session: Session, item_id: int) -> None:
+    """Drop every annotator's lease on one item (its photo cannot be shown)."""
+    session.execute(delete(Lease).where(Lease.item_id == item_id))

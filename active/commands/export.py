@@ -2,7 +2,7 @@
 
 Formats: imagefolder (OUT/<split>/<class>/<file>, original bytes hard-linked or copied, never
 re-encoded, plus labels.csv), csv (labels.csv), jsonl (labels.jsonl), hf (Hugging Face imagefolder
-layout: per-split metadata.jsonl and a README.md declaring the splits). Every export writes
+layout: per-split metadata.parquet and a README.md declaring the splits). Every export writes
 OUT/export.json: command, time, options, counts, model version, label-snapshot hash and the
 class -> folder mapping (unsafe class names get safe folder names).
 

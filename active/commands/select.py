@@ -21,13 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def describe(rnd, project) -> tuple[dict, str]:  # noqa: ANN001
     """The round as data and text (shared with `active loop`)."""
-    from sqlmodel import select
-
-    from storage import db
-    from storage.tables import QueueEntry
+    from storage import db, work
 
     with db.session(project.engine) as s:
-        queue = list(s.exec(select(QueueEntry).where(QueueEntry.round_id == rnd.id).order_by(QueueEntry.priority)))
+        queue = work.queue(s, rnd.id)
     data = {"round": rnd.id, "strategy": rnd.strategy, "model_version": rnd.model_version_id, "queued": len(queue),
             "items": [{"item_id": q.item_id, "priority": q.priority, "score": q.score, "score_name": q.score_name}
                       for q in queue]}

@@ -14,42 +14,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def collect(project) -> dict:  # noqa: ANN001
-    """The status report as a JSON-able dict (also used by the labeller's dashboard)."""
-    from sqlalchemy import func
-    from sqlmodel import select
+    """The status report as a JSON-able dict (also used by the labeller's dashboard).
 
-    from storage import db, labels, pages, versions, work
-    from storage.tables import Dispute, Item, Label
+    Every figure follows `storage.meaning`: a split's ``labelled`` items carry a person's class
+    label that still counts (``given_only`` items only an imported one); per annotator, only
+    effective decisions are counted (an undone one is not); per open round, its items by state;
+    ``current_version`` is the serving version; ``on_page``: per annotator, their effective
+    human labels given on a page of the Grid tab (a part of their accepted + corrected)."""
+    from storage import db, items, labels, pages, versions, work
+    from storage import disputes as store_disputes
+    from storage.enums import Source, Split
 
     with db.session(project.engine) as s:
-        splits = dict(s.exec(select(Item.split, func.count()).group_by(Item.split)).all())
-        unreadable = s.exec(select(func.count()).where(Item.error.is_not(None))).one()
-        split_of = dict(s.exec(select(Item.id, Item.split)).all())
+        splits = items.count_by_split(s)
+        unreadable = items.count_unreadable(s)
+        split_of = items.splits(s)
         current = labels.current(s)
-        annot = s.exec(
-            select(Label.annotator, Label.decision, func.count())
-            .where(Label.kind != "imported").group_by(Label.annotator, Label.decision)
-        ).all()
+        labelled = labels.labelled_by_split(s)
+        annotators = labels.decisions_by_annotator(s)
         on_page = pages.page_label_counts(s)
         vlist = versions.all_versions(s)
-        disputes = dict(s.exec(select(Dispute.reason, func.count()).where(Dispute.status == "open")
-                               .group_by(Dispute.reason)).all())
-        rounds = [{"id": r.id, "strategy": r.strategy, "progress": list(work.round_progress(s, r.id))}
+        serving = versions.serving(s)
+        disputes = store_disputes.count_open(s)
+        rounds = [{"id": r.id, "strategy": r.strategy, **work.round_progress(s, r.id).to_dict()}
                   for r in work.open_rounds(s)]
 
     per_split = {}
-    for split in ("pool", "holdout"):
+    for split in Split:
         total = splits.get(split, 0)
-        labelled = sum(1 for i in current if split_of.get(i) == split)
-        per_split[split] = {"items": total, "labelled": labelled, "unlabelled": total - labelled}
+        given_only = sum(1 for i, c in current.items() if split_of.get(i) == split and c.source == Source.IMPORTED)
+        done = labelled.get(split, 0)
+        per_split[split] = {"items": total, "labelled": done, "given_only": given_only,
+                            "unlabelled": total - done - given_only}
     by_class: dict[str, Counter] = {c: Counter() for c in project.config.classes}
     for cur in current.values():
         by_class.setdefault(cur.label, Counter())[cur.source] += 1
-    annotators: dict[str, Counter] = {}
-    for name, decision, n in annot:
-        annotators.setdefault(name, Counter())[decision] += n
-    for name, n in on_page.items():  # human labels given on a page (Grid tab), a part of "accepted"/"corrected"
-        annotators.setdefault(name, Counter())["on_page"] = n
     return {
         "project": str(project.root),
         "backbone": project.config.backbone,
@@ -57,33 +56,53 @@ def collect(project) -> dict:  # noqa: ANN001
         "unreadable": unreadable,
         "classes": {c: dict(cnt) | {"total": sum(cnt.values())} for c, cnt in by_class.items()},
         "annotators": {a: dict(c) for a, c in annotators.items()},
+        "on_page": on_page,
         "model_versions": [
             {"id": v.id, "mode": v.mode, "backbone": v.backbone, "n_labels": v.n_labels,
              "parent": v.parent_id, "created": v.created_at.isoformat(timespec="seconds"), "metrics": v.metrics}
             for v in vlist
         ],
-        "current_version": vlist[-1].id if vlist else None,
+        "current_version": serving.id if serving else None,
+        "newest_version": vlist[-1].id if vlist else None,
         "open_rounds": rounds,
         "open_disputes": disputes,
     }
 
 
+def annotator_rows(st: dict) -> list[list]:
+    """One row per annotator: effective decisions in all, then by decision (shared with the dashboard)."""
+    on_page = st.get("on_page", {})
+    return [[a, sum(c.values()), c.get("accepted", 0), c.get("corrected", 0), c.get("unsure", 0),
+             c.get("skipped", 0), c.get("resolved", 0), on_page.get(a, 0)] for a, c in st["annotators"].items()]
+
+
+ANNOTATOR_HEADERS = ["annotator", "decisions", "accepted", "corrected", "unsure", "skipped", "resolved", "on a page"]
+
+
+def class_rows(st: dict) -> list[list]:
+    """One row per class: items whose current label it is, by source (shared with the dashboard)."""
+    return [[c, v["total"], v.get("review", 0), v.get("consensus", 0) + v.get("single", 0), v.get("imported", 0)]
+            for c, v in st["classes"].items()]
+
+
+CLASS_HEADERS = ["class", "labelled", "review", "human", "imported"]
+
+
+def round_line(r: dict) -> str:
+    """"open round 3 (margin): 25 / 100 labelled, 2 skipped, 1 unsure" (also the Label tab's wording)."""
+    return (f"open round {r['id']} ({r['strategy']}): {r['labelled']} / {r['total']} labelled, "
+            f"{r['skipped']} skipped, {r['unsure']} unsure")
+
+
 def render(st: dict) -> str:
     out = [f"project {st['project']}  (backbone {st['backbone']})", ""]
-    out.append(table([[k, v["items"], v["labelled"], v["unlabelled"]] for k, v in st["items"].items()],
-                     ["split", "items", "labelled", "unlabelled"]))
+    out.append(table([[k, v["items"], v["labelled"], v["given_only"], v["unlabelled"]] for k, v in st["items"].items()],
+                     ["split", "items", "labelled", "given label only", "unlabelled"]))
     if st["unreadable"]:
         out.append(f"unreadable items (skipped by scoring): {st['unreadable']}")
-    out += ["", table([[c, v["total"], v.get("review", 0), v.get("consensus", 0) + v.get("single", 0),
-                        v.get("imported", 0)] for c, v in st["classes"].items()],
-                      ["class", "labelled", "review", "human", "imported"])]
+    out += ["", table(class_rows(st), CLASS_HEADERS)]
     if st["annotators"]:
-        out += ["", table([[a, sum(v for k, v in c.items() if k not in ("undo", "on_page")), c.get("accepted", 0),
-                            c.get("corrected", 0), c.get("unsure", 0), c.get("skipped", 0), c.get("resolved", 0),
-                            c.get("on_page", 0)]
-                           for a, c in st["annotators"].items()],
-                          ["annotator", "labels", "accepted", "corrected", "unsure", "skipped", "resolved",
-                           "on a page"])]
+        out += ["", table(annotator_rows(st), ANNOTATOR_HEADERS)]
     if st["model_versions"]:
         rows = []
         for v in st["model_versions"]:
@@ -91,10 +110,13 @@ def render(st: dict) -> str:
             rows.append([f"v{v['id']}" + (" *" if v["id"] == st["current_version"] else ""), v["mode"],
                          v["n_labels"], m.get("accuracy"), m.get("macro_f1"), m.get("ece"), v["created"]])
         out += ["", table(rows, ["model", "mode", "labels", "holdout acc", "macro-F1", "ECE", "created"])]
+        if st["newest_version"] != st["current_version"]:
+            out.append(f"* serves; v{st['newest_version']} serves once it has scored every pool item "
+                       "(run `active score`)")
     else:
         out += ["", "no model version yet (run `active score`)"]
     for r in st["open_rounds"]:
-        out.append(f"open round {r['id']} ({r['strategy']}): {r['progress'][0]} / {r['progress'][1]} labelled")
+        out.append(round_line(r))
     if st["open_disputes"]:
         out.append("open disputes: " + ", ".join(f"{n} {k}" for k, n in st["open_disputes"].items()))
     return "\n".join(out)

@@ -110,8 +110,7 @@ def _check_rows_against_store(project, rows: list[dict], *, typed: bool) -> None
             assert row["agreement"] in (None, "")
         else:
             assert float(row["agreement"]) == pytest.approx(c.agreement)
-        expected_imported = c.imported if c.imported != c.label else None
-        assert (row["imported_label"] or None) == expected_imported
+        assert (row["imported_label"] or None) == c.imported  # whenever there was one, agreeing or not
         assert int(row["model_version"]) == 1 and row["predicted"] == "shirt"
         assert row["annotator"] == c.annotator and row["labelled_at"] == c.created_at.isoformat()
         assert row["split"] == ("holdout" if item.split == "holdout" else "train")
@@ -149,13 +148,27 @@ def test_source_provenance_review_consensus_single_imported(project, store):  # 
     ex.export(project, _opts(out, "jsonl"))
     rows = {r["item_id"]: r for r in map(json.loads, (out / "labels.jsonl").read_text().splitlines())}
     single, cons, rev, undone = (rows[store[k]] for k in ("dress/0.png", "dress/1.png", "shirt/0.png", "shoes/0.png"))
-    assert (single["source"], single["label"], single["imported_label"]) == ("single", "dress", None)
+    assert (single["source"], single["label"], single["imported_label"]) == ("single", "dress", "dress")
     assert (cons["source"], cons["label"], cons["n_human"]) == ("consensus", "shirt", 3)
     assert cons["agreement"] == pytest.approx(2 / 3) and cons["imported_label"] == "dress"
     assert (rev["source"], rev["label"], rev["annotator"], rev["imported_label"]) == ("review", "dress", "rev", "shirt")
     assert rev["agreement"] == 0.0  # the humans said shirt and shoes, the reviewer dress
     assert (undone["source"], undone["label"], undone["n_human"]) == ("imported", "shoes", 0)
     assert Counter(r["source"] for r in rows.values()) == {"imported": 13, "single": 1, "consensus": 1, "review": 1}
+
+
+def test_skipped_and_unsure_decisions_are_counted_per_item(project, store):  # noqa: ANN001
+    item = store["shoes/1.png"]
+    add_label(project, item, None, who="alice", decision="skipped")
+    add_label(project, item, None, who="bob", decision="skipped")
+    unsure = add_label(project, item, None, who="carol", decision="unsure")
+    add_label(project, item, None, who="carol", decision="undo", undoes_id=unsure)  # counts nowhere
+    add_label(project, item, None, who="dave", decision="unsure")
+    out = project.root / "exports" / "passes"
+    ex.export(project, _opts(out, "jsonl"))
+    rows = {r["item_id"]: r for r in map(json.loads, (out / "labels.jsonl").read_text().splitlines())}
+    assert (rows[item]["n_skipped"], rows[item]["n_unsure"]) == (2, 1)
+    assert (rows[store["dress/0.png"]]["n_skipped"], rows[store["dress/0.png"]]["n_unsure"]) == (0, 0)
 
 
 def test_imagefolder_loads_in_torchvision_with_identical_bytes(project, store):  # noqa: ANN001
@@ -216,12 +229,13 @@ def test_unreadable_items_stay_out_of_image_exports_only(project, store):  # noq
 
 
 def test_hf_layout_has_relative_metadata(project, store):  # noqa: ANN001
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow (the `hf` extra) is not installed here")
     out = project.root / "exports" / "hf"
     manifest = ex.export(project, _opts(out, "hf", splits={"train": 0.5, "val": 0.5}))
     assert set(manifest["counts"]["by_split"]) == {"train", "validation", "holdout"}
     seen = 0
     for split in manifest["counts"]["by_split"]:
-        recs = [json.loads(line) for line in (out / split / "metadata.jsonl").read_text().splitlines()]
+        recs = pq.read_table(out / split / "metadata.parquet").to_pylist()
         for rec in recs:
             assert not Path(rec["file_name"]).is_absolute() and ".." not in rec["file_name"]
             assert _sha(out / split / rec["file_name"]) == rec["sha256"]
@@ -234,11 +248,17 @@ def test_hf_layout_has_relative_metadata(project, store):  # noqa: ANN001
 
 def test_hf_export_loads_with_datasets(project, store):  # noqa: ANN001
     datasets = pytest.importorskip("datasets", reason="Hugging Face `datasets` is not installed here")
+    import pyarrow.parquet as pq
     out = project.root / "exports" / "hf"
     ex.export(project, _opts(out, "hf", splits={"train": 0.5, "test": 0.5}))
-    loaded = datasets.load_dataset("imagefolder", data_dir=str(out))
+    loaded = datasets.load_dataset(str(out))  # the card's features, not inferred ones
     assert {"train", "test"} <= set(loaded)
     assert "sha256" in loaded["train"].column_names
+    label = loaded["train"].features["label"]
+    assert isinstance(label, datasets.ClassLabel) and label.names[: len(project.config.classes)] == \
+        list(project.config.classes)
+    rec = pq.read_table(out / "train" / "metadata.parquet").to_pylist()[0]
+    assert label.int2str(loaded["train"][0]["label"]) in label.names and rec["label"] in label.names
 
 
 def test_splits_are_stratified_and_deterministic() -> None:

@@ -132,10 +132,10 @@ def test_history_status_and_export_show_a_label_given_on_a_page(project, scored,
     assert all(r["page"] is None for r in history(project, str(ids[30]))["labels"])
 
     st = status.collect(project)
-    assert st["annotators"]["ann"]["on_page"] == 3 and st["annotators"]["ann"]["accepted"] == 3
+    assert st["on_page"] == {"ann": 3} and st["annotators"]["ann"]["accepted"] == 3
     assert "on a page" in status.render(st)
     grid.undo_page(project, "ann")
-    assert "on_page" not in status.collect(project)["annotators"]["ann"]
+    assert status.collect(project)["on_page"] == {}
     page = grid.open_class_page(project, "ann", "dress", size=3)
     grid.confirm(project, "ann", page.page_id, page.item_ids, [])
 

@@ -45,9 +45,9 @@ def test_accept_correct_skip_unsure_undo(labeller):
     # Correct with the class picker to a class that is not the top suggestion.
     top = rows[0].suggestion
     with db.session(labeller.project.engine) as s:
-        from active.labeling import latest_prediction
+        from storage.versions import serving_prediction
 
-        pred, version = latest_prediction(s, second)
+        pred, version = serving_prediction(s, second)
     other = next(c_ for c_ in version.classes if c_ != pred.pred)
     out = c.predict(other, api_name="/correct")
     third = item_of(out)

@@ -116,10 +116,12 @@ def test_round_progress(engine, queued: list[int]) -> None:  # noqa: ANN001
     label(engine, queued[1], "alice", "skipped")
     with db.session(engine) as s:
         # A skip deals with the item for this round (else a skipped item would keep it open forever).
-        assert work.round_progress(s, rnd.id) == (2, 5)
+        p = work.round_progress(s, rnd.id)
+        assert (p.labelled, p.skipped, p.unsure, p.handled, p.total) == (1, 1, 0, 2, 5)
     db.write(engine, lambda s: items.mark_unreadable(s, queued[2], "truncated"))
     with db.session(engine) as s:
-        assert work.round_progress(s, rnd.id) == (3, 5)
+        p = work.round_progress(s, rnd.id)
+        assert (p.labelled, p.skipped, p.unreadable, p.handled, p.total) == (1, 1, 1, 3, 5)
         assert queued[2] not in work.peek_next(s, "carol", n=5)  # unreadable: never served
     with pytest.raises(ValueError, match="same length"):
         db.write(engine, lambda s: work.open_round(s, strategy="x", model_version_id=None, item_ids=[1],

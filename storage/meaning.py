@@ -1,0 +1,269 @@
+"""What the store's rows mean, each rule defined once: a Python predicate over rows and the SQL
+expression that selects the same rows. Every count, queue and view asks these; nothing else
+says what "labelled" or "current" is.
+
+- effective: a label row that counts (not an ``undo`` row, and no ``undo`` row names it).
+- human class label: an effective human row that gives a class (accepted or corrected).
+- person class label: a human class label or a review label; an item with one is *labelled*.
+  An imported (given) label alone does not make an item labelled: it is what the tool checks.
+- seen by an annotator: an effective human decision of theirs on the item (any of
+  ``SEEN_DECISIONS``); it is not served to them again.
+- done for a round's hand-out: an effective human decision in ``DONE_DECISIONS`` (a skip
+  leaves the item to others); with ``overlap`` such annotators the item is no longer served.
+- round state of a queued item: labelled, else unsure, else skipped, else unreadable, else open.
+- current label: the latest review label, else the majority of human class labels (a tie goes
+  to the latest of the tied classes), else the latest imported label (``derive``).
+- serving version: the newest model version whose predictions cover every readable pool item;
+  until a version covers the pool the one before it serves (the newest of all when none does).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, select
+from sqlalchemy.sql import Select
+
+from storage.enums import (
+    CLASS_DECISIONS,
+    DONE_DECISIONS,
+    SEEN_DECISIONS,
+    Decision,
+    DisputeReason,
+    DisputeStatus,
+    Kind,
+    Role,
+    RoundState,
+    Source,
+    Split,
+)
+from storage.tables import Item, Label, Prediction
+
+__all__ = [
+    "CLASS_DECISIONS", "DONE_DECISIONS", "SEEN_DECISIONS", "SOURCE_PRECEDENCE", "CurrentLabel", "Decision",
+    "DisputeReason", "DisputeStatus", "Kind", "Role", "RoundState", "Source", "Split", "derive", "effective",
+    "is_human_class", "is_labelled", "is_person_class", "label_table", "round_state", "serving_id", "sql_covers_pool",
+    "sql_done_count", "sql_effective", "sql_human_class", "sql_labelled", "sql_person_class", "sql_reviewed",
+    "sql_round_state", "sql_seen_by", "seen_by",
+]
+
+SOURCE_PRECEDENCE = (Source.REVIEW, Source.CONSENSUS, Source.SINGLE, Source.IMPORTED)
+
+
+class LabelLike(Protocol):
+    id: int | None
+    item_id: int
+    annotator: str
+    label: str | None
+    kind: str
+    decision: str
+    undoes_id: int | None
+
+
+def label_table(name: str = "lab") -> Any:  # noqa: ANN401 - an Alias of the label table
+    """A fresh alias of the label table, for the ``sql_*`` expressions below."""
+    return Label.__table__.alias(name)
+
+
+# ---------------------------------------------------------------- effective
+
+def effective(rows: Sequence[Label]) -> list[Label]:
+    """The rows that still count: undo rows and the rows they undo removed (order kept)."""
+    undone = {r.undoes_id for r in rows if r.decision == Decision.UNDO}
+    return [r for r in rows if r.decision != Decision.UNDO and r.id not in undone]
+
+
+def sql_effective(lab: Any) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of `effective` for rows of the label alias ``lab``."""
+    undo = label_table("undo_of_" + lab.name)
+    # item_id first so the lookup uses its index (an undo row always names a label of its own item).
+    undone = exists(select(literal(1)).where(undo.c.item_id == lab.c.item_id, undo.c.undoes_id == lab.c.id))
+    return and_(lab.c.decision != Decision.UNDO.value, ~undone)
+
+
+# ---------------------------------------------------------------- class labels
+
+def is_human_class(row: LabelLike) -> bool:
+    """A human row that gives a class (apply to effective rows)."""
+    return row.kind == Kind.HUMAN and row.decision in CLASS_DECISIONS and bool(row.label)
+
+
+def sql_human_class(lab: Any) -> ColumnElement[bool]:  # noqa: ANN401
+    return and_(lab.c.kind == Kind.HUMAN.value, lab.c.decision.in_([d.value for d in CLASS_DECISIONS]),
+                lab.c.label.is_not(None))
+
+
+def is_person_class(row: LabelLike) -> bool:
+    """A class given by a person: a human class label or a review label."""
+    return is_human_class(row) or (row.kind == Kind.REVIEW and bool(row.label))
+
+
+def sql_person_class(lab: Any) -> ColumnElement[bool]:  # noqa: ANN401
+    return or_(sql_human_class(lab), and_(lab.c.kind == Kind.REVIEW.value, lab.c.label.is_not(None)))
+
+
+def is_labelled(rows: Sequence[Label]) -> bool:
+    """Whether an item with these label rows is labelled (an effective person class label)."""
+    return any(is_person_class(r) for r in effective(rows))
+
+
+def sql_labelled(item_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of `is_labelled` for the item whose id is the column ``item_id``."""
+    lab = label_table("labelled")
+    return exists(select(literal(1)).where(lab.c.item_id == item_id, sql_person_class(lab), sql_effective(lab)))
+
+
+def sql_reviewed(item_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
+    """A reviewer has settled the item (review rows are never undone)."""
+    lab = label_table("reviewed")
+    return exists(select(literal(1)).where(lab.c.item_id == item_id, lab.c.kind == Kind.REVIEW.value))
+
+
+# ---------------------------------------------------------------- the hand-out
+
+def seen_by(rows: Sequence[Label], annotator: str) -> bool:
+    """Whether ``annotator`` has dealt with the item of these rows (it is not served to them again)."""
+    return any(r.annotator == annotator and r.kind == Kind.HUMAN and r.decision in SEEN_DECISIONS
+               for r in effective(rows))
+
+
+def sql_seen_by(item_id: Any, annotator: str) -> ColumnElement[bool]:  # noqa: ANN401
+    lab = label_table("seen")
+    return exists(select(literal(1)).where(
+        lab.c.item_id == item_id, lab.c.annotator == annotator, lab.c.kind == Kind.HUMAN.value,
+        lab.c.decision.in_([d.value for d in SEEN_DECISIONS]), sql_effective(lab)))
+
+
+def done_by(rows: Sequence[Label]) -> set[str]:
+    """The annotators whose decision takes the item of these rows out of the hand-out."""
+    return {r.annotator for r in effective(rows) if r.kind == Kind.HUMAN and r.decision in DONE_DECISIONS}
+
+
+def sql_done_count(item_id: Any) -> Any:  # noqa: ANN401 - a scalar subquery
+    """SQL twin of ``len(done_by(rows))``."""
+    lab = label_table("done")
+    return (select(func.count(func.distinct(lab.c.annotator)))
+            .where(lab.c.item_id == item_id, lab.c.kind == Kind.HUMAN.value,
+                   lab.c.decision.in_([d.value for d in DONE_DECISIONS]), sql_effective(lab))
+            .scalar_subquery())
+
+
+# ---------------------------------------------------------------- round progress
+
+def round_state(rows: Sequence[Label], *, unreadable: bool = False) -> RoundState:
+    """What became of a queued item: labelled, else unsure, else skipped, else unreadable, else open."""
+    eff = effective(rows)
+    if any(is_person_class(r) for r in eff):
+        return RoundState.LABELLED
+    human = {r.decision for r in eff if r.kind == Kind.HUMAN}
+    if Decision.UNSURE in human:
+        return RoundState.UNSURE
+    if Decision.SKIPPED in human:
+        return RoundState.SKIPPED
+    return RoundState.UNREADABLE if unreadable else RoundState.OPEN
+
+
+def _sql_human_decision(item_id: Any, decision: Decision) -> ColumnElement[bool]:  # noqa: ANN401
+    lab = label_table(f"d_{decision.value}")
+    return exists(select(literal(1)).where(lab.c.item_id == item_id, lab.c.kind == Kind.HUMAN.value,
+                                           lab.c.decision == decision.value, sql_effective(lab)))
+
+
+def sql_round_state(item_id: Any, item_error: Any) -> dict[RoundState, ColumnElement[bool]]:  # noqa: ANN401
+    """SQL twin of `round_state`: one mutually exclusive condition per state but OPEN."""
+    labelled = sql_labelled(item_id)
+    unsure = _sql_human_decision(item_id, Decision.UNSURE)
+    skipped = _sql_human_decision(item_id, Decision.SKIPPED)
+    return {
+        RoundState.LABELLED: labelled,
+        RoundState.UNSURE: and_(~labelled, unsure),
+        RoundState.SKIPPED: and_(~labelled, ~unsure, skipped),
+        RoundState.UNREADABLE: and_(~labelled, ~unsure, ~skipped, item_error.is_not(None)),
+    }
+
+
+# ---------------------------------------------------------------- the current label
+
+@dataclass(frozen=True)
+class CurrentLabel:
+    item_id: int
+    label: str
+    source: Source
+    label_id: int  # the row that decided it (the latest agreeing one for consensus)
+    n_human: int  # human labels with a class
+    agreement: float | None  # share of those that agree with `label`; None without human labels
+    imported: str | None  # the latest imported (catalogue) label, if any
+    annotator: str
+    created_at: datetime
+    round_id: int | None
+    model_version_id: int | None
+
+
+def derive(rows: Sequence[Label]) -> CurrentLabel | None:
+    """The current label from one item's rows (oldest first), or None when it has none;
+    precedence review > consensus > single > imported (`SOURCE_PRECEDENCE`)."""
+    rows = effective(rows)
+    imported = [r for r in rows if r.kind == Kind.IMPORTED and r.label]
+    last_imported = imported[-1].label if imported else None
+    humans = [r for r in rows if is_human_class(r)]
+    reviews = [r for r in rows if r.kind == Kind.REVIEW and r.label]
+
+    def make(row: Label, source: Source, agreement: float | None) -> CurrentLabel:
+        return CurrentLabel(item_id=row.item_id, label=row.label or "", source=source, label_id=row.id or 0,
+                            n_human=len(humans), agreement=agreement, imported=last_imported,
+                            annotator=row.annotator, created_at=row.created_at, round_id=row.round_id,
+                            model_version_id=row.model_version_id)
+
+    def agreement_with(label: str) -> float | None:
+        if not humans:
+            return None
+        return sum(r.label == label for r in humans) / len(humans)
+
+    if reviews:
+        row = reviews[-1]
+        return make(row, Source.REVIEW, agreement_with(row.label or ""))
+    if humans:
+        counts = Counter(r.label for r in humans)
+        top = max(counts.values())
+        tied = {c for c, n in counts.items() if n == top}
+        row = next(r for r in reversed(humans) if r.label in tied)
+        return make(row, Source.SINGLE if len(humans) == 1 else Source.CONSENSUS, top / len(humans))
+    if imported:
+        return make(imported[-1], Source.IMPORTED, None)
+    return None
+
+
+# ---------------------------------------------------------------- the serving version
+
+def covers(predicted: Iterable[int], pool: Iterable[int]) -> bool:
+    """Whether a version that predicted the items ``predicted`` covers the (readable) ``pool``."""
+    return set(pool) <= set(predicted)
+
+
+def serving_id(version_ids: Sequence[int], covering: Iterable[int]) -> int | None:
+    """The serving version among ``version_ids`` given the ids of those that cover the pool:
+    the newest covering one, else the newest of all (None without versions)."""
+    cover = set(covering)
+    newest_first = sorted(version_ids, reverse=True)
+    return next((v for v in newest_first if v in cover), newest_first[0] if newest_first else None)
+
+
+def sql_pool_item_ids() -> Select:
+    """The readable pool items: what a serving version must have predicted."""
+    return select(Item.id).where(Item.split == Split.POOL.value, Item.error.is_(None))
+
+
+def sql_covers_pool(version_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of `covers` for the version whose id is the column ``version_id``."""
+    item = Item.__table__.alias("pool_item")
+    pred = Prediction.__table__.alias("pool_pred")
+    # correlate_except: ``version_id`` lies two levels up, beyond SQLAlchemy's auto-correlation.
+    predicted = select(literal(1)).where(pred.c.item_id == item.c.id, pred.c.model_version_id == version_id)
+    missing = select(literal(1)).where(item.c.split == Split.POOL.value, item.c.error.is_(None),
+                                       ~exists(predicted.correlate_except(pred)))
+    return ~exists(missing.correlate_except(item))
+
