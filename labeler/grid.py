@@ -333,6 +333,8 @@ class GridTab:
             version = grid.serving_version(s)
         if version is None:
             raise gr.Error("no model with this project's classes yet: run `active retrain` first")
+        if self.app.services.embed_photo is None:
+            raise gr.Error("search by photo is not available in this server")
         try:
             vec, cls = self.app.services.embed_photo(self.project, version.id, path)
         except UserError as exc:

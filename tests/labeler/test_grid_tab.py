@@ -61,3 +61,23 @@ def test_more_like_this_from_the_label_tab(labeller):
     assert ids and "nearest unlabelled items to #" in out[1]
     seed = int(re.search(r"items to #(\d+)", out[1]).group(1))
     assert seed not in ids
+
+
+def test_find_by_photo_pages_the_nearest_unlabelled_items(labeller, tmp_path):
+    from gradio_client import handle_file
+    from PIL import Image
+
+    ids, emb = labeller.fakes.embeddings[labeller.version_id]
+    target = int(ids[5])
+
+    def embed_photo(project, version_id, path):  # noqa: ANN001, ANN202
+        assert version_id == labeller.version_id and path.endswith(".png")
+        return emb[5] * 3.0, "shirt"  # the photo looks like item ids[5]; scale does not matter
+
+    labeller.app.services.embed_photo = embed_photo
+    photo = tmp_path / "query.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(photo)
+    out = labeller.client("ann").predict(handle_file(str(photo)), api_name="/grid_photo")
+    found = shown_ids(out[0])
+    assert found[0] == target and 'data-cls="shirt"' in out[0]
+    assert "nearest to your photo" in out[1] and "calls it **shirt**" in out[2]
