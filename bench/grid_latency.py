@@ -27,8 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import add_synthetic_items, cli, free_port  # noqa: E402
+from _common import grown_copy, import_clothing, labeller_server  # noqa: E402
 
 SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
 DATASET = SHARED / "datasets" / "clothing-small"
@@ -49,17 +47,12 @@ USER, PASSWORD = "bench", "bench-password"
 
 def build_small(root: Path) -> None:
     """3,781 photos and a head version with synthetic predictions that cover the pool."""
-    from active.importer import import_candidates, scan_folder
     from active.project import Project
     from storage import db, items, labels, versions
     from storage.tables import ModelVersion, Prediction
 
-    cli("init", str(root), "--preset", "clothing10", "--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1")
+    import_clothing(root, DATASET)
     project = Project.load(root)
-    for split, folders in (("pool", ("train", "validation")), ("holdout", ("test",))):
-        for f in folders:
-            cands, _skipped, _layout = scan_folder(DATASET / f)
-            import_candidates(project, cands, split=split, progress=False)
     classes = list(project.config.classes)
     rng = np.random.default_rng(0)
 
@@ -84,18 +77,6 @@ def build_small(root: Path) -> None:
     print(f"built {root.name}: {n:,} items with synthetic predictions", flush=True)
 
 
-def wait_for(port: int, server: subprocess.Popen) -> None:
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if server.poll() is not None:
-                raise SystemExit(f"server died: {server.stderr.read()[-2000:]}") from None
-            time.sleep(0.1)
-    raise SystemExit("the server did not start within a minute")
-
-
 def measure(root: Path, *, pages: int, warmup: int) -> list[float]:
     """Milliseconds from confirming a page to the next page of 48 arriving, per page."""
     from gradio_client import Client
@@ -105,12 +86,7 @@ def measure(root: Path, *, pages: int, warmup: int) -> list[float]:
 
     project = Project.load(root)
     db.write(project.engine, lambda s: users.get(s, USER) or users.add(s, USER, PASSWORD, role="annotator"))
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
-    server = subprocess.Popen([sys.executable, "-m", "labeler", "--project", str(root), "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(port, server)
+    with labeller_server(root, REPO) as port:
         client = Client(f"http://127.0.0.1:{port}/", auth=(USER, PASSWORD), verbose=False)
         out = client.predict("(next class)", api_name="/grid_open")
         times = []
@@ -129,9 +105,6 @@ def measure(root: Path, *, pages: int, warmup: int) -> list[float]:
                 times.append(dt)
         client.close()
         return times
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def noop_ms(root: Path, n: int = 5) -> float:
@@ -176,13 +149,7 @@ def main() -> None:
     if not (small / "active.toml").exists():
         build_small(small)
     if not (large / "active.toml").exists():
-        from active.project import Project
-
-        with Project.load(small).engine.connect() as conn:  # fold the WAL into the file before copying
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        shutil.copytree(small, large)
-        add_synthetic_items(Project.load(large), args.large, copy_predictions=True)
-        print(f"grew {large.name} to {args.large:,} items", flush=True)
+        grown_copy(small, large, args.large)
     results = {}
     for name, root in (("small", small), ("large", large)):
         times = measure(root, pages=args.pages, warmup=args.warmup)
