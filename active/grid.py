@@ -114,10 +114,15 @@ def open_class_page(project: Project, annotator: str, cls: str | None = None, *,
     size = _size(size)
     if cls is not None:
         project.check_class(cls)
-    version_id, counts = class_counts(project)
+    if cls is None:  # counting every class's free items is the slow part: only to find the next one
+        version_id, counts = class_counts(project)
+        cls = next_class(counts, after)
+    else:
+        with db.session(project.engine) as s:
+            version = serving_version(s)
+        version_id = version.id if version is not None else None
     if version_id is None:
         raise UserError("no model with this project's classes yet: run `active retrain` first")
-    cls = cls or next_class(counts, after)
     if cls is None:
         return None
 
