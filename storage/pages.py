@@ -39,14 +39,20 @@ class Thumb:
 
 
 def _free(item_col, now: datetime):  # noqa: ANN001, ANN202
-    """The item is readable, in the pool, not labelled (`storage.meaning`) and nobody holds a
-    lease on it."""
+    """The item is readable, in the pool, not labelled (`storage.meaning`), nobody holds a lease
+    on it, and it is not waiting in the Label tab's queue after someone marked it on a page (a
+    person said it does not belong where the model puts it: it must not come back on a page)."""
     item = Item.__table__.alias("fi")
     lease = Lease.__table__.alias("fl")
+    queued = QueueEntry.__table__.alias("fq")
+    marked = Round.__table__.alias("fr")
     return and_(
         exists(select(literal(1)).where(item.c.id == item_col, item.c.error.is_(None), item.c.split == Split.POOL.value)),
         ~exists(select(literal(1)).where(lease.c.item_id == item_col, lease.c.expires_at >= now)),
         ~sql_labelled(item_col),
+        ~exists(select(literal(1)).select_from(queued.join(marked, marked.c.id == queued.c.round_id))
+                .where(queued.c.item_id == item_col, marked.c.strategy == MARKED_STRATEGY,
+                       marked.c.closed_at.is_(None))),
     )
 
 
