@@ -133,6 +133,13 @@ def open_class_page(project: Project, annotator: str, cls: str | None = None, *,
     return db.write(project.engine, fn)
 
 
+def upcoming_class_page(project: Project, version_id: int, cls: str, *, size: int = PAGE_SIZE) -> list[tuple[int, str]]:
+    """[(item_id, path)] of the page of ``cls`` that would be leased next (read-only; nothing is
+    leased), to prefetch its thumbnails."""
+    with db.session(project.engine) as s:
+        return pages.peek_class_page(s, version_id, cls, size=size)
+
+
 def open_items_page(project: Project, annotator: str, scored: Sequence[tuple[int, float]], *, cls: str,
                     seed_item: int | None = None, size: int = PAGE_SIZE) -> Page | None:
     """Lease a page of the given [(item_id, cosine)] that are still free (e.g. an item's nearest

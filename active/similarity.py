@@ -44,6 +44,8 @@ RERANK_FACTOR = 4
 FILTER_FACTOR = 4
 # Past this many candidates, a filtered search scans the allowed items exactly instead.
 FILTER_MAX_CANDIDATES = 4096
+# OpenMP threads of a background build inside the web server: one, so serving keeps a core.
+BACKGROUND_BUILD_THREADS = 1
 
 
 def normalise(embeddings: np.ndarray) -> np.ndarray:
@@ -268,7 +270,7 @@ class IndexCache:
 
         def work() -> None:
             try:
-                index = build(ids, emb, exact_max=self.exact_max)
+                index = build(ids, emb, exact_max=self.exact_max, threads=BACKGROUND_BUILD_THREADS)
                 save_graph(index, index_path(self.artifacts, version_id, ids))
                 with self._lock:
                     if self._current is None or self._current[0] <= version_id:

@@ -1,12 +1,13 @@
 """How long the Grid tab takes to show a page of 48 thumbnails, through the UI, at 3,781 and 50,000 items.
 
 Runs `python -m labeler` as a separate server and drives it with gradio_client like the browser
-does: open a page of one class (`/grid_open`), then, page after page, confirm it with one thumbnail
-marked (`/grid_confirm`, which records 47 labels, queues one item and returns the next page of the
-class). The time measured is Enter -> next page on screen: the confirm, the lease of the next page
-and its 48 thumbnails (decoded from the original photos, never cached before: each page holds new
-items). Next to it: the no-op figure of the same run, decoding 48 such thumbnails in-process
-without server or database.
+does: open a page of one class (`/grid_open`), then, page after page, look at it for ``--think-ms``
+and confirm it with one thumbnail marked (`/grid_confirm`, which records 47 labels, queues one item
+and returns the next page of the class). The time measured is Enter -> next page on screen: the
+confirm, the lease of the next page and its 48 thumbnails (new items on every page, made from the
+original photos, by the server's prefetch while the annotator looked, or on demand). Next to it:
+the no-op figure of the same run, decoding 48 such thumbnails in-process without server or database
+(what a page costs without the prefetch). ``--think-ms 0`` measures without any time to prefetch.
 
 The projects hold the real photos of ../shared/datasets/clothing-small (3,781: train + validation
 as the pool, test as the holdout) and a head version whose predictions are synthetic (the imported
@@ -78,7 +79,7 @@ def build_small(root: Path) -> None:
     print(f"built {root.name}: {n:,} items with synthetic predictions", flush=True)
 
 
-def measure(root: Path, *, pages: int, warmup: int) -> list[float]:
+def measure(root: Path, *, pages: int, warmup: int, think_s: float) -> list[float]:
     """Milliseconds from confirming a page to the next page of 48 arriving, per page."""
     from gradio_client import Client
 
@@ -93,6 +94,8 @@ def measure(root: Path, *, pages: int, warmup: int) -> list[float]:
         times: list[float] = []
         seen = 0
         while len(times) < pages:
+            if seen > 5 * (pages + warmup):
+                raise SystemExit(f"only {len(times)} full pages in {seen} confirms: is every class empty?")
             html = out[0]
             shown = [int(i) for i in re.findall(r'data-item="(\d+)"', html)]
             if not shown:
@@ -100,6 +103,7 @@ def measure(root: Path, *, pages: int, warmup: int) -> list[float]:
             page = int(re.search(r'data-page="(\d+)"', html).group(1))
             cls = re.search(r'data-cls="([^"]+)"', html).group(1)
             payload = json.dumps({"page": page, "cls": cls, "shown": shown, "marked": shown[-1:]})
+            time.sleep(think_s)  # the annotator scans the page; the server prepares the next one
             t = time.perf_counter()
             out = client.predict(payload, api_name="/grid_confirm")
             dt = (time.perf_counter() - t) * 1000
@@ -137,12 +141,13 @@ def main() -> None:
     ap.add_argument("--project", type=Path, help="an existing scored project (measured alone)")
     ap.add_argument("--pages", type=int, default=20, help="pages measured per project")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--think-ms", type=float, default=3000, help="time spent scanning each page of 48")
     ap.add_argument("--large", type=int, default=LARGE_ITEMS)
     ap.add_argument("--keep", type=Path, help="build the projects here and keep them (default: a temp dir)")
     args = ap.parse_args()
     os.environ.setdefault("TORCH_HOME", str(SHARED / "torch"))
     if args.project:
-        times = measure(args.project, pages=args.pages, warmup=args.warmup)
+        times = measure(args.project, pages=args.pages, warmup=args.warmup, think_s=args.think_ms / 1000)
         p95 = float(np.percentile(times, 95))
         print(f"p50 {np.median(times):.0f} ms, p95 {p95:.0f} ms; no-op 48 thumbnails {noop_ms(args.project):.0f} ms")
         print(f"p95_ms={p95:.0f}")
@@ -157,7 +162,7 @@ def main() -> None:
         grown_copy(small, large, args.large)
     results = {}
     for name, root in (("small", small), ("large", large)):
-        times = measure(root, pages=args.pages, warmup=args.warmup)
+        times = measure(root, pages=args.pages, warmup=args.warmup, think_s=args.think_ms / 1000)
         results[name] = times
         print(f"{name}: {args.pages} pages of 48, confirm -> next page shown: p50 {np.median(times):.0f} ms, "
               f"p95 {np.percentile(times, 95):.0f} ms, max {max(times):.0f} ms", flush=True)

@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -130,26 +130,26 @@ GRID_CSS = """
 
 
 class Thumbnails:
-    """Inline JPEG thumbnails (data URIs), made a page at a time on a small pool, kept in an LRU."""
+    """Inline JPEG thumbnails (data URIs), made on a small pool, kept in an LRU. A thumbnail asked
+    for while it is being made (by a prefetch) waits for that work instead of repeating it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cache: OrderedDict[int, str] = OrderedDict()
+        self._inflight: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(THUMB_THREADS, thread_name_prefix="thumbs")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _make(self, item_id: int, path: str) -> str | ImageError:
-        with self._lock:
-            hit = self._cache.get(item_id)
-            if hit is not None:
-                self._cache.move_to_end(item_id)
-                return hit
         try:
             im = load_thumbnail(path, THUMB_SIDE)
         except ImageError as exc:
             return exc
+        finally:
+            with self._lock:
+                self._inflight.pop(item_id, None)
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=THUMB_QUALITY)
         uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
@@ -159,9 +159,27 @@ class Thumbnails:
                 self._cache.popitem(last=False)
         return uri
 
+    def _future(self, item_id: int, path: str) -> Future:
+        with self._lock:
+            hit = self._cache.get(item_id)
+            if hit is not None:
+                self._cache.move_to_end(item_id)
+                done: Future = Future()
+                done.set_result(hit)
+                return done
+            fut = self._inflight.get(item_id)
+            if fut is None:
+                fut = self._inflight[item_id] = self._pool.submit(self._make, item_id, path)
+            return fut
+
     def many(self, pairs: list[tuple[int, str]]) -> list[str | ImageError]:
         """Data URI (or the reason it cannot be made) per (item_id, path), in order."""
-        return list(self._pool.map(lambda p: self._make(*p), pairs))
+        return [f.result() for f in [self._future(i, p) for i, p in pairs]]
+
+    def warm(self, pairs: list[tuple[int, str]]) -> None:
+        """Start making these thumbnails in the background (the page the annotator gets next)."""
+        for i, p in pairs:
+            self._future(i, p)
 
 
 def page_html(page: grid.Page, uris: list[str]) -> str:
@@ -205,11 +223,23 @@ class GridTab:
                 keep.append(t)
                 shown_uris.append(uri)
         page = grid.Page(page.page_id, page.cls, page.version_id, tuple(keep), page.score_name, page.seed_item)
+        if page.score_name == "confidence" and page.version_id is not None:
+            self._warm_next(page.version_id, page.cls)
         what = (f"nearest unlabelled items to #{page.seed_item}" if page.seed_item is not None
                 else "most confident first" if page.score_name == "confidence" else "nearest to your photo")
         head = (f"**Page {page.page_id}: {len(keep)} × {html.escape(page.cls)}** ({what}, model v{page.version_id}) · "
                 "mark the ones that do not belong, then Enter")
         return [page.to_state() | {"score_name": page.score_name}, page_html(page, shown_uris), head, note, picker]
+
+    def _warm_next(self, version_id: int, cls: str) -> None:
+        """Prepare the thumbnails of the class's next page while the annotator looks at this one."""
+        def work() -> None:
+            try:
+                self.thumbs.warm(grid.upcoming_class_page(self.project, version_id, cls))
+            except Exception:  # a failed prefetch only costs speed
+                log.exception("prefetching the next page failed")
+
+        threading.Thread(target=work, name="grid-prefetch", daemon=True).start()
 
     def open(self, choice: str | None, state: dict | None, request: gr.Request) -> list[Any]:
         annotator = self.app.user(request)

@@ -82,6 +82,22 @@ def _open_page(session: Session, annotator: str, version_id: int | None, chosen:
     return rnd
 
 
+def _class_page(version_id: int, cls: str, size: int, now: datetime):  # noqa: ANN202
+    """SELECT item_id, confidence, path of the ``size`` free items the version is most confident are ``cls``."""
+    return (select(Prediction.item_id, Prediction.confidence, Item.path)
+            .join(Item, Item.id == Prediction.item_id)
+            .where(Prediction.model_version_id == version_id, Prediction.pred == cls, _free(Prediction.item_id, now))
+            .order_by(Prediction.confidence.desc(), Prediction.item_id)
+            .limit(size))
+
+
+def peek_class_page(session: Session, version_id: int, cls: str, *, size: int,
+                    now: datetime | None = None) -> list[tuple[int, str]]:
+    """[(item_id, path)] of the page `lease_class_page` would lease now (read-only)."""
+    rows = session.execute(_class_page(version_id, cls, size, now or utcnow())).all()
+    return [(int(i), str(p)) for i, _, p in rows]
+
+
 def lease_class_page(session: Session, annotator: str, version_id: int, cls: str, *, size: int, ttl: timedelta,
                      now: datetime | None = None) -> Round | None:
     """Lease the ``size`` free items the version is most confident are ``cls`` as a new page (one
@@ -89,13 +105,8 @@ def lease_class_page(session: Session, annotator: str, version_id: int, cls: str
     now = now or utcnow()
     work.begin_handout(session, now)
     release_pages(session, annotator)
-    rows = session.execute(
-        select(Prediction.item_id, Prediction.confidence)
-        .where(Prediction.model_version_id == version_id, Prediction.pred == cls, _free(Prediction.item_id, now))
-        .order_by(Prediction.confidence.desc(), Prediction.item_id)
-        .limit(size)
-    ).all()
-    return _open_page(session, annotator, version_id, [(int(i), float(c or 0.0)) for i, c in rows], "confidence",
+    rows = session.execute(_class_page(version_id, cls, size, now)).all()
+    return _open_page(session, annotator, version_id, [(int(i), float(c or 0.0)) for i, c, _ in rows], "confidence",
                       ttl, now)
 
 

@@ -161,3 +161,12 @@ def test_more_like_this_page_takes_only_free_items(project, scored):  # noqa: AN
     assert held.item_ids == ids[:2]
     with db.session(project.engine) as s:
         assert pages.page_ids(s, [page.page_id, held.page_id, None]) == {page.page_id, held.page_id}
+
+
+def test_the_upcoming_page_is_what_is_leased_next(project, scored):  # noqa: ANN001
+    ids, vid = scored
+    first = grid.open_class_page(project, "ann", "dress", size=10)
+    upcoming = grid.upcoming_class_page(project, vid, "dress", size=10)
+    assert [i for i, _ in upcoming] == ids[10:20] and upcoming[0][1].endswith(".jpg")
+    grid.confirm(project, "ann", first.page_id, first.item_ids, [])
+    assert grid.open_class_page(project, "ann", "dress", size=10).item_ids == [i for i, _ in upcoming]
