@@ -79,6 +79,13 @@ def serving_version(session: Session) -> ModelVersion | None:
     return version if version is not None and version.classes else None
 
 
+def serving_id(project: Project) -> int | None:
+    """The id of `serving_version`, or None."""
+    with db.session(project.engine) as s:
+        version = serving_version(s)
+    return version.id if version is not None else None
+
+
 def class_counts(project: Project) -> tuple[int | None, dict[str, int]]:
     """(serving version, class -> items it puts there that could go on a page now), in the
     project's class order; (None, {}) before a version with a classifier exists."""
@@ -108,19 +115,18 @@ def _page(s: Session, rnd: Any, cls: str, score_name: str, seed: int | None = No
 
 
 def open_class_page(project: Project, annotator: str, cls: str | None = None, *, after: str | None = None,
-                    size: int = PAGE_SIZE) -> Page | None:
+                    size: int = PAGE_SIZE, version_id: int | None = None) -> Page | None:
     """Lease a page of ``cls`` (default: the next class after ``after`` that has items) for the
-    annotator, releasing their previous page. None when no class has items left to confirm."""
+    annotator, releasing their previous page. None when no class has items left to confirm.
+    ``version_id``: the serving version when the caller knows it (finding it scans the pool)."""
     size = _size(size)
     if cls is not None:
         project.check_class(cls)
     if cls is None:  # counting every class's free items is the slow part: only to find the next one
         version_id, counts = class_counts(project)
         cls = next_class(counts, after)
-    else:
-        with db.session(project.engine) as s:
-            version = serving_version(s)
-        version_id = version.id if version is not None else None
+    elif version_id is None:
+        version_id = serving_id(project)
     if version_id is None:
         raise UserError("no model with this project's classes yet: run `active retrain` first")
     if cls is None:

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,9 @@ THUMB_SIDE = 160  # px, longer side (shown at 128 px: sharp on high-density scre
 THUMB_QUALITY = 80
 THUMB_CACHE = 4096  # inline JPEGs kept in memory (~6 kB each)
 THUMB_THREADS = 2
+# Finding the serving version checks that it covers the pool (hundreds of ms at 50k items): the
+# tab asks again after this long, so a new version reaches pages within seconds, not per page.
+SERVING_TTL_S = 15.0
 NEXT = "(next class)"
 
 GRID_KEYS = """**Keys** · arrows move · `Space` marks / unmarks (or click) · `Enter` confirms the page ·
@@ -201,6 +205,7 @@ class GridTab:
         self.app = app
         self.project = app.project
         self.thumbs = Thumbnails()
+        self._serving: tuple[float, int | None] = (-SERVING_TTL_S, None)
         self.index = similarity.IndexCache(app.project.artifacts,
                                            lambda v: app.services.load_embeddings(app.project, v))
 
@@ -231,6 +236,20 @@ class GridTab:
                 "mark the ones that do not belong, then Enter")
         return [page.to_state() | {"score_name": page.score_name}, page_html(page, shown_uris), head, note, picker]
 
+    def _serving_id(self) -> int | None:
+        at, vid = self._serving
+        if time.monotonic() - at > SERVING_TTL_S or vid is None:
+            vid = grid.serving_id(self.project)
+            self._serving = (time.monotonic(), vid)
+        return vid
+
+    def _class_page(self, annotator: str, cls: str | None, *, after: str | None = None) -> grid.Page | None:
+        try:
+            return grid.open_class_page(self.project, annotator, cls, after=after,
+                                        version_id=self._serving_id() if cls else None)
+        except UserError as exc:
+            raise gr.Error(html.escape(str(exc))) from None
+
     def _warm_next(self, version_id: int, cls: str) -> None:
         """Prepare the thumbnails of the class's next page while the annotator looks at this one."""
         def work() -> None:
@@ -247,20 +266,11 @@ class GridTab:
         if cls is not None and state and state.get("seed_item") is not None and state.get("page_id"):
             # A "more like this" page: picking a class says what to record it as, keeping the items.
             return self._recast(state, cls)
-        after = (state or {}).get("cls")
-        try:
-            page = grid.open_class_page(self.project, annotator, cls, after=None if cls else after)
-        except UserError as exc:
-            raise gr.Error(html.escape(str(exc))) from None
-        return self._render(page, "")
+        return self._render(self._class_page(annotator, cls, after=None if cls else (state or {}).get("cls")), "")
 
     def next_class(self, state: dict | None, request: gr.Request) -> list[Any]:
         annotator = self.app.user(request)
-        try:
-            page = grid.open_class_page(self.project, annotator, None, after=(state or {}).get("cls"))
-        except UserError as exc:
-            raise gr.Error(html.escape(str(exc))) from None
-        return self._render(page, "")
+        return self._render(self._class_page(annotator, None, after=(state or {}).get("cls")), "")
 
     def _recast(self, state: dict, cls: str) -> list[Any]:
         with db.session(self.project.engine) as s:
@@ -290,10 +300,9 @@ class GridTab:
         if done.lost:
             note += f"; {len(done.lost)} not recorded (your lease on them ran out and they were taken)"
         self.app.after_grid(annotator)
-        page = grid.open_class_page(self.project, annotator, done.cls) if (state or {}).get("seed_item") is None \
-            else None
+        page = self._class_page(annotator, done.cls) if (state or {}).get("seed_item") is None else None
         if page is None:
-            page = grid.open_class_page(self.project, annotator, None, after=done.cls)
+            page = self._class_page(annotator, None, after=done.cls)
         return self._render(page, note)
 
     def _same(self, state: dict, note: str) -> list[Any]:
@@ -314,7 +323,7 @@ class GridTab:
             cls = next((t.pred for t in pages.thumbs(s, page_id) if t.pred), None)
             rows = labels.for_items(s, items[:1]).get(items[0], []) if items else []
         cls = next((r.label for r in rows if r.round_id == page_id and r.label), cls)
-        page = grid.open_class_page(self.project, annotator, cls) if cls else None
+        page = self._class_page(annotator, cls) if cls else None
         return self._render(page, f"undid page {page_id}: {len(items)} labels taken back")
 
     # -- attention and neighbours ------------------------------------------------------------------
