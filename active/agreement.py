@@ -1,6 +1,7 @@
 """Agreement between annotators: Cohen's kappa (two raters) and Fleiss' kappa (any number).
 
-Pure functions on labels and count tables (numpy only), so the dashboard and tests share them.
+Pure functions on labels and count tables (numpy, scikit-learn), so the dashboard and tests share
+them. Fleiss' kappa is written here: scikit-learn has none.
 """
 
 from __future__ import annotations
@@ -17,24 +18,18 @@ MIN_OVERLAP = 2
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     """Cohen's kappa of two raters who labelled the same items (``a[i]`` and ``b[i]`` per item).
 
-    kappa = (p_o - p_e) / (1 - p_e). When both raters always use one and the same class,
-    p_e = 1 and agreement is perfect: 1.0 is returned.
+    scikit-learn's ``cohen_kappa_score``, except when both raters always use one and the same
+    class: then chance agreement is 1, scikit-learn gives NaN, and agreement is perfect: 1.0.
     """
+    from sklearn.metrics import cohen_kappa_score
+
     if len(a) != len(b):
         raise ValueError(f"the two raters must label the same items ({len(a)} != {len(b)})")
     if not a:
         raise ValueError("cohen_kappa needs at least one item")
-    classes = sorted(set(a) | set(b))
-    index = {c: i for i, c in enumerate(classes)}
-    table = np.zeros((len(classes), len(classes)))
-    for x, y in zip(a, b, strict=True):
-        table[index[x], index[y]] += 1
-    n = table.sum()
-    p_o = np.trace(table) / n
-    p_e = float((table.sum(axis=1) / n) @ (table.sum(axis=0) / n))
-    if p_e >= 1.0:
+    if len(set(a) | set(b)) == 1:
         return 1.0
-    return float((p_o - p_e) / (1.0 - p_e))
+    return float(cohen_kappa_score(list(a), list(b)))
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:

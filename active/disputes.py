@@ -39,7 +39,39 @@ from typing import Any
 
 import numpy as np
 
-from storage.enums import DisputeReason, Source
+from storage.enums import DisputeReason, Source, Split
+
+
+@dataclass(frozen=True)
+class DisputeRule:
+    """Why an item is disputed: one entry per reason, read by the CLI, the Review tab and `refresh`."""
+
+    reason: DisputeReason
+    display: str
+    queue: str  # "pool": the review queue; "holdout": its own list (see storage.disputes.QUEUES)
+    needs_model: bool  # found from a model version's embeddings (skipped without one)
+    help: str
+
+
+RULES: dict[str, DisputeRule] = {
+    r.reason.value: r
+    for r in (
+        DisputeRule(DisputeReason.ANNOTATORS_DISAGREE, "annotators disagree", "pool", False,
+                    "annotators gave different classes"),
+        DisputeRule(DisputeReason.MODEL_DISAGREES, "model disagrees", "pool", True,
+                    "a cross-validated head confidently contradicts a person's label"),
+        DisputeRule(DisputeReason.IMPORTED_LABEL_SUSPECT, "given label suspect", "pool", True,
+                    "the model, or people, contradict an imported label"),
+        DisputeRule(DisputeReason.HOLDOUT_LABEL_SUSPECT, "holdout label suspect", "holdout", False,
+                    "any of the above on a holdout item: settling it changes the evaluation set"),
+    )
+}
+
+
+def rule_name(reason: str) -> str:
+    """The display name of a dispute reason (the reason itself when unknown)."""
+    return RULES[reason].display if reason in RULES else reason
+
 
 DEFAULT_FOLDS = 5
 # L2 strength of the cross-validated heads, as sklearn's C = DISPUTE_REG_ITEMS / n_train: the
@@ -306,11 +338,31 @@ class RefreshReport:
     skipped: list[str]
 
 
+def _holdout_apart(by_reason: dict[str, list[tuple[int, float, dict]]],
+                   split_of: dict[int, str]) -> dict[str, list[tuple[int, float, dict]]]:
+    """Move every suspicion on a holdout item to ``holdout_label_suspect`` (one row per item, the
+    highest score, with the reasons found): settling one changes the evaluation set, so they
+    never join the pool's review queue."""
+    out: dict[str, list[tuple[int, float, dict]]] = {r: [] for r in (*by_reason, DisputeReason.HOLDOUT_LABEL_SUSPECT)}
+    holdout: dict[int, tuple[float, dict]] = {}
+    for reason, rows in by_reason.items():
+        for item_id, score, detail in rows:
+            if split_of.get(item_id) != Split.HOLDOUT:
+                out[reason].append((item_id, score, detail))
+                continue
+            best, merged = holdout.get(item_id, (score, {**detail, "reasons": []}))
+            merged["reasons"].append(str(reason))
+            holdout[item_id] = (max(best, score), merged)
+    out[DisputeReason.HOLDOUT_LABEL_SUSPECT] = [(i, s, d) for i, (s, d) in sorted(holdout.items())]
+    return out
+
+
 def _model_rows(
     item_ids: Sequence[int], sources: Sequence[str], given: Sequence[str], classes: Sequence[str],
     issues: LabelIssues,
 ) -> dict[str, list[tuple[int, float, dict]]]:
-    rows: dict[str, list[tuple[int, float, dict]]] = {"model_disagrees": [], "imported_label_suspect": []}
+    rows: dict[str, list[tuple[int, float, dict]]] = {DisputeReason.MODEL_DISAGREES: [],
+                                                      DisputeReason.IMPORTED_LABEL_SUSPECT: []}
     for pos in np.flatnonzero(issues.flagged):
         reason = (DisputeReason.IMPORTED_LABEL_SUSPECT if sources[pos] == Source.IMPORTED
                   else DisputeReason.MODEL_DISAGREES)
@@ -332,12 +384,13 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
     embeddings; resolved disputes are kept. Items whose current label came from a review are
     not disputed again."""
     from active.errors import UserError
-    from storage import db, labels, versions
+    from storage import db, items, labels, versions
     from storage import disputes as store
-    from storage.meaning import is_human_class
+    from storage.meaning import contradicts_import, is_human_class
 
     with db.session(project.engine) as s:
         rows = labels.for_items(s)
+        split_of = items.splits(s)
         version = versions.get(s, version_id) if version_id is not None else versions.serving(s)
         if version_id is not None and version is None:
             raise UserError(f"no model version {version_id}")
@@ -351,7 +404,11 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
         votes += [(item_id, r.annotator, r.label) for r in labels.effective(group) if is_human_class(r)]
     disagreements = annotator_disagreements(votes)
     replaced: dict[str, list[tuple[int, float, dict]]] = {
-        "annotators_disagree": [(d.item_id, d.score, {"labels": d.labels}) for d in disagreements],
+        DisputeReason.ANNOTATORS_DISAGREE: [(d.item_id, d.score, {"labels": d.labels}) for d in disagreements],
+        # People contradicted the given label (kept in step label by label by `store.follow_label`).
+        DisputeReason.IMPORTED_LABEL_SUSPECT: [
+            (i, store.CONTRADICTED_SCORE, {"given": c.imported, "people_say": c.label, "source": "people"})
+            for i, c in current.items() if contradicts_import(c)],
     }
     skipped: list[str] = []
     noise_rate = None
@@ -371,10 +428,13 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
         else:
             y = np.array([classes.index(current[i].label) for i in keep])
             issues = find_label_issues(emb[[row_of[i] for i in keep]], y, len(classes), folds=folds, seed=seed)
-            replaced.update(_model_rows(keep, [current[i].source for i in keep],
-                                        [current[i].label for i in keep], classes, issues))
+            for reason, found in _model_rows(keep, [current[i].source for i in keep],
+                                             [current[i].label for i in keep], classes, issues).items():
+                replaced[reason] = replaced.get(reason, []) + found
             noise_rate = issues.noise_rate
             checked = len(keep)
+
+    replaced = _holdout_apart(replaced, split_of)
 
     def write(s):  # noqa: ANN001, ANN202
         return {reason: store.replace_open(s, reason, rows) for reason, rows in replaced.items()}

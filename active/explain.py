@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from active import attribution_methods
+from active.atomic import write_atomic
+from active.attribution_methods import DEFAULT_METHOD
 from active.errors import UserError
 
 if TYPE_CHECKING:
@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 ATTRIBUTIONS_DIR = "attributions"
 CLASS_AVERAGE_DIR = "class-average"
-DEFAULT_METHOD = "gradcam"  # the same as models.explain.DEFAULT_METHOD, without importing torch
-METHOD_NAMES = ("gradcam", "ig", "guided", "occlusion")
 # Items averaged into a class-average map: enough for a stable mean, few enough to compute in
 # seconds with Grad-CAM on CPU.
 CLASS_AVERAGE_LIMIT = 32
@@ -60,9 +58,10 @@ class ItemExplanation:
 
 
 def check_method(method: str) -> str:
-    if method not in METHOD_NAMES:
-        raise UserError(f"unknown attribution method {method!r}: use one of {', '.join(METHOD_NAMES)}")
-    return method
+    try:
+        return attribution_methods.get(method).name
+    except attribution_methods.UnknownMethodError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _load_model(project: Project, version: ModelVersion) -> Any:
@@ -93,20 +92,6 @@ def _class_index(version: ModelVersion, cls: str) -> int:
         raise UserError(f"class {cls!r} is not one of model version {version.id}'s classes "
                         f"({', '.join(version.classes)})")
     return version.classes.index(cls)
-
-
-def _save_atomic(path: Path, save: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            save(fh)
-            fh.flush()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _version_dir(project: Project, version_id: int) -> Path:
@@ -173,22 +158,15 @@ def explain(
     result = mx.explain(loaded.model, photo, method, index, size=size,
                         output_size=mx.input_size(photo.width, photo.height, size=size))
     heat = result.heatmap
-    _save_atomic(npy, lambda fh: np.save(fh, heat.astype(np.float16)))
+    write_atomic(npy, lambda fh: np.save(fh, heat.astype(np.float16)))
     picture = mx.overlay(_fit(photo), heat)
-    _save_atomic(png, lambda fh: picture.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
+    write_atomic(png, lambda fh: picture.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
     return ItemExplanation(png, npy, item.id, version.id, method, target, cached=False)
 
 
-def explain_item(
-    project: Project,
-    item_id: int,
-    *,
-    version_id: int | None = None,
-    method: str = DEFAULT_METHOD,
-    target: str | None = None,
-) -> Path:
-    """Path of the cached overlay PNG of `explain`."""
-    return explain(project, item_id, version_id=version_id, method=method, target=target).png
+def explain_item(project: Project, item_id: int, **kwargs: Any) -> Path:  # noqa: ANN401
+    """Path of the cached overlay PNG of `explain` (same keyword arguments)."""
+    return explain(project, item_id, **kwargs).png
 
 
 def load_heatmap(explanation: ItemExplanation | Path) -> np.ndarray:
@@ -250,7 +228,7 @@ def class_average(
     mean_map = mx.average_maps(maps)
     picture = mx.overlay(mx.average_image(photos), mean_map)
     info = {"version": version.id, "method": method, "class": cls, "items": used, "skipped": skipped}
-    _save_atomic(png.with_suffix(".npy"), lambda fh: np.save(fh, mean_map))
-    _save_atomic(png.with_suffix(".json"), lambda fh: fh.write(json.dumps(info, indent=1).encode()))
-    _save_atomic(png, lambda fh: picture.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
+    write_atomic(png.with_suffix(".npy"), lambda fh: np.save(fh, mean_map))
+    write_atomic(png.with_suffix(".json"), lambda fh: fh.write(json.dumps(info, indent=1).encode()))
+    write_atomic(png, lambda fh: picture.save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
     return png

@@ -44,10 +44,32 @@ from storage import db, items, labels, pages, versions
 from storage import disputes as store_disputes
 from storage.enums import Decision, Source, Split
 from storage.labels import CurrentLabel
+from storage.snapshots import export_hash
 from storage.tables import Item, ModelVersion, Prediction, utcnow
 
-FORMATS = ("imagefolder", "csv", "jsonl", "hf")
-IMAGE_FORMATS = ("imagefolder", "hf")
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """An export format: what it writes. The CLI's choices and the writer read these entries."""
+
+    name: str
+    display: str
+    writes_images: bool  # the photos' bytes go into the export (unreadable items are left out)
+    table: str | None  # the provenance table's file name, None when the metadata lies per split
+    help: str
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("imagefolder", "ImageFolder", True, "labels.csv",
+                     "OUT/<split>/<class>/<file> for torchvision's ImageFolder, plus labels.csv"),
+        ExportFormat("csv", "CSV", False, "labels.csv", "labels.csv only, one row per item"),
+        ExportFormat("jsonl", "JSON lines", False, "labels.jsonl", "labels.jsonl only, typed values"),
+        ExportFormat("hf", "Hugging Face imagefolder", True, None,
+                     "OUT/<split>/ with metadata.parquet and a dataset card declaring the features"),
+    )
+}
 # flag: keep disputed items and say why in a `disputed` column; exclude: drop them;
 # unresolved-disputes: keep them, no column.
 INCLUDE_MODES = ("flag", "exclude", "unresolved-disputes")
@@ -56,7 +78,6 @@ HOLDOUT_SPLIT = Split.HOLDOUT
 POOL_SPLIT = "train"
 HF_SPLIT_NAMES = {"val": "validation"}  # the name Hugging Face's split inference knows
 MANIFEST_NAME = "export.json"
-TABLE_NAMES = {"imagefolder": "labels.csv", "csv": "labels.csv", "jsonl": "labels.jsonl", "hf": None}
 # Parquet, not JSON lines: `datasets` infers each split's JSON types from its first rows and refuses
 # splits whose all-null columns (a holdout without rounds) then differ; Parquet carries the schema.
 HF_METADATA = "metadata.parquet"
@@ -360,14 +381,6 @@ class Collected:
     class_folders: dict[str, str]
 
 
-def snapshot_hash(current: Mapping[int, CurrentLabel], sha_of: Mapping[int, str]) -> str:
-    """sha256 of the sorted (item sha256, label, source) rows: equal stores give equal hashes."""
-    h = hashlib.sha256()
-    for sha, label, source in sorted((sha_of[i], c.label, c.source) for i, c in current.items()):
-        h.update(json.dumps([sha, label, source], ensure_ascii=False).encode("utf-8") + b"\n")
-    return h.hexdigest()
-
-
 def collect(project: Project, opts: ExportOptions) -> Collected:
     """Read the store once and decide what is exported, where, and why the rest is not."""
     excluded: Counter = Counter()
@@ -380,7 +393,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         passes = labels.passes_by_item(s)
         on_pages = pages.page_ids(s, (c.round_id for c in current.values()))
     sha_of = {i: it.sha256 for i, it in all_items.items()}
-    snap = snapshot_hash(current, sha_of)
+    snap = export_hash((sha_of[i], c.label, c.source) for i, c in current.items())
 
     rows: list[Row] = []
     for item_id, item in all_items.items():
@@ -394,7 +407,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if opts.min_agreement is not None and cur.agreement is not None and cur.agreement < opts.min_agreement:
             excluded["below_min_agreement"] += 1
             continue
-        if item.error is not None and opts.format in IMAGE_FORMATS:
+        if item.error is not None and FORMATS[opts.format].writes_images:
             excluded["unreadable_image"] += 1  # scoring could not decode it: no loader could either
             continue
         reasons = disputes.get(item_id, [])
@@ -591,7 +604,7 @@ def _write_tree(tmp: Path, collected: Collected, opts: ExportOptions, manifest: 
     rows = collected.rows
     placed = Counter()
     skipped: list[dict[str, Any]] = []
-    if opts.format in IMAGE_FORMATS:
+    if FORMATS[opts.format].writes_images:
         kept: list[Row] = []
         for r in tqdm(rows, desc=f"export {opts.format}", unit="img", disable=not opts.progress):
             dst = tmp / r.split / r.folder / r.file_name
@@ -605,7 +618,7 @@ def _write_tree(tmp: Path, collected: Collected, opts: ExportOptions, manifest: 
         rows = kept
     flag = opts.include == "flag"
     records = [record(r, flag=flag) for r in rows]
-    table = TABLE_NAMES[opts.format]
+    table = FORMATS[opts.format].table
     if table is not None:
         (write_jsonl if table.endswith(".jsonl") else write_csv)(tmp / table, records)
     if opts.format == "hf":
@@ -763,6 +776,6 @@ def default_out(project: Project, fmt: str, *, now: datetime | None = None) -> P
 
 __all__ = [
     "FORMATS", "INCLUDE_MODES", "ExportOptions", "allocate", "assign_splits", "class_folders", "collect",
-    "escape_cell", "export", "parse_splits", "read_csv", "safe_name", "snapshot_hash", "summary",
+    "escape_cell", "export", "parse_splits", "read_csv", "safe_name", "summary",
     "unescape_cell",
 ]

@@ -18,6 +18,7 @@ from active.errors import UserError
 from active.project import Project
 from active.similarity import SimilarityIndex
 from storage import db, items, labels, versions, work
+from storage import disputes as store_disputes
 from storage.enums import CLASS_DECISIONS, SEEN_DECISIONS, Decision, Kind
 from storage.tables import Label
 
@@ -141,6 +142,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
             suggestion=top[0] if top else None, confidence=top[1] if top else None,
             model_version_id=task.version_id, round_id=task.round_id,
         ))
+        store_disputes.follow_label(s, row)  # a confirmed given label is no longer suspect
         work.release(s, annotator)
         q = work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
         return row, (None if q is None else _task(s, q))

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from active.atomic import write_atomic
 from active.errors import UserError
 from active.tempdirs import make_owned_dir, remove_orphans
 from storage import db, versions
@@ -73,15 +74,9 @@ class LoadedModel:
 
 def current_version(project: Project) -> ModelVersion | None:
     """The newest published version, which scoring and retraining work on (None before the first
-    `active score`). It serves only once it covers the pool: see `serving_version`."""
+    `active score`). It serves only once it covers the pool: see `storage.versions.serving`."""
     with db.session(project.engine) as s:
         return versions.latest(s)
-
-
-def serving_version(project: Project) -> ModelVersion | None:
-    """The version that serves suggestions, selection and the UI (`storage.versions.serving`)."""
-    with db.session(project.engine) as s:
-        return versions.serving(s)
 
 
 def get_version(project: Project, version_id: int) -> ModelVersion:
@@ -113,7 +108,7 @@ def new_staging(project: Project) -> Path:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def _fsync_tree(path: Path) -> None:

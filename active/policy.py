@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from active.atomic import write_atomic
+
 if TYPE_CHECKING:
     from active.project import Project
 
@@ -112,9 +114,7 @@ def _write_lock(fd_or_path: int | Path, info: dict) -> None:
         os.write(fd_or_path, data)
         os.close(fd_or_path)
         return
-    tmp = fd_or_path.with_name(fd_or_path.name + f".{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, fd_or_path)
+    write_atomic(fd_or_path, data)
 
 
 def _command(project: Project) -> list[str]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import tomllib
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -12,12 +10,13 @@ from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
+from active.atomic import write_atomic
+from active.backbones import DEFAULT_BACKBONE, default_weights
 from active.errors import UserError
 
 CONFIG_NAME = "active.toml"
 DEFAULT_DB = "sqlite:///active.db"  # relative paths are resolved against the project folder
-DEFAULT_BACKBONE = "resnet50"
-DEFAULT_WEIGHTS = "IMAGENET1K_V1"
+DEFAULT_WEIGHTS = default_weights(DEFAULT_BACKBONE)
 
 PRESETS: dict[str, list[str]] = {
     # The classes of ../shared/datasets/clothing-small (folder names).
@@ -167,16 +166,3 @@ def resolve_db_url(url: str, root: Path) -> str:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
         return prefix + str((root / url[len(prefix) :]).resolve())
     return url
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,9 +16,9 @@ are the given labels, the best we have until humans say otherwise).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,8 +26,9 @@ import numpy as np
 
 from active import modelstore, scoring
 from active.errors import UserError
-from storage import db, items, labels, versions
+from storage import aliases, db, items, labels, versions
 from storage.enums import Split
+from storage.snapshots import labels_hash
 from storage.tables import ModelVersion
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class LabelledSet:
     (train + validation slice) and of the labelled holdout."""
 
     snapshot: str  # sha256 of the (item, label) pairs trained on
+    max_alias_id: int  # with max_label_id, pins the labels as read then (see `reproduce_snapshot`)
+    holdout_snapshot: str  # sha256 of the holdout's (item, label) pairs evaluated on
     max_label_id: int
     train_ids: np.ndarray
     train_y: np.ndarray
@@ -58,14 +61,6 @@ class LabelledSet:
         return len(self.train_ids) + len(self.val_ids)
 
 
-def snapshot_hash(pairs: list[tuple[int, str]]) -> str:
-    """sha256 of sorted (item id, label) pairs: what a version was trained on."""
-    h = hashlib.sha256()
-    for item_id, label in sorted(pairs):
-        h.update(f"{item_id}\t{label}\n".encode())
-    return h.hexdigest()
-
-
 def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Positions (train, val) of ``y`` (n,): about ``fraction`` of each class goes to val, and
     every class keeps at least one training item."""
@@ -78,15 +73,96 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
+def holdout_labels(project: Project) -> list[tuple[int, str]]:
+    """The holdout's (item id, class) pairs that a version is evaluated on: readable holdout items
+    whose current label is in the taxonomy (what `take_snapshot` puts in ``holdout_ids``)."""
+    classes = set(project.config.classes)
+    with db.session(project.engine) as s:
+        current = labels.current(s, items.ids(s, split=Split.HOLDOUT))
+    return sorted((i, c.label) for i, c in current.items() if c.label in classes)
+
+
+def holdout_hash(project: Project) -> str:
+    """`storage.snapshots.labels_hash` of today's `holdout_labels` (versions record theirs)."""
+    return labels_hash(holdout_labels(project))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A new version against the previous one with a head, on the new version's holdout labels."""
+
+    previous_id: int
+    same_holdout: bool  # False: the previous one was re-evaluated on these labels from its stored predictions
+    previous: dict  # accuracy, macro_f1 (and the rest of `models.calibration.evaluate`)
+    current: dict
+
+    @property
+    def worse(self) -> bool:
+        return (self.current.get("accuracy", 0.0) < self.previous.get("accuracy", 0.0)
+                or self.current.get("macro_f1", 0.0) < self.previous.get("macro_f1", 0.0))
+
+
+def compare_on_holdout(project: Project, version: ModelVersion) -> Comparison | None:
+    """``version`` against the newest earlier version with a head, both on the holdout labels
+    ``version`` was evaluated on. None when there is nothing to compare (no holdout, no earlier
+    head, or one whose classes or holdout predictions do not fit)."""
+    current = (version.metrics or {}).get("holdout")
+    if not current or not current.get("n"):
+        return None
+    with db.session(project.engine) as s:
+        earlier = [v for v in versions.all_versions(s) if v.id < version.id and v.classes]
+    if not earlier:
+        return None
+    prev = earlier[-1]
+    recorded = (prev.metrics or {}).get("holdout") or {}
+    if recorded.get("n") and prev.metrics.get("holdout_labels_sha256") == version.metrics.get("holdout_labels_sha256"):
+        return Comparison(int(prev.id), True, recorded, current)
+    if list(prev.classes) != list(version.classes):
+        return None
+    pairs = holdout_labels(project)
+    with db.session(project.engine) as s:
+        preds = versions.predictions(s, prev.id, [i for i, _ in pairs])
+    index = {c: k for k, c in enumerate(version.classes)}
+    kept = [(preds[i].probs, index[c]) for i, c in pairs if i in preds and preds[i].probs is not None]
+    if not kept:
+        return None
+    probs = np.array([p for p, _ in kept], dtype=np.float64)
+    return Comparison(int(prev.id), False, _evaluate(probs, np.array([y for _, y in kept]), list(version.classes)),
+                      current)
+
+
+def _training_pairs(current: dict, split: dict[int, str], classes: Iterable[str]) -> list[tuple[int, str]]:
+    """(item id, class) of readable pool items whose current label is one of ``classes``."""
+    wanted = set(classes)
+    return sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.POOL and c.label in wanted)
+
+
+def reproduce_snapshot(project: Project, version: ModelVersion) -> str | None:
+    """The training-set hash of ``version`` recomputed from today's store: labels up to its label
+    snapshot read through the aliases of that time, against its classes as published. Equal to
+    ``version.snapshot`` because labels are append-only; None for a version not trained on labels."""
+    m = version.metrics or {}
+    if "label_snapshot_max_id" not in m:
+        return None
+    with db.session(project.engine) as s:
+        _, current = labels.snapshot(s, upto_label_id=int(m["label_snapshot_max_id"]),
+                                     upto_alias_id=int(m.get("alias_max_id", 0)))
+        published = versions.get(s, version.id, as_stored=True)
+        readable = set(items.ids(s))
+        split = {i: sp for i, sp in items.splits(s).items() if i in readable}
+    return labels_hash(_training_pairs(current, split, published.classes if published else []))
+
+
 def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
     classes = project.config.classes
     index = {c: k for k, c in enumerate(classes)}
     with db.session(project.engine) as s:
         top, current = labels.snapshot(s)
+        top_alias = aliases.max_id(s)
         readable = set(items.ids(s))
         split = {i: sp for i, sp in items.splits(s).items() if i in readable}
         paths = {i: p for i, p in items.paths(s).items() if i in readable}
-    pool = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.POOL and c.label in index)
+    pool = _training_pairs(current, split, index)
     skipped = sum(1 for i, c in current.items() if split.get(i) == Split.POOL and c.label not in index)
     hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.HOLDOUT and c.label in index)
     ids = np.array([i for i, _ in pool], dtype=np.int64)
@@ -98,7 +174,7 @@ def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
     tr, va = stratified_split(y, project.config.retrain.holdout_fraction_for_calibration,
                               np.random.default_rng(seed))
     return LabelledSet(
-        snapshot=snapshot_hash(pool), max_label_id=top,
+        snapshot=labels_hash(pool), max_alias_id=top_alias, holdout_snapshot=labels_hash(hold), max_label_id=top,
         train_ids=ids[tr], train_y=y[tr], val_ids=ids[va], val_y=y[va],
         holdout_ids=np.array([i for i, _ in hold], dtype=np.int64),
         holdout_y=np.array([index[c] for _, c in hold], dtype=np.int64),
@@ -152,6 +228,8 @@ def retrain(
     version.snapshot = data.snapshot
     version.n_labels = data.n_labels
     version.metrics = {**version.metrics, "label_snapshot_max_id": data.max_label_id,
+                       "alias_max_id": data.max_alias_id,
+                       "holdout_labels_sha256": data.holdout_snapshot,
                        "skipped_labels_not_in_taxonomy": data.skipped,
                        "seconds": round(time.perf_counter() - started, 2)}
     modelstore.write_json(staging / "meta.json", {"mode": mode, "backbone": version.backbone,

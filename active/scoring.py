@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from active import modelstore
+from active.atomic import write_atomic
 from active.errors import UserError
 from storage import db, items, versions
 from storage.tables import ModelVersion, Prediction
@@ -90,12 +91,7 @@ def _chunk_path(folder: Path, start_row: int) -> Path:
 
 
 def _save_chunk(folder: Path, start_row: int, array: np.ndarray) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    final = _chunk_path(folder, start_row)
-    tmp = folder / f".{final.name}.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array, dtype=np.float32))
-    tmp.replace(final)
+    write_atomic(_chunk_path(folder, start_row), lambda fh: np.save(fh, np.ascontiguousarray(array, dtype=np.float32)))
 
 
 def _read_rows(folder: Path, rows: np.ndarray) -> np.ndarray:

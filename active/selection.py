@@ -103,7 +103,7 @@ def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Sel
         kwargs["probs"] = _rows(ids, probs_ids, probs)
     if use_emb:
         kwargs["embeddings"] = _rows(ids, emb_ids, emb)
-        if name == "kcenter":  # the core-set grows from what is labelled already
+        if chosen.uses_labelled:  # e.g. the core-set grows from what is labelled already
             kwargs["labelled"] = _rows(pool.labelled[np.isin(pool.labelled, emb_ids)], emb_ids, emb)
     try:
         sel = strategies.select(name, ids, batch, rng=np.random.default_rng(SELECTION_SEED), **kwargs)
@@ -112,11 +112,25 @@ def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Sel
     return sel, name, pool.version_id
 
 
-def select_round(project: Project, *, strategy: str = strategies.DEFAULT_STRATEGY, batch: int) -> Round:
+def select_round(project: Project, *, strategy: str = strategies.DEFAULT_STRATEGY, batch: int,
+                 force: bool = False, close_open: bool = False) -> Round:
     """Open a Round that queues the chosen batch in priority order with the score that picked
-    each item. Returns the Round (its ``strategy`` is the one actually used)."""
+    each item. Returns the Round (its ``strategy`` is the one actually used).
+
+    While another round is open this refuses (a second round would silently double the queue)
+    unless ``force`` opens one beside it or ``close_open`` closes the open ones first (their
+    unhandled items become candidates again)."""
     from storage import db, work
 
+    with db.session(project.engine) as s:
+        still_open = [(r, work.round_progress(s, r.id)) for r in work.open_rounds(s)]
+    if still_open and close_open:
+        db.write(project.engine, lambda s: [work.close_round(s, r.id) for r, _ in still_open])
+    elif still_open and not force:
+        r, p = still_open[0]
+        raise UserError(f"round {r.id} is still open ({p.labelled} / {p.total} labelled, {p.skipped} skipped, "
+                        f"{p.unsure} unsure): label it first, pass --close-open to close it, or --force to open "
+                        "another beside it")
     sel, name, version_id = plan(project, strategy=strategy, batch=batch)
 
     def write(s):  # noqa: ANN001, ANN202

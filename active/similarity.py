@@ -7,8 +7,8 @@ float32 embeddings (so the similarities shown are exact, and recall@10 stays abo
 items, see ``bench/similar.py``).
 
 An index belongs to one model version and one set of scored items. It is saved under
-``artifacts/similarity/`` with a key of the item ids in its name, written to a temporary name and
-renamed, so a second process reads a whole file or builds its own. `IndexCache` builds a slow index
+``artifacts/similarity/`` with a key of the item ids in its name, written atomically
+(`active.atomic`), so a second process reads a whole file or builds its own. `IndexCache` builds a slow index
 in a background thread and answers exactly meanwhile: nobody waits for a build.
 
 Pure numpy + faiss; no torch, no SQL.
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from active.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -193,20 +193,13 @@ def index_path(artifacts: Path, version_id: int, ids: np.ndarray) -> Path:
 
 
 def save_graph(index: SimilarityIndex, path: Path) -> None:
-    """Write the index's graph to ``path`` through a temporary file and a rename (nothing for exact)."""
+    """Write the index's graph to ``path`` atomically (nothing for an exact index). Not fsynced: a
+    graph lost to a power cut is rebuilt from the embeddings."""
     if index.graph is None:
         return
     import faiss
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        faiss.write_index(index.graph, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, faiss.serialize_index(index.graph).tobytes(), fsync=False)
 
 
 def load_graph(path: Path, ids: np.ndarray, embeddings: np.ndarray) -> SimilarityIndex | None:

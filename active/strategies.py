@@ -310,20 +310,23 @@ class Strategy:
     needs_embeddings: bool
     score_name: str
     help: str
+    display: str = ""  # for lists shown to people; the name when empty
+    uses_labelled: bool = False  # also given the labelled items' embeddings (``labelled=``)
 
 
 REGISTRY: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("random", _random, False, False, "random", "uniformly at random"),
+        Strategy("random", _random, False, False, "random", "uniformly at random", "Random"),
         Strategy("least_confidence", _least_confidence, True, False, "least_confidence",
-                 "lowest top-class probability"),
-        Strategy("margin", _margin, True, False, "margin", "smallest gap between the top two classes"),
-        Strategy("entropy", _entropy, True, False, "entropy", "highest predictive entropy"),
+                 "lowest top-class probability", "Least confidence"),
+        Strategy("margin", _margin, True, False, "margin", "smallest gap between the top two classes", "Margin"),
+        Strategy("entropy", _entropy, True, False, "entropy", "highest predictive entropy", "Entropy"),
         Strategy("kcenter", _kcenter, False, True, "distance",
-                 "greedy core-set: farthest from the labelled set and each other"),
+                 "greedy core-set: farthest from the labelled set and each other", "k-center core-set",
+                 uses_labelled=True),
         Strategy("hybrid", _hybrid, True, True, "margin",
-                 "most uncertain, one per k-means cluster, balanced over predicted classes"),
+                 "most uncertain, one per k-means cluster, balanced over predicted classes", "Hybrid"),
     )
 }
 DEFAULT_STRATEGY = "hybrid"

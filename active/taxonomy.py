@@ -1,18 +1,27 @@
-"""Taxonomy changes that touch the store: counting and rewriting a class name."""
+"""Taxonomy changes that touch the store: counting class uses and renaming or merging a class.
+
+A rename or merge appends a class alias (`storage.aliases`): every label row, suggestion,
+prediction and published version keeps its bytes and reads under the new name, so labels stay
+append-only and the label snapshots of old versions can be recomputed."""
 
 from __future__ import annotations
 
 from active.project import Project
-from storage import db, labels
+from storage import aliases, db, labels
 
 
 def count_uses(project: Project) -> dict[str, int]:
-    """Label rows per class name (all kinds)."""
+    """Label rows per class name as read today (all kinds)."""
     with db.session(project.engine) as s:
         return labels.uses_by_class(s)
 
 
-def rewrite_class(project: Project, old: str, new: str) -> dict[str, int]:
-    """Rename ``old`` to ``new`` in labels, suggestions, predictions and version class lists,
-    in one transaction. Returns rows changed per kind."""
-    return db.write(project.engine, lambda s: labels.rewrite_class(s, old, new))
+def alias_class(project: Project, old: str, new: str) -> int:
+    """Make ``old`` read as ``new`` from now on; returns how many label rows read differently."""
+
+    def tx(s) -> int:  # noqa: ANN001
+        n = labels.uses_by_class(s).get(old, 0)
+        aliases.add(s, old, new)
+        return n
+
+    return db.write(project.engine, tx)

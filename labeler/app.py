@@ -20,7 +20,7 @@ from typing import Any
 
 import gradio as gr
 
-from active import labeling
+from active import attribution_methods, labeling
 from active.errors import UserError
 from active.labeling import Task
 from active.project import Project
@@ -40,8 +40,7 @@ SIMILAR_K = 6
 PREFETCH_AHEAD = 2  # items prepared after the current one (two, so a colleague taking one does not empty it)
 STATUS_EVERY_S = 3.0
 TRAINING_GIVE_UP_S = 3600  # stop saying "training…" when no new version came after this long
-METHODS = [("Grad-CAM", "gradcam"), ("Integrated Gradients", "ig"), ("Guided Backprop", "guided"),
-           ("Occlusion", "occlusion")]
+METHODS = [(m.display, m.name) for m in attribution_methods.REGISTRY.values()]  # (shown, value) for the list
 LOOPBACK_NAMES = ("localhost",)
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
@@ -154,7 +153,8 @@ class LabelerApp:
             return users.verify(s, name, password) is not None
 
     # -- the label tab ------------------------------------------------------------------------
-    def show(self, task: Task | None, note: str = "", view: tuple[bool, str] = (True, "gradcam")) -> list[Any]:
+    def show(self, task: Task | None, note: str = "",
+             view: tuple[bool, str] = (True, attribution_methods.DEFAULT_METHOD)) -> list[Any]:
         """Outputs of every event that changes the item: state, photo, bars, why, 9 picks, note,
         picker, map, map note. The map comes along when it is already made (prefetched); otherwise
         it is left empty here and the chained attribution event fills it."""
@@ -188,7 +188,7 @@ class LabelerApp:
 
     @staticmethod
     def _map_note(method: str, target: str) -> str:
-        name = dict((v, k) for k, v in METHODS).get(method, "unknown method")
+        name = attribution_methods.REGISTRY[method].display if method in attribution_methods.REGISTRY else "unknown method"
         return f"{name} for **{esc(target)}**"
 
     def _after_label(self, annotator: str, task: Task | None) -> None:
@@ -445,7 +445,7 @@ class LabelerApp:
                         with gr.Column(scale=4):
                             with gr.Row():
                                 show_attr = gr.Checkbox(True, label="Attention map (a)", elem_id="show-attr")
-                                method = gr.Dropdown(METHODS, value="gradcam", label="Method", filterable=False,
+                                method = gr.Dropdown(METHODS, value=attribution_methods.DEFAULT_METHOD, label="Method", filterable=False,
                                                      elem_id="attr-method")
                             attr = gr.Image(label="where the model looked", type="filepath", height=400,
                                             interactive=False, elem_id="attr")

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from active.agreement import agreement
+from active.attribution_methods import DEFAULT_METHOD
+from active.disputes import rule_name
 from active.errors import UserError
 from active.project import Project
 from labeler.services import Services
@@ -122,13 +124,18 @@ class DashboardCache:
             return fut
 
     def _make_plots(self, version_id: int | None) -> tuple[Path, Path, Path]:
+        from active.commands.status import same_holdout
+        from active.retrain import holdout_hash
+
         classes = list(self.project.config.classes)
         tag = f"v{version_id}"
+        holdout = holdout_hash(self.project)
         with db.session(self.project.engine) as s:
             points = []
             for v in versions.all_versions(s):
                 acc = (v.metrics or {}).get("holdout", {}).get("accuracy")
-                if isinstance(acc, int | float):
+                # Only versions measured on today's holdout labels: other points are not comparable.
+                if isinstance(acc, int | float) and same_holdout(v.metrics, holdout):
                     points.append((v.id, v.n_labels, float(acc)))
             version = versions.get(s, version_id) if version_id else None
             split = items.splits(s)
@@ -156,7 +163,7 @@ class DashboardCache:
             fut = self._averages.get(key)
             if fut is None:
                 fut = self._averages[key] = self._pool.submit(
-                    self.services.class_average, self.project, cls, version_id=version_id, method="gradcam")
+                    self.services.class_average, self.project, cls, version_id=version_id, method=DEFAULT_METHOD)
             return fut
 
     def render(self) -> list[Any]:
@@ -175,6 +182,9 @@ class DashboardCache:
         agree = agreement_markdown(rep)
         version_id = st["current_version"]
         notes = []
+        earlier = [f"v{v['id']}" for v in st["model_versions"] if v["same_holdout"] is False]
+        if earlier:
+            notes.append(f"left out of the learning curve, evaluated on earlier holdout labels: {', '.join(earlier)}")
         try:
             curve, confusion, dist = self._plots_for(version_id).result(timeout=PLOT_WAIT_S)
         except Exception as exc:  # noqa: BLE001
@@ -255,7 +265,7 @@ def _esc(text: object) -> str:
 def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
     conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
     lines = [
-        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} · {esc(d['reason'])} · score {d['score']:.2f}",
+        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} · {esc(rule_name(d['reason']))} · score {d['score']:.2f}",
         "",
         f"- given label: **{esc(d['given'] or '—')}** ({esc(d['given_source'] or 'none')})",
         f"- model v{d['version_id']} suggests: **{esc(d['suggestion'] or '—')}**{conf}",
@@ -269,7 +279,7 @@ def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
 
 def dispute_table(project: Project, services: Services) -> list[list[Any]]:
     with db.session(project.engine) as s:
-        return [[d.id, d.item_id, d.reason, round(float(d.score), 3)]
+        return [[d.id, d.item_id, rule_name(d.reason), round(float(d.score), 3)]
                 for d in services.open_disputes(s, limit=DISPUTES_SHOWN)]
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image
 
+from active.atomic import write_atomic
+from active.attribution_methods import DEFAULT_METHOD
 from models.images import load_rgb
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,6 @@ log = logging.getLogger(__name__)
 DISPLAY_MAX_SIDE = 800  # px: larger photos are scaled down for the page (labels use the original)
 DISPLAY_QUALITY = 90
 KEEP = 512  # finished futures remembered (LRU); files stay on disk in the temp folder
-DEFAULT_METHOD = "gradcam"
 # Intra-op threads for attribution in the server. One image through a small network gains little
 # from more, and when the cores are shared (web server, other jobs) OpenMP's spinning threads make
 # it far slower: a mobilenet_v2 forward measured 40 ms with 1 thread and 2,105 ms with 2 on this
@@ -92,9 +93,8 @@ class Prefetcher:
         if not out.exists():
             im = load_rgb(path)
             im.thumbnail((DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE), Image.Resampling.BILINEAR)
-            tmp = out.with_suffix(f".{threading.get_ident()}.part")  # per thread: two may race
-            im.save(tmp, format="JPEG", quality=DISPLAY_QUALITY)
-            tmp.replace(out)
+            # A display cache: no fsync (it is rebuilt after a restart), one temp file per writer.
+            write_atomic(out, lambda fh: im.save(fh, format="JPEG", quality=DISPLAY_QUALITY), fsync=False)
         return out
 
     def photo(self, item_id: int, path: str, *, wait: bool = True) -> Path | Future:
@@ -112,9 +112,7 @@ class Prefetcher:
         # A copy in our temp folder, so Gradio can serve it wherever the project lies.
         out = self.folder / f"map-{item_id}-v{version_id}-{method}-{abs(hash(target)) % 10**8}.png"
         if not out.exists():
-            tmp = out.with_suffix(".part")
-            tmp.write_bytes(src.read_bytes())
-            tmp.replace(out)
+            write_atomic(out, src.read_bytes(), fsync=False)
         return out
 
     def attribution(self, project: Any, item_id: int, version_id: int, *, method: str = DEFAULT_METHOD,

@@ -83,13 +83,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, bins: i
     return float(ece)
 
 
-def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n_classes: int) -> np.ndarray:
-    """(n_classes, n_classes) counts; rows are true classes, columns predictions."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)), 1)
-    return cm
-
-
 def evaluate(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class recall, confusion matrix and ECE, as JSON-able values.
 
@@ -103,25 +96,19 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> d
         raise ValueError(f"probs must be (n, {n_classes}) for n={len(labels)} labels; got {probs.shape}")
     if len(labels) == 0:
         return {"n": 0}
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
     preds = probs.argmax(axis=1)
-    cm = confusion_matrix(labels, preds, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    recall = {c: float(tp[i] / support[i]) for i, c in enumerate(classes) if support[i] > 0}
-    f1 = []
-    for i in range(n_classes):
-        if support[i] == 0 and predicted[i] == 0:
-            continue
-        denom = support[i] + predicted[i]
-        f1.append(2 * tp[i] / denom if denom else 0.0)
+    cm = confusion_matrix(labels, preds, labels=np.arange(n_classes))
+    present = np.flatnonzero(cm.sum(axis=1) > 0)
+    recall = recall_score(labels, preds, labels=present, average=None, zero_division=0)
     return {
         "n": int(len(labels)),
-        "accuracy": float(tp.sum() / len(labels)),
-        "macro_f1": float(np.mean(f1)),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0)),
         "ece": expected_calibration_error(probs, labels),
         "nll": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()),
-        "per_class_recall": recall,
+        "per_class_recall": {classes[int(k)]: float(r) for k, r in zip(present, recall, strict=True)},
         "confusion": cm.tolist(),
         "classes": list(classes),
     }

@@ -35,6 +35,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -175,12 +176,6 @@ def _prepare(model: nn.Module, layer: str | None) -> _Prepared:
             prep = _Prepared(clone, name, fp, threading.Lock())
             _prepared[model] = prep
     return prep
-
-
-def forget(model: nn.Module) -> None:
-    """Drop the cached attribution copy of ``model`` (it is rebuilt on the next call)."""
-    with _prepared_lock:
-        _prepared.pop(model, None)
 
 
 # Modules whose 4-D output is a resampling of the features, not features: never the CAM layer.
@@ -391,12 +386,7 @@ def attribute(
     image: Image.Image | torch.Tensor,
     method: str = DEFAULT_METHOD,
     target: int | None = None,
-    *,
-    transform: Callable[[Image.Image], torch.Tensor] | None = None,
-    size: int = DEFAULT_SIZE,
-    layer: str | None = None,
-    output_size: tuple[int, int] | None = None,
-    **options: object,
+    **kwargs: Any,  # noqa: ANN401 - the keyword options of `explain`
 ) -> np.ndarray:
     """Heatmap of where ``model`` looked to score class ``target`` on ``image``.
 
@@ -407,12 +397,12 @@ def attribute(
     target: output index to explain; None = the model's top class.
     layer: Grad-CAM layer name; None = `find_target_layer`.
     output_size: (height, width) of the map, if not the photo's (e.g. `input_size` for storage).
-    options: ``ig_steps``, ``internal_batch_size``, ``occlusion_window``, ``occlusion_stride``.
+    kwargs: ``transform``, ``size``, ``layer``, ``output_size`` as for `explain`, and the options
+    ``ig_steps``, ``internal_batch_size``, ``occlusion_window``, ``occlusion_stride``.
 
     Returns (H, W) float32 in [0, 1] at the size of the photo (or of the tensor).
     """
-    return explain(model, image, method, target, transform=transform, size=size, layer=layer,
-                   output_size=output_size, **options).heatmap
+    return explain(model, image, method, target, **kwargs).heatmap
 
 
 # --------------------------------------------------------------------------- pictures

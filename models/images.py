@@ -29,11 +29,6 @@ class ImageInfo:
     format: str
 
 
-def inspect_image(path: Path | str, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """Check that the file at ``path`` is a usable image; raise `ImageError` saying why not."""
-    return inspect_bytes(read_image_bytes(path), max_pixels=max_pixels)
-
-
 def read_image_bytes(path: Path | str) -> bytes:
     """The file's bytes, refusing empty and oversized files before reading them."""
     path = Path(path)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from storage.tables import APP_ID, SCHEMA_VERSION, Meta
+from storage.tables import APP_ID, SCHEMA_VERSION, ClassAlias, Meta
 
 T = TypeVar("T")
 
@@ -127,10 +127,41 @@ def check_schema(engine: Engine) -> None:
         )
 
 
+def _v1_add_class_alias(conn: Any) -> None:  # noqa: ANN401
+    SQLModel.metadata.create_all(conn, tables=[ClassAlias.__table__], checkfirst=True)
+
+
+# version -> the step that upgrades a database of that version to the next one, in place.
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias}
+
+
+def migrate(engine: Engine) -> int | None:
+    """Upgrade an active-labeler database of an older schema version in place, one step per
+    version, each in its own transaction with its new version stamp. Returns the version found
+    (None when it is not ours or has no version); anything it cannot upgrade is left alone for
+    `check_schema` to refuse."""
+    if "meta" not in set(inspect(engine).get_table_names()):
+        return None
+    with Session(engine) as s:
+        meta = {m.key: m.value for m in s.exec(select(Meta))}
+    if meta.get("app") != APP_ID or not str(meta.get("schema_version", "")).isdigit():
+        return None
+    found = version = int(meta["schema_version"])
+    while version < SCHEMA_VERSION and version in MIGRATIONS:
+        with engine.begin() as conn:
+            MIGRATIONS[version](conn)
+            conn.execute(Meta.__table__.update().where(Meta.__table__.c.key == "schema_version")
+                         .values(value=str(version + 1)))
+        version += 1
+    return found
+
+
 def open_engine(url: str) -> Engine:
-    """An engine on an existing, schema-checked database; `StoreError` when it cannot be reached."""
+    """An engine on an existing database, upgraded in place from an older schema version when a
+    migration exists, then schema-checked; `StoreError` when it cannot be reached or used."""
     try:
         engine = make_engine(url)
+        migrate(engine)
         check_schema(engine)
     except StoreError:
         raise

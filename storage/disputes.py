@@ -13,11 +13,15 @@ from typing import Any
 from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
-from storage.enums import DisputeStatus
+from storage.enums import HOLDOUT_QUEUE, POOL_QUEUE, DisputeReason, DisputeStatus, Kind
+from storage.meaning import contradicts_import, derive
 from storage.tables import DISPUTE_REASONS, Dispute, Label, utcnow
 
 OPEN = DisputeStatus.OPEN
 RESOLVED = DisputeStatus.RESOLVED
+QUEUES = {"pool": POOL_QUEUE, "holdout": HOLDOUT_QUEUE}
+# Rank of a dispute opened because a person contradicted the given label: above any model estimate.
+CONTRADICTED_SCORE = 1.0
 
 
 def check_reason(reason: str) -> str:
@@ -39,9 +43,13 @@ def replace_open(session: Session, reason: str, rows: Sequence[tuple[int, float,
     return len(rows)
 
 
-def open_disputes(session: Session, *, reason: str | None = None, limit: int | None = None) -> list[Dispute]:
-    """Open disputes, highest score first (ties: oldest id first)."""
-    query = select(Dispute).where(Dispute.status == OPEN)
+def open_disputes(session: Session, *, reason: str | None = None, limit: int | None = None,
+                  queue: str = "pool") -> list[Dispute]:
+    """Open disputes of one list (``queue``: ``pool``, the review queue, or ``holdout``), highest
+    score first (ties: oldest id first); only those of ``reason`` when given."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown dispute list {queue!r}: use one of {', '.join(QUEUES)}")
+    query = select(Dispute).where(Dispute.status == OPEN, Dispute.reason.in_([r.value for r in QUEUES[queue]]))
     if reason is not None:
         query = query.where(Dispute.reason == check_reason(reason))
     query = query.order_by(Dispute.score.desc(), Dispute.id)
@@ -70,6 +78,37 @@ def for_item(session: Session, item_id: int, *, status: str | None = None) -> li
     if status is not None:
         query = query.where(Dispute.status == status)
     return list(session.exec(query.order_by(Dispute.id)))
+
+
+def follow_label(session: Session, label: Label) -> list[Dispute]:
+    """Keep the item's ``imported_label_suspect`` dispute in step with a person's class ``label``
+    just appended: agreeing with the imported label resolves the open one (by this label),
+    disagreeing opens one unless one is open. Returns the disputes changed or added."""
+    if label.kind == Kind.IMPORTED or not label.label:
+        return []
+    rows = list(session.exec(select(Label).where(Label.item_id == label.item_id).order_by(Label.id)))
+    verdict = contradicts_import(derive(rows))
+    if verdict is None:
+        return []
+    reason = DisputeReason.IMPORTED_LABEL_SUSPECT
+    still = [d for d in for_item(session, label.item_id, status=OPEN) if d.reason == reason]
+    if verdict is False:
+        for d in still:
+            d.status = RESOLVED
+            d.resolution_label_id = label.id
+            d.detail = {**d.detail, "confirmed_by": label.annotator, "resolved_at": utcnow().isoformat(timespec="seconds")}
+            session.add(d)
+        session.flush()
+        return still
+    if still:
+        return []
+    cur = derive(rows)
+    added = Dispute(item_id=label.item_id, reason=reason, score=CONTRADICTED_SCORE, status=OPEN,
+                    detail={"given": cur.imported if cur else None, "people_say": label.label,
+                            "source": "people"})
+    session.add(added)
+    session.flush()
+    return [added]
 
 
 def resolve(session: Session, dispute_id: int, label: int | Label) -> list[Dispute]:

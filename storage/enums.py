@@ -51,6 +51,14 @@ class DisputeReason(StrEnum):
     ANNOTATORS_DISAGREE = "annotators_disagree"
     MODEL_DISAGREES = "model_disagrees"
     IMPORTED_LABEL_SUSPECT = "imported_label_suspect"
+    # Any suspicion on a holdout item: its own list, never mixed into the pool's review queue,
+    # because settling it changes the evaluation set.
+    HOLDOUT_LABEL_SUSPECT = "holdout_label_suspect"
+
+
+# The review queue of pool items (the Review tab) and the holdout's own list.
+POOL_QUEUE = (DisputeReason.ANNOTATORS_DISAGREE, DisputeReason.MODEL_DISAGREES, DisputeReason.IMPORTED_LABEL_SUSPECT)
+HOLDOUT_QUEUE = (DisputeReason.HOLDOUT_LABEL_SUSPECT,)
 
 
 class DisputeStatus(StrEnum):

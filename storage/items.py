@@ -22,11 +22,6 @@ def by_sha(session: Session, hashes: Iterable[str]) -> dict[str, Item]:
     return {item.sha256: item for item in in_chunks(session, select(Item), Item.sha256, hashes)}
 
 
-def get_many(session: Session, item_ids: Iterable[int]) -> list[Item]:
-    """The items of ``item_ids`` that exist, by id."""
-    return sorted(in_chunks(session, select(Item), Item.id, item_ids), key=lambda i: i.id or 0)
-
-
 def all_items(session: Session) -> list[Item]:
     return list(session.exec(select(Item).order_by(Item.id)))
 

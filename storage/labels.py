@@ -11,9 +11,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, update
+from sqlalchemy import func
 from sqlmodel import Session, select
 
+from storage.aliases import all_aliases
 from storage.db import in_chunks
 from storage.enums import CLASS_DECISIONS, Decision, Kind
 from storage.meaning import (
@@ -21,17 +22,18 @@ from storage.meaning import (
     derive,
     effective,
     label_table,
+    resolve_class,
     seen_by,
     sql_effective,
     sql_human_class,
     sql_labelled,
 )
-from storage.tables import DECISIONS, LABEL_KINDS, Item, Label, ModelVersion, Prediction
+from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 
 __all__ = [
     "CurrentLabel", "append", "append_many", "count_human_class", "count_labelled", "current", "decisions_by_annotator",
     "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human",
-    "labelled_by_split", "snapshot", "uses_by_class",
+    "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
 
 
@@ -64,17 +66,39 @@ def _validate(label: Label) -> None:
         raise ValueError("an undo label must name the label it undoes (undoes_id)")
 
 
-def for_items(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, list[Label]]:
-    """Every label row, oldest first, grouped by item (all items when ``item_ids`` is None)."""
+def for_items(session: Session, item_ids: Iterable[int] | None = None, *, upto_label_id: int | None = None,
+              upto_alias_id: int | None = None) -> dict[int, list[Label]]:
+    """Every label row, oldest first, grouped by item (all items when ``item_ids`` is None), with
+    classes read through the aliases. ``upto_*`` read the store as it was: only label rows and
+    aliases with ids up to those (how an old version's label snapshot is reproduced)."""
     grouped: dict[int, list[Label]] = defaultdict(list)
     query = select(Label).order_by(Label.id)
+    if upto_label_id is not None:
+        query = query.where(Label.id <= upto_label_id)
     if item_ids is None:
         rows = list(session.exec(query))
     else:
         rows = sorted(in_chunks(session, query, Label.item_id, item_ids), key=lambda r: r.id or 0)
-    for row in rows:
+    for row in through_aliases(session, rows, upto_alias_id=upto_alias_id):
         grouped[row.item_id].append(row)
     return grouped
+
+
+def through_aliases(session: Session, rows: Sequence[Label], *, upto_alias_id: int | None = None) -> list[Label]:
+    """``rows`` with their classes (label, suggestion) read through the class aliases: a row a
+    rename applies to comes back as a detached copy, so nothing is ever written back."""
+    aliases = [a for a in all_aliases(session) if upto_alias_id is None or (a.id or 0) <= upto_alias_id]
+    if not aliases:
+        return list(rows)
+    out = []
+    for r in rows:
+        label = resolve_class(r.label, aliases, label_id=r.id)
+        suggestion = resolve_class(r.suggestion, aliases, label_id=r.id)
+        if (label, suggestion) == (r.label, r.suggestion):
+            out.append(r)
+        else:
+            out.append(Label(**{**r.model_dump(), "label": label, "suggestion": suggestion}))
+    return out
 
 
 def current(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, CurrentLabel]:
@@ -158,11 +182,12 @@ def human_ratings(session: Session) -> dict[int, dict[str, str]]:
 
     Reads every human label (for the dashboard and agreement, not the labelling hot path)."""
     lab, eff = _effective_rows()
-    query = (select(lab.c.item_id, lab.c.annotator, lab.c.label).select_from(lab)
+    query = (select(lab.c.id, lab.c.item_id, lab.c.annotator, lab.c.label).select_from(lab)
              .where(sql_human_class(lab), eff).order_by(lab.c.id))
+    aliases = all_aliases(session)
     out: dict[int, dict[str, str]] = {}
-    for item_id, annotator, label in session.execute(query):
-        out.setdefault(item_id, {})[annotator] = label
+    for label_id, item_id, annotator, label in session.execute(query):
+        out.setdefault(item_id, {})[annotator] = resolve_class(label, aliases, label_id=label_id)
     return out
 
 
@@ -172,32 +197,22 @@ def item_ids_since(session: Session, since: datetime) -> set[int]:
 
 
 def uses_by_class(session: Session) -> dict[str, int]:
-    """Label rows per class name (all kinds, undone ones included: what a rename would touch)."""
-    rows = session.exec(select(Label.label, func.count()).where(Label.label.is_not(None)).group_by(Label.label))
-    return {name: int(n) for name, n in rows}
+    """Label rows per class name read through the aliases (all kinds, undone ones included)."""
+    aliases = all_aliases(session)
+    if not aliases:
+        rows = session.exec(select(Label.label, func.count()).where(Label.label.is_not(None)).group_by(Label.label))
+        return {name: int(n) for name, n in rows}
+    out: Counter = Counter()
+    for label_id, name in session.exec(select(Label.id, Label.label).where(Label.label.is_not(None))):
+        out[resolve_class(name, aliases, label_id=label_id)] += 1
+    return dict(out)
 
 
-def rewrite_class(session: Session, old: str, new: str) -> dict[str, int]:
-    """Rename ``old`` to ``new`` in labels, suggestions, predictions and version class lists.
-    Returns rows changed per kind."""
-    changed = {
-        "labels": session.execute(update(Label).where(Label.label == old).values(label=new)).rowcount,
-        "suggestions": session.execute(update(Label).where(Label.suggestion == old).values(suggestion=new)).rowcount,
-        "predictions": session.execute(update(Prediction).where(Prediction.pred == old).values(pred=new)).rowcount,
-    }
-    n_versions = 0
-    for v in session.exec(select(ModelVersion)):
-        if old in v.classes:
-            v.classes = [new if c == old else c for c in v.classes]
-            session.add(v)
-            n_versions += 1
-    changed["model_versions"] = n_versions
-    return changed
-
-
-def snapshot(session: Session) -> tuple[int, dict[int, CurrentLabel]]:
-    """(highest label id, current labels): the label snapshot a retrain starts from."""
-    rows = for_items(session)
+def snapshot(session: Session, *, upto_label_id: int | None = None,
+             upto_alias_id: int | None = None) -> tuple[int, dict[int, CurrentLabel]]:
+    """(highest label id, current labels): the label snapshot a retrain starts from; with
+    ``upto_*`` the one it started from back then (see `for_items`)."""
+    rows = for_items(session, upto_label_id=upto_label_id, upto_alias_id=upto_alias_id)
     top = max((r.id or 0 for group in rows.values() for r in group), default=0)
     out = {}
     for item_id, group in rows.items():

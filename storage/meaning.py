@@ -13,6 +13,8 @@ says what "labelled" or "current" is.
 - round state of a queued item: labelled, else unsure, else skipped, else unreadable, else open.
 - current label: the latest review label, else the majority of human class labels (a tie goes
   to the latest of the tied classes), else the latest imported label (``derive``).
+- class aliases: a renamed or merged class reads under its new name in the rows stored before
+  the rename (`resolve_class`); no row is rewritten.
 - serving version: the newest model version whose predictions cover every readable pool item;
   until a version covers the pool the one before it serves (the newest of all when none does).
 """
@@ -26,7 +28,6 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, select
-from sqlalchemy.sql import Select
 
 from storage.enums import (
     CLASS_DECISIONS,
@@ -46,7 +47,8 @@ from storage.tables import Item, Label, Prediction
 __all__ = [
     "CLASS_DECISIONS", "DONE_DECISIONS", "SEEN_DECISIONS", "SOURCE_PRECEDENCE", "CurrentLabel", "Decision",
     "DisputeReason", "DisputeStatus", "Kind", "Role", "RoundState", "Source", "Split", "derive", "effective",
-    "is_human_class", "is_labelled", "is_person_class", "label_table", "round_state", "serving_id", "sql_covers_pool",
+    "is_human_class", "is_labelled", "is_person_class", "label_table", "resolve_class", "round_state", "serving_id",
+    "sql_covers_pool",
     "sql_done_count", "sql_effective", "sql_human_class", "sql_labelled", "sql_person_class", "sql_reviewed",
     "sql_round_state", "sql_seen_by", "seen_by",
 ]
@@ -237,6 +239,38 @@ def derive(rows: Sequence[Label]) -> CurrentLabel | None:
     return None
 
 
+def contradicts_import(cur: CurrentLabel | None) -> bool | None:
+    """Whether the people who labelled an item contradict its imported (given) label: None when
+    there is no imported label or no person's label yet, else whether their class differs."""
+    if cur is None or cur.imported is None or cur.source == Source.IMPORTED:
+        return None
+    return cur.label != cur.imported
+
+
+# ---------------------------------------------------------------- class aliases
+
+class AliasLike(Protocol):
+    old: str
+    new: str
+    label_upto: int
+    version_upto: int
+
+
+def resolve_class(name: str | None, aliases: Sequence[AliasLike], *, label_id: int | None = None,
+                  version_id: int | None = None) -> str | None:
+    """The name today of a class stored as ``name`` in label row ``label_id`` (or in model version
+    ``version_id``): the aliases recorded after that row apply in order (a rename of a rename
+    follows the chain; a class added again later under an old name is not touched)."""
+    if name is None:
+        return None
+    for a in aliases:
+        applies = (label_id is not None and label_id <= a.label_upto) or (
+            version_id is not None and version_id <= a.version_upto)
+        if applies and name == a.old:
+            name = a.new
+    return name
+
+
 # ---------------------------------------------------------------- the serving version
 
 def covers(predicted: Iterable[int], pool: Iterable[int]) -> bool:
@@ -250,11 +284,6 @@ def serving_id(version_ids: Sequence[int], covering: Iterable[int]) -> int | Non
     cover = set(covering)
     newest_first = sorted(version_ids, reverse=True)
     return next((v for v in newest_first if v in cover), newest_first[0] if newest_first else None)
-
-
-def sql_pool_item_ids() -> Select:
-    """The readable pool items: what a serving version must have predicted."""
-    return select(Item.id).where(Item.split == Split.POOL.value, Item.error.is_(None))
 
 
 def sql_covers_pool(version_id: Any) -> ColumnElement[bool]:  # noqa: ANN401

@@ -14,8 +14,9 @@ from sqlmodel import Field, SQLModel
 
 from storage.enums import Decision, DisputeReason, DisputeStatus, Kind, Role, Split
 
-# Bump when a table changes; `storage.db.open_engine` refuses any other version.
-SCHEMA_VERSION = 1
+# Bump when a table changes, with a step in `storage.db.MIGRATIONS` that upgrades the previous
+# version in place; `storage.db.open_engine` refuses versions it cannot upgrade.
+SCHEMA_VERSION = 2
 APP_ID = "active-labeler"
 
 # The columns below hold these enums' values as plain strings (see storage.enums).
@@ -136,6 +137,19 @@ class Dispute(SQLModel, table=True):
     status: str = Field(default=DisputeStatus.OPEN.value, max_length=16, index=True)
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     resolution_label_id: int | None = Field(default=None, foreign_key="label.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ClassAlias(SQLModel, table=True):
+    """A class renamed or merged: ``old`` reads as ``new`` in the label rows up to ``label_upto``
+    and the model versions up to ``version_upto`` (added in schema 2). Rows are never rewritten:
+    the alias is applied when they are read (`storage.meaning.resolve_class`)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    old: str = Field(max_length=256)
+    new: str = Field(max_length=256)
+    label_upto: int = 0
+    version_upto: int = 0
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -7,9 +7,34 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from storage.aliases import all_aliases
 from storage.db import in_chunks
-from storage.meaning import sql_covers_pool
+from storage.meaning import resolve_class, sql_covers_pool
 from storage.tables import Item, ModelVersion, Prediction
+
+
+def _named(session: Session, rows: list) -> list:
+    """Versions (``classes``) or predictions (``pred``) with class names read through the aliases.
+    A row a rename applies to is detached from the session first, so it is never written back."""
+    aliases = all_aliases(session)
+    if not aliases:
+        return rows
+    for row in rows:
+        if isinstance(row, ModelVersion):
+            names = [resolve_class(c, aliases, version_id=row.id) for c in row.classes]
+            if names != row.classes:
+                session.expunge(row)
+                row.classes = names
+        else:
+            name = resolve_class(row.pred, aliases, version_id=row.model_version_id)
+            if name != row.pred:
+                session.expunge(row)
+                row.pred = name
+    return rows
+
+
+def _one(session: Session, row: ModelVersion | None) -> ModelVersion | None:
+    return None if row is None else _named(session, [row])[0]
 
 
 def publish(session: Session, version: ModelVersion) -> ModelVersion:
@@ -21,14 +46,14 @@ def publish(session: Session, version: ModelVersion) -> ModelVersion:
 
 def latest(session: Session) -> ModelVersion | None:
     """The newest published version (what scoring works on; it may not serve yet, see `serving`)."""
-    return session.exec(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)).first()
+    return _one(session, session.exec(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)).first())
 
 
 def serving(session: Session) -> ModelVersion | None:
     """The version that serves suggestions, selection and the UI (`storage.meaning.serving_id`):
     the newest one whose predictions cover every readable pool item, else the newest."""
     covering = select(ModelVersion).where(sql_covers_pool(ModelVersion.id)).order_by(ModelVersion.id.desc()).limit(1)
-    return session.exec(covering).first() or latest(session)
+    return _one(session, session.exec(covering).first()) or latest(session)
 
 
 def serving_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:
@@ -39,15 +64,17 @@ def serving_prediction(session: Session, item_id: int) -> tuple[Prediction, Mode
         return None
     pred = session.exec(select(Prediction).where(Prediction.item_id == item_id,
                                                  Prediction.model_version_id == version.id)).first()
-    return None if pred is None or pred.probs is None else (pred, version)
+    return None if pred is None or pred.probs is None else (_named(session, [pred])[0], version)
 
 
-def get(session: Session, version_id: int) -> ModelVersion | None:
-    return session.get(ModelVersion, version_id)
+def get(session: Session, version_id: int, *, as_stored: bool = False) -> ModelVersion | None:
+    """One version, its classes read through the aliases (``as_stored``: as published)."""
+    row = session.get(ModelVersion, version_id)
+    return row if as_stored else _one(session, row)
 
 
 def all_versions(session: Session) -> list[ModelVersion]:
-    return list(session.exec(select(ModelVersion).order_by(ModelVersion.id)))
+    return _named(session, list(session.exec(select(ModelVersion).order_by(ModelVersion.id))))
 
 
 def add_predictions(session: Session, rows: Sequence[Prediction]) -> None:
@@ -61,7 +88,7 @@ def predictions(
     """Predictions of one version keyed by item id."""
     query = select(Prediction).where(Prediction.model_version_id == version_id)
     rows = session.exec(query) if item_ids is None else in_chunks(session, query, Prediction.item_id, item_ids)
-    return {p.item_id: p for p in rows}
+    return {p.item_id: p for p in _named(session, list(rows))}
 
 
 def unscored_ids(session: Session, version_id: int) -> list[int]:

@@ -1,7 +1,8 @@
 """List or change the taxonomy. `add` appends classes and keeps every label. `rename` and
-`remove --into` rewrite the class name in the stored labels and model versions (a change of
-vocabulary, not of anyone's decision) and say how many rows they changed. `remove` without
---into refuses while any label uses the class."""
+`remove --into` record a class alias: the stored labels, predictions and model versions are not
+rewritten but read under the new name from then on (a change of vocabulary, not of anyone's
+decision); they say how many label rows now read differently. `remove` without --into refuses
+while any label uses the class."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     from active.project import Project, validate_class_name
-    from active.taxonomy import count_uses, rewrite_class
+    from active.taxonomy import alias_class, count_uses
 
     project = Project.load(args.project)
     classes = project.config.classes
@@ -43,25 +44,24 @@ def run(args: argparse.Namespace) -> Result:
         new = validate_class_name(args.new)
         if new in classes:
             raise UserError(f"class {new!r} exists already: use `remove {args.old} --into {new}` to merge")
-        changed = rewrite_class(project, args.old, new)
+        n = alias_class(project, args.old, new)
         project.config.classes = [new if c == args.old else c for c in classes]
         project.save()
-        return Result({"renamed": [args.old, new], "rows_changed": changed},
-                      f"renamed {args.old!r} to {new!r}: " + ", ".join(f"{n} {k}" for k, n in changed.items()))
+        return Result({"renamed": [args.old, new], "label_rows": n},
+                      f"renamed {args.old!r} to {new!r}: {n} label rows read as {new!r} (none rewritten)")
     project.check_class(args.name)
     if args.into is not None:
         project.check_class(args.into)
         if args.into == args.name:
             raise UserError("--into must name another class")
-        changed = rewrite_class(project, args.name, args.into)
+        n = alias_class(project, args.name, args.into)
     else:
-        uses = count_uses(project).get(args.name, 0)
-        if uses:
-            raise UserError(f"{uses} labels use {args.name!r}: pass --into OTHER to merge them, nothing was changed")
-        changed = {}
+        n = count_uses(project).get(args.name, 0)
+        if n:
+            raise UserError(f"{n} labels use {args.name!r}: pass --into OTHER to merge them, nothing was changed")
     project.config.classes = [c for c in classes if c != args.name]
     project.save()
-    text = f"removed {args.name!r}" + (f", merged into {args.into!r}: " + ", ".join(
-        f"{n} {k}" for k, n in changed.items()) if args.into else "")
-    text += "\nmodel versions trained before still know the old class: retrain to drop it"
-    return Result({"removed": args.name, "into": args.into, "rows_changed": changed}, text)
+    text = f"removed {args.name!r}" + (f", merged into {args.into!r}: {n} label rows read as {args.into!r} "
+                                       "(none rewritten)" if args.into else "")
+    text += "\nmodel versions trained before still have an output for the old class: retrain to drop it"
+    return Result({"removed": args.name, "into": args.into, "label_rows": n if args.into else 0}, text)

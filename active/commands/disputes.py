@@ -1,6 +1,7 @@
 """Disputed items, most suspect first, each with its reason: annotators who disagree, and labels
 a cross-validated head confidently contradicts (model_disagrees for human labels,
-imported_label_suspect for imported ones). --refresh recomputes them from the current labels
+imported_label_suspect for imported ones, or ones people contradicted). Suspect holdout labels
+are a list of their own (--holdout): settling them changes the evaluation set. --refresh recomputes them from the current labels
 and the current version's cached embeddings. Disputes go to human review (the Review tab);
 nothing is relabelled automatically."""
 
@@ -9,19 +10,25 @@ from __future__ import annotations
 import argparse
 
 from active.commands import Result, table
+from active.disputes import RULES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refresh", action="store_true", help="recompute the open disputes first")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="disputes to list (default: 20)")
-    p.add_argument("--reason", choices=["annotators_disagree", "model_disagrees", "imported_label_suspect"],
-                   help="only this reason")
+    p.add_argument("--reason", choices=[n for n, r in RULES.items() if r.queue == "pool"],
+                   help="only this reason: " + "; ".join(f"{n} = {r.help}" for n, r in RULES.items()
+                                                          if r.queue == "pool"))
+    p.add_argument("--holdout", action="store_true",
+                   help="list the holdout's suspect labels instead (holdout_label_suspect: never in the review queue)")
 
 
 def _detail_text(d) -> str:  # noqa: ANN001
     det = d.detail or {}
     if d.reason == "annotators_disagree":
         return ", ".join(f"{a}: {c}" for a, c in det.get("labels", {}).items())
+    if det.get("source") == "people":
+        return f"given {det.get('given')}, people say {det.get('people_say')}"
     if "given" in det:
         return f"given {det['given']} ({det.get('p_given', 0):.2f}), model says {det['suggested']} ({det.get('p_suggested', 0):.2f})"
     return ""
@@ -48,8 +55,9 @@ def run(args: argparse.Namespace) -> Result:
                      + (f" (model checked {rep.checked} labels with version {rep.version_id}; estimated "
                         f"{rep.noise_rate:.1%} wrong)" if rep.noise_rate is not None else ""))
     with db.session(project.engine) as s:
-        rows = store.open_disputes(s, reason=args.reason, limit=args.limit)
-        total = len(store.open_disputes(s, reason=args.reason))
+        queue = "holdout" if args.holdout else "pool"
+        rows = store.open_disputes(s, reason=args.reason, limit=args.limit, queue=queue)
+        total = len(store.open_disputes(s, reason=args.reason, queue=queue))
     data["open"] = total
     data["disputes"] = [{"id": d.id, "item_id": d.item_id, "reason": d.reason, "score": d.score, "detail": d.detail}
                         for d in rows]

@@ -10,14 +10,15 @@ import argparse
 import shutil
 from pathlib import Path
 
+from active.attribution_methods import DEFAULT_METHOD, REGISTRY
 from active.commands import Result
 from active.errors import UserError
-from active.explain import CLASS_AVERAGE_LIMIT, DEFAULT_METHOD, METHOD_NAMES
+from active.explain import CLASS_AVERAGE_LIMIT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("item", nargs="?", type=int, metavar="ITEM", help="item id (see `active status`)")
-    p.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
+    p.add_argument("--method", choices=list(REGISTRY), default=DEFAULT_METHOD,
                    help=f"attribution method (default: {DEFAULT_METHOD})")
     p.add_argument("--target", metavar="CLASS", help="class to explain (default: the predicted class)")
     p.add_argument("--version", type=int, metavar="N", help="model version (default: the current one)")

@@ -25,7 +25,9 @@ from active.commands import Result
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from active.export import FORMATS, INCLUDE_MODES
 
-    p.add_argument("--format", choices=FORMATS, default="imagefolder", help="what to write (default: imagefolder)")
+    p.add_argument("--format", choices=list(FORMATS), default="imagefolder",
+                   help="what to write (default: imagefolder): "
+                        + "; ".join(f"{f.name} = {f.help}" for f in FORMATS.values()))
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="destination folder (default: PROJECT/exports/<format>-<UTC time>)")
     p.add_argument("--splits", metavar="NAME=FRAC,...",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from active.backbones import REGISTRY, default_weights
 from active.commands import Result
 from active.errors import UserError
 from active.project import (
@@ -24,9 +25,12 @@ from active.project import (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", nargs="?", type=Path, help="project folder to create (default: --project or cwd)")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                   help=f"any torchvision classifier name (default: {DEFAULT_BACKBONE})")
-    p.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                   help=f"torchvision weights name, a .pth file, or 'none' (default: {DEFAULT_WEIGHTS})")
+                   help="any torchvision classifier name; known well: "
+                        + "; ".join(f"{b.name} ({b.note})" for b in REGISTRY.values())
+                        + f" (default: {DEFAULT_BACKBONE})")
+    p.add_argument("--weights",
+                   help="torchvision weights name, a .pth file, or 'none' (default: the backbone's own, "
+                        f"{DEFAULT_WEIGHTS} for {DEFAULT_BACKBONE})")
     p.add_argument("--db", default=DEFAULT_DB,
                    help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: active.db in DIR)")
     group = p.add_mutually_exclusive_group()
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> Result:
     if args.image_size < 32:
         raise UserError("--image-size must be at least 32")
     classes = parse_classes(args.classes) if args.classes else list(PRESETS.get(args.preset or "", []))
-    weights = args.weights
+    weights = args.weights or default_weights(args.backbone)
     if weights.lower().endswith((".pth", ".pt")):
         weights = str(Path(weights).absolute())
     config = Config(classes=classes, backbone=args.backbone, weights=weights, image_size=args.image_size,

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> Result:
     if waiting >= args.batch:
         lines.append(f"{waiting} queued items still wait for a label: no new round")
     else:
-        rnd = select_round(project, strategy=args.strategy, batch=args.batch)
+        # Fewer than --batch items wait: topping the queue up beside the open round is the point of loop.
+        rnd = select_round(project, strategy=args.strategy, batch=args.batch, force=True)
         round_data, text = describe(rnd, project)
         data["round"] = round_data
         lines.append(text)

@@ -22,6 +22,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _comparison(project, version, data: dict) -> list[str]:  # noqa: ANN001
+    """Lines saying how the new version does against the previous one on the same holdout."""
+    from active.retrain import compare_on_holdout
+
+    cmp = compare_on_holdout(project, version)
+    if cmp is None:
+        return []
+    data["compared_with"] = {"version": cmp.previous_id, "same_holdout": cmp.same_holdout,
+                             "accuracy": cmp.previous.get("accuracy"), "macro_f1": cmp.previous.get("macro_f1"),
+                             "worse": cmp.worse}
+    how = "" if cmp.same_holdout else " (the holdout labels changed: re-evaluated from its stored predictions)"
+    lines = [f"previous version {cmp.previous_id} on the same holdout{how}: accuracy {cmp.previous['accuracy']:.4f}  "
+             f"macro-F1 {cmp.previous['macro_f1']:.4f}"]
+    if cmp.worse:
+        lines.append(f"warning: version {version.id} is worse than version {cmp.previous_id} on this holdout; "
+                     f"it serves once it has scored the pool")
+    return lines
+
+
 def run(args: argparse.Namespace) -> Result:
     from active.project import Project
     from active.retrain import retrain
@@ -40,6 +59,7 @@ def run(args: argparse.Namespace) -> Result:
         lines.append(f"holdout ({hold['n']} items): accuracy {hold['accuracy']:.4f}  macro-F1 {hold['macro_f1']:.4f}  "
                      f"ECE {hold['ece']:.4f}")
         lines.append(table([[c, r] for c, r in hold["per_class_recall"].items()], ["class", "recall"]))
+        lines += _comparison(project, version, data)
     else:
         lines.append("no labelled holdout items: import some with `active import DIR --split holdout`")
     if not args.no_score:

@@ -15,8 +15,13 @@ SHOWN = 10
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, metavar="NAME",
-                   help=f"one of {', '.join(REGISTRY)} (default: {DEFAULT_STRATEGY})")
+                   help="; ".join(f"{s.name} = {s.help}" for s in REGISTRY.values())
+                   + f" (default: {DEFAULT_STRATEGY})")
     p.add_argument("--batch", type=int, default=50, metavar="N", help="items to queue (default: 50)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--force", action="store_true", help="open a round even while another is open")
+    what.add_argument("--close-open", action="store_true",
+                      help="close the open rounds first (their unhandled items become candidates again)")
 
 
 def describe(rnd, project) -> tuple[dict, str]:  # noqa: ANN001
@@ -43,7 +48,8 @@ def run(args: argparse.Namespace) -> Result:
     from active.selection import select_round
 
     project = Project.load(args.project)
-    rnd = select_round(project, strategy=args.strategy, batch=args.batch)
+    rnd = select_round(project, strategy=args.strategy, batch=args.batch, force=args.force,
+                       close_open=args.close_open)
     data, text = describe(rnd, project)
     if rnd.strategy != args.strategy:
         note = f"{args.strategy} needs model scores this version does not have: used {rnd.strategy} instead"

@@ -21,6 +21,7 @@ def collect(project) -> dict:  # noqa: ANN001
     effective decisions are counted (an undone one is not); per open round, its items by state;
     ``current_version`` is the serving version; ``on_page``: per annotator, their effective
     human labels given on a page of the Grid tab (a part of their accepted + corrected)."""
+    from active.retrain import holdout_hash
     from storage import db, items, labels, pages, versions, work
     from storage import disputes as store_disputes
     from storage.enums import Source, Split
@@ -38,6 +39,7 @@ def collect(project) -> dict:  # noqa: ANN001
         disputes = store_disputes.count_open(s)
         rounds = [{"id": r.id, "strategy": r.strategy, **work.round_progress(s, r.id).to_dict()}
                   for r in work.open_rounds(s)]
+    holdout = holdout_hash(project)
 
     per_split = {}
     for split in Split:
@@ -59,14 +61,24 @@ def collect(project) -> dict:  # noqa: ANN001
         "on_page": on_page,
         "model_versions": [
             {"id": v.id, "mode": v.mode, "backbone": v.backbone, "n_labels": v.n_labels,
-             "parent": v.parent_id, "created": v.created_at.isoformat(timespec="seconds"), "metrics": v.metrics}
+             "parent": v.parent_id, "created": v.created_at.isoformat(timespec="seconds"), "metrics": v.metrics,
+             "same_holdout": same_holdout(v.metrics, holdout)}
             for v in vlist
         ],
         "current_version": serving.id if serving else None,
         "newest_version": vlist[-1].id if vlist else None,
+        "holdout_labels_sha256": holdout,
         "open_rounds": rounds,
         "open_disputes": disputes,
     }
+
+
+def same_holdout(metrics: dict | None, holdout: str) -> bool | None:
+    """Whether a version's holdout figures were measured on today's holdout labels (None: it has none)."""
+    metrics = metrics or {}
+    if not (metrics.get("holdout") or {}).get("n"):
+        return None
+    return metrics.get("holdout_labels_sha256") == holdout
 
 
 def annotator_rows(st: dict) -> list[list]:
@@ -107,9 +119,12 @@ def render(st: dict) -> str:
         rows = []
         for v in st["model_versions"]:
             m = v["metrics"].get("holdout", {}) if isinstance(v["metrics"], dict) else {}
-            rows.append([f"v{v['id']}" + (" *" if v["id"] == st["current_version"] else ""), v["mode"],
-                         v["n_labels"], m.get("accuracy"), m.get("macro_f1"), m.get("ece"), v["created"]])
+            mark = (" *" if v["id"] == st["current_version"] else "") + (" †" if v["same_holdout"] is False else "")
+            rows.append([f"v{v['id']}{mark}", v["mode"], v["n_labels"], m.get("accuracy"), m.get("macro_f1"),
+                         m.get("ece"), v["created"]])
         out += ["", table(rows, ["model", "mode", "labels", "holdout acc", "macro-F1", "ECE", "created"])]
+        if any(v["same_holdout"] is False for v in st["model_versions"]):
+            out.append("† evaluated on earlier holdout labels (they changed since): not comparable with the others")
         if st["newest_version"] != st["current_version"]:
             out.append(f"* serves; v{st['newest_version']} serves once it has scored every pool item "
                        "(run `active score`)")

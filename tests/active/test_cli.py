@@ -150,6 +150,14 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert "--project" in capsys.readouterr().out
 
 
+def _label_rows(project_dir: Path) -> list[tuple]:
+    """Every Label row as raw column values, read with plain SQL."""
+    import sqlite3
+
+    with sqlite3.connect(project_dir / "active.db") as conn:
+        return conn.execute("SELECT * FROM label ORDER BY id").fetchall()
+
+
 def test_classes_add_rename_remove(cli, project_dir: Path, class_folder: Path) -> None:  # noqa: ANN001
     def classes() -> list[str]:
         return Project.load(project_dir).config.classes
@@ -159,15 +167,19 @@ def test_classes_add_rename_remove(cli, project_dir: Path, class_folder: Path) -
     assert d["added"] == ["hats"] and classes() == ["dress", "shirt", "shoes", "hats"]
     st = cli("--project", project_dir, "status", "--json").data
     assert st["classes"]["dress"]["total"] == 4  # adding a class keeps every label
+    before = _label_rows(project_dir)
     d = cli("--project", project_dir, "classes", "rename", "shoes", "footwear", "--json").data
-    assert d["rows_changed"]["labels"] == 4 and classes() == ["dress", "shirt", "footwear", "hats"]
+    assert d["label_rows"] == 4 and classes() == ["dress", "shirt", "footwear", "hats"]
+    assert _label_rows(project_dir) == before  # an alias: every Label row byte-identical
+    assert cli("--project", project_dir, "status", "--json").data["classes"]["footwear"]["total"] == 4
     assert cli("--project", project_dir, "classes", "list", "--json").data["labels"] == {
         "dress": 4, "shirt": 4, "footwear": 4}
     r = cli("--project", project_dir, "classes", "remove", "shirt")
     assert r.code == 2 and "4 labels use 'shirt'" in r.err and "nothing was changed" in r.err
     assert "shirt" in classes()
     d = cli("--project", project_dir, "classes", "remove", "shirt", "--into", "dress", "--json").data
-    assert d["rows_changed"]["labels"] == 4 and classes() == ["dress", "footwear", "hats"]
+    assert d["label_rows"] == 4 and classes() == ["dress", "footwear", "hats"]
     d = cli("--project", project_dir, "classes", "remove", "hats", "--json").data
-    assert d["rows_changed"] == {} and classes() == ["dress", "footwear"]
+    assert d["label_rows"] == 0 and classes() == ["dress", "footwear"]
+    assert _label_rows(project_dir) == before
     assert cli("--project", project_dir, "classes", "list", "--json").data["labels"] == {"dress": 8, "footwear": 4}

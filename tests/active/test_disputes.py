@@ -176,3 +176,55 @@ def test_disputes_command(project, cli) -> None:  # noqa: ANN001
     assert data["refresh"]["checked"] == len(ids)
     assert data["disputes"][0]["item_id"] == ids[3]
     assert data["disputes"][0]["reason"] == "imported_label_suspect"
+
+
+def test_holdout_suspects_have_their_own_list(project, cli) -> None:  # noqa: ANN001
+    classes = project.config.classes
+    rng = np.random.default_rng(5)
+    x, y = blobs(rng, 3, 20, dim=32, spread=2.0)
+    first = add_items(project, 20)
+    hold = add_items(project, 15, split="holdout")
+    pool = first + add_items(project, 25, start=20)
+    ids = first + hold + pool[20:]
+    given = y.copy()
+    given[[0, 21]] = [1, 2]  # one wrong catalogue label in the pool, one in the holdout (hold[1])
+    add_labels(project, [(i, classes[c]) for i, c in zip(ids, given, strict=True)])
+    add_label(project, hold[8], "shoes", kind="human", annotator="ann")  # annotators disagree on a holdout item
+    add_label(project, hold[8], "shirt", kind="human", annotator="bob")
+    publish_version(project, ids, x)
+    D.refresh(project)
+    with db.session(project.engine) as s:
+        queue = store.open_disputes(s)
+        apart = store.open_disputes(s, queue="holdout")
+    assert queue and not {d.item_id for d in queue} & set(hold)  # the review queue holds pool items only
+    assert (pool[0], "imported_label_suspect") in {(d.item_id, d.reason) for d in queue}
+    found = {d.item_id: d for d in apart}
+    assert {hold[1], hold[8]} <= set(found) and all(d.reason == "holdout_label_suspect" for d in apart)
+    assert found[hold[8]].detail["reasons"] == ["annotators_disagree"]
+    run = cli("--project", project.root, "--json", "disputes", "--holdout")
+    assert run.code == 0 and {d["item_id"] for d in run.data["disputes"]} == set(found)
+
+
+def test_disputes_follow_the_labels_people_give(project) -> None:  # noqa: ANN001
+    from active.labeling import Task, record
+
+    ids = add_items(project, 3)
+    add_labels(project, [(ids[0], "dress"), (ids[1], "dress")])
+    db.write(project.engine, lambda s: store.replace_open(s, "imported_label_suspect",
+                                                          [(ids[0], 0.7, {"given": "dress"})]))
+
+    def label(item_id: int, cls: str) -> None:
+        record(project, "ann", Task(item_id, "/fake", None, 0.0, "", "", None), decision="corrected", label=cls)
+
+    label(ids[0], "dress")  # a person confirms the given label: the suspicion is settled
+    label(ids[1], "shirt")  # a person contradicts it: the item becomes suspect
+    label(ids[2], "shoes")  # no given label: nothing to dispute
+    with db.session(project.engine) as s:
+        (settled,) = store.for_item(s, ids[0])
+        opened = store.open_disputes(s)
+    assert settled.status == "resolved" and settled.detail["confirmed_by"] == "ann"
+    assert [(d.item_id, d.reason, d.detail["people_say"]) for d in opened] == [
+        (ids[1], "imported_label_suspect", "shirt")]
+    D.refresh(project)  # a refresh keeps what the labels say
+    with db.session(project.engine) as s:
+        assert [(d.item_id, d.reason) for d in store.open_disputes(s)] == [(ids[1], "imported_label_suspect")]

@@ -219,8 +219,11 @@ def test_cli_without_versions(project_dir, capsys) -> None:
     assert "no model version yet" in capsys.readouterr().err
 
 
-def test_method_names_match_models() -> None:
-    from models.explain import DEFAULT_METHOD, METHOD_NAMES
+def test_method_registry_matches_the_implementations() -> None:
+    from active import attribution_methods as registry
+    from models.explain import DEFAULT_METHOD, METHOD_NAMES, METHODS, SINGLE_PASS
 
-    assert ax.METHOD_NAMES == METHOD_NAMES and ax.DEFAULT_METHOD == DEFAULT_METHOD
+    assert tuple(registry.REGISTRY) == METHOD_NAMES == tuple(METHODS)
+    assert registry.DEFAULT_METHOD == DEFAULT_METHOD == ax.DEFAULT_METHOD
+    assert {m.name for m in registry.REGISTRY.values() if m.single_pass} == SINGLE_PASS
 

@@ -251,7 +251,8 @@ def test_hf_export_loads_with_datasets(project, store):  # noqa: ANN001
     import pyarrow.parquet as pq
     out = project.root / "exports" / "hf"
     ex.export(project, _opts(out, "hf", splits={"train": 0.5, "test": 0.5}))
-    loaded = datasets.load_dataset(str(out))  # the card's features, not inferred ones
+    # The card's features, not inferred ones; a private cache (datasets keys its own by folder name).
+    loaded = datasets.load_dataset(str(out), cache_dir=str(project.root / "hf-cache"))
     assert {"train", "test"} <= set(loaded)
     assert "sha256" in loaded["train"].column_names
     label = loaded["train"].features["label"]

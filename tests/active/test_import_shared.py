@@ -62,10 +62,10 @@ def test_cli_end_to_end_on_postgresql(cli, pg_url: str, class_folder: Path, tmp_
     again = cli("--project", root, "import", class_folder, "--json", "--no-progress").data
     assert (again["added"], again["already_imported"]) == (0, 12)
     st = cli("--project", root, "status", "--json").data
-    assert st["items"]["pool"] == {"items": 13, "labelled": 12, "unlabelled": 1}
+    assert st["items"]["pool"] == {"items": 13, "labelled": 0, "given_only": 12, "unlabelled": 1}
     assert st["classes"]["shoes"] == {"imported": 4, "total": 4}
     d = cli("--project", root, "classes", "rename", "shoes", "footwear", "--json").data
-    assert d["rows_changed"]["labels"] == 4
+    assert d["label_rows"] == 4
 
 
 @pytest.fixture

@@ -134,3 +134,49 @@ def test_retrain_command_prints_holdout(tmp_path: Path, make_image, capsys) -> N
 
     st = json.loads(capsys.readouterr().out)
     assert st["current_version"] == 2 and "accuracy" in st["model_versions"][-1]["metrics"]["holdout"]
+
+
+def test_versions_are_compared_on_the_same_holdout(tmp_path: Path, make_image, capsys) -> None:  # noqa: ANN001
+    import json
+
+    from active.retrain import compare_on_holdout, holdout_hash, holdout_labels
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4, holdout_per_class=2)
+    root = str(project.root)
+    assert main(["--project", root, "retrain", "--mode", "head", "--workers", "0", "--no-progress"]) == 0
+    v2 = modelstore.current_version(project)
+    assert v2.metrics["holdout_labels_sha256"] == holdout_hash(project)
+    assert compare_on_holdout(project, v2) is None  # v1 (pretrained) has no head to compare with
+    capsys.readouterr()
+    assert main(["--project", root, "--json", "retrain", "--mode", "head", "--workers", "0", "--no-progress"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["compared_with"]["version"] == 2 and out["compared_with"]["same_holdout"] is True
+    # A reviewer changes a holdout label: the holdout the versions were measured on is gone.
+    item, label = holdout_labels(project)[0]
+    other = next(c for c in CLASSES if c != label)
+    with db.session(project.engine, write=True) as s:
+        labels.append(s, Label(item_id=item, annotator="rev", label=other, kind="review", decision="resolved"))
+    assert main(["--project", root, "--json", "status"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert [v["same_holdout"] for v in st["model_versions"]] == [None, False, False]
+    assert main(["--project", root, "retrain", "--mode", "head", "--workers", "0", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "previous version 3 on the same holdout (the holdout labels changed: re-evaluated" in text
+    v4 = modelstore.current_version(project)
+    cmp = compare_on_holdout(project, v4)
+    assert cmp.previous["n"] == v4.metrics["holdout"]["n"] == 6 and not cmp.same_holdout
+
+
+def test_a_rename_keeps_old_label_snapshots_reproducible(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    from active.retrain import reproduce_snapshot
+    from active.taxonomy import alias_class
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4)
+    v = retrain(project, mode="head", num_workers=0, score_after=False)
+    assert reproduce_snapshot(project, v) == v.snapshot
+    alias_class(project, CLASSES[0], "renamed")
+    project.config.classes = ["renamed", *CLASSES[1:]]
+    assert reproduce_snapshot(project, v) == v.snapshot  # the store as it was, labels never rewritten
+    assert take_snapshot(project).snapshot != v.snapshot  # today's labels read under the new name
+    with db.session(project.engine) as s:
+        assert versions.get(s, v.id).classes[0] == "renamed"

@@ -35,11 +35,16 @@ def test_no_model_gives_a_random_round_of_unlabelled_items(project) -> None:  # 
     queued = [q.item_id for q in _queue(project, rnd.id)]
     assert len(queued) == 4 and not {ids[0], ids[1]} & set(queued)
     assert set(queued) <= set(ids)  # never holdout items
-    # The next round skips what the open round already queued.
-    again = select_round(project, strategy="random", batch=100)
+    # A second round while this one is open must be asked for; it skips what the open round queued.
+    with pytest.raises(UserError, match="round 1 is still open .0 / 4 labelled.*--force"):
+        select_round(project, strategy="random", batch=100)
+    again = select_round(project, strategy="random", batch=100, force=True)
     assert set(q.item_id for q in _queue(project, again.id)) == set(ids[2:]) - set(queued)
     with pytest.raises(UserError, match="every pool item has a human label"):
-        select_round(project, strategy="random", batch=1)
+        select_round(project, strategy="random", batch=1, force=True)
+    # Closing the open rounds gives their unhandled items back to the candidates.
+    third = select_round(project, strategy="random", batch=100, close_open=True)
+    assert set(q.item_id for q in _queue(project, third.id)) == set(ids[2:])
 
 
 def test_pretrained_version_gives_kcenter_on_embeddings(project) -> None:  # noqa: ANN001
@@ -99,6 +104,9 @@ def test_select_command(project, cli) -> None:  # noqa: ANN001
     assert run.code == 0, run.err
     data = run.data
     assert data["strategy"] == "random" and data["requested_strategy"] == "margin" and data["queued"] == 3
+    again = cli("--project", project.root, "select", "--batch", "3")
+    assert again.code == 2 and "still open" in again.err and "--force" in again.err
+    assert cli("--project", project.root, "select", "--batch", "3", "--force").code == 0
 
 
 def test_loop_scores_then_selects_once(project, cli, monkeypatch) -> None:  # noqa: ANN001

@@ -40,12 +40,30 @@ def test_old_schema_version_is_refused_and_left_alone(engine) -> None:  # noqa: 
     db.write(engine, downgrade)
     before = _tables(engine)
     url = engine.url.render_as_string(hide_password=False)
-    with pytest.raises(db.SchemaMismatchError, match=r"schema version 0 .* needs 1.*nothing was changed"):
+    with pytest.raises(db.SchemaMismatchError, match=rf"schema version 0 .* needs {SCHEMA_VERSION}.*nothing was changed"):
         db.open_engine(url)
     with pytest.raises(db.SchemaMismatchError):
         db.create_schema(engine)  # init on an old database must not "upgrade" it silently
     assert _meta(engine)["schema_version"] == "0"
     assert _tables(engine) == before
+
+
+def test_schema_1_database_is_upgraded_in_place(engine, add_items) -> None:  # noqa: ANN001
+    # A database made by the schema-1 release: no classalias table, stamped 1, with labels in it.
+    (item,) = add_items(engine, 1)
+    db.write(engine, lambda s: s.add(Label(item_id=item, annotator="ann", label="dress", kind="human",
+                                           decision="accepted")))
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE classalias"))
+        conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value="1"))
+    with db.session(engine) as s:
+        rows_before = [r.model_dump() for r in s.exec(select(Label))]
+    reopened = db.open_engine(engine.url.render_as_string(hide_password=False))
+    assert "classalias" in _tables(reopened) and _meta(reopened)["schema_version"] == str(SCHEMA_VERSION)
+    with db.session(reopened) as s:
+        assert [r.model_dump() for r in s.exec(select(Label))] == rows_before
+    db.open_engine(engine.url.render_as_string(hide_password=False)).dispose()  # a second open: nothing to do
+    reopened.dispose()
 
 
 def test_foreign_database_is_refused_and_left_alone(store_url: str) -> None:
