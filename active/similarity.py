@@ -30,8 +30,9 @@ from active.atomic import write_atomic
 log = logging.getLogger(__name__)
 
 SIMILARITY_DIR = "similarity"
-# Up to this many items, exact search: 20k x 1280 float32 is a 100 MB matrix-vector product, a few
-# ms on one core; beyond it the product's cost grows with the pool and a graph pays off.
+# Up to this many items, exact search: no graph to build or keep, and exact results. Its cost grows
+# with the pool (bench/similar.py on the shared 2-core box: 3-13 ms at 10k, 100 ms at 100k), so
+# beyond it a graph pays off (2.6 ms at 100k).
 EXACT_MAX = 20_000
 # HNSW graph degree and beam widths: M=32 is faiss's usual choice for high-dimensional vectors;
 # the search beam of 64 gave recall@10 >= 0.95 at 100k in bench/similar.py.
