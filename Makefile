@@ -23,7 +23,8 @@ install-dev: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
 # The sample project: the shared clothing photos (train+validation = pool, test = holdout),
-# scored with mobilenet_v2, a first head, a first round, disputes to review, and a local user demo (password active-demo).
+# scored with mobilenet_v2, a first head, a first round, disputes to review, and a local reviewer demo
+# whose random password is printed once and kept in $(SAMPLE)/demo-password (mode 0600).
 # Each step is skipped or resumed when it already ran, so `make run` is cheap the second time.
 ACTIVE := $(BIN)/active --project $(SAMPLE)
 
@@ -44,11 +45,15 @@ sample: install
 	  $(ACTIVE) select --batch 100; fi
 	@if [ "$$($(ACTIVE) --json status | $(BIN)/python -c 'import json,sys; print(sum(json.load(sys.stdin)["open_disputes"].values()))')" -eq 0 ]; then \
 	  $(ACTIVE) disputes --refresh --limit 5; fi
-	@$(ACTIVE) users list | grep -q '^demo' || echo active-demo | $(ACTIVE) users add demo --role reviewer
+	@# No shipped password: a random one, made once (also replacing a demo user of older versions).
+	@if [ ! -s "$(SAMPLE)/demo-password" ]; then \
+	  (umask 077; $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(12))' > "$(SAMPLE)/demo-password") && \
+	  { $(ACTIVE) users add demo --role reviewer < "$(SAMPLE)/demo-password" || { rm -f "$(SAMPLE)/demo-password"; exit 1; }; } && \
+	  echo "demo user: demo, password: $$(cat "$(SAMPLE)/demo-password") (kept in $(SAMPLE)/demo-password)"; fi
 	$(ACTIVE) status
 
 run: sample
-	@echo "Labeller on http://127.0.0.1:$(PORT)  (user demo, password active-demo; Ctrl-C stops it)"
+	@echo "Labeller on http://127.0.0.1:$(PORT)  (user demo, password in $(SAMPLE)/demo-password; Ctrl-C stops it)"
 	$(ACTIVE) serve --port $(PORT)
 
 test: install-dev

@@ -90,7 +90,9 @@ SHORT_HASH = 8
 _UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f/\\<>:"|?*]')
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 # OWASP CSV injection: cells starting with these are read as formulas by spreadsheets.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Also a leading space or line break (spreadsheets trim them, then see the formula) and the
+# full-width forms of = + - @, which some spreadsheets read as their ASCII twins.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n", " ", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 ESCAPE = "'"
 
 # What torchvision's ImageFolder accepts; files with another suffix get one from their format.
@@ -651,10 +653,45 @@ def _check_destination(out: Path, *, overwrite: bool) -> bool:
     if not overwrite:
         raise UserError(f"{out}: folder is not empty; pass --overwrite to replace an earlier export, "
                         "or choose another --out")
-    if not (out / MANIFEST_NAME).is_file():
-        raise UserError(f"{out}: not an active-labeler export (no {MANIFEST_NAME}); --overwrite only "
+    why = _not_our_export(out)
+    if why is not None:
+        raise UserError(f"{out}: not an active-labeler export ({why}); --overwrite only "
                         "replaces earlier exports, so remove or move this folder yourself")
     return True
+
+
+def _not_our_export(out: Path) -> str | None:
+    """Why ``out`` is not a folder an earlier `export` wrote, or None when it is one.
+
+    A file named export.json is not enough: the manifest must be ours, and every entry at the top
+    and in each split folder must be one that manifest accounts for, so --overwrite never
+    deletes anything the export did not write."""
+    manifest_path = out / MANIFEST_NAME
+    if not manifest_path.is_file() or manifest_path.is_symlink():
+        return f"no {MANIFEST_NAME}"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        fmt = manifest["format"]
+        splits = set(manifest["counts"]["by_split"])
+        folders = set(manifest.get("class_folders", {}).values())
+        ok = manifest.get("tool") == "active-labeler" and fmt in FORMATS
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{MANIFEST_NAME} is not an active-labeler manifest"
+    if not ok:
+        return f"{MANIFEST_NAME} is not an active-labeler manifest"
+    table = FORMATS[fmt].table
+    files = {MANIFEST_NAME} | ({table} if table else set()) | ({"README.md"} if fmt == "hf" else set())
+    split_dirs = splits if FORMATS[fmt].writes_images else set()
+    for entry in out.iterdir():
+        if entry.is_symlink() or not (entry.name in files and entry.is_file()
+                                      or entry.name in split_dirs and entry.is_dir()):
+            return f"it holds {entry.name!r}, which no export writes"
+        if entry.is_dir():
+            for sub in entry.iterdir():
+                if sub.is_symlink() or not (sub.name in folders and sub.is_dir()
+                                            or fmt == "hf" and sub.name == HF_METADATA and sub.is_file()):
+                    return f"it holds {entry.name}/{sub.name!r}, which no export writes"
+    return None
 
 
 def _tmp_prefix(out: Path) -> str:

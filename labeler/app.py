@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import getpass
 import html
-import ipaddress
 import logging
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ from active.project import Project
 from labeler import dashboard
 from labeler.grid import GRID_CSS, GRID_JS, GridTab
 from labeler.prefetch import Prefetcher
+from labeler.security import is_loopback
+from labeler.server import serve_blocks
 from labeler.services import Services, default_services
 from models.images import ImageError
 from storage import db, users, versions
@@ -41,23 +43,13 @@ PREFETCH_AHEAD = 2  # items prepared after the current one (two, so a colleague 
 STATUS_EVERY_S = 3.0
 TRAINING_GIVE_UP_S = 3600  # stop saying "training…" when no new version came after this long
 METHODS = [(m.display, m.name) for m in attribution_methods.REGISTRY.values()]  # (shown, value) for the list
-LOOPBACK_NAMES = ("localhost",)
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>$])")
 
 
 def esc(text: object) -> str:
     """A user-supplied string made inert for gr.Markdown: HTML-escaped, Markdown punctuation escaped."""
     return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=True))
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 SHORTCUTS = """**Keys** · `Enter` accept the top suggestion · `1`–`9` pick the n-th suggestion ·
@@ -146,11 +138,9 @@ class LabelerApp:
             return "reviewer"  # a local, single-person setup without users may do everything
         with db.session(self.project.engine) as s:
             u = users.get(s, name)
-        return u.role if u is not None else "annotator"
-
-    def check_password(self, name: str, password: str) -> bool:
-        with db.session(self.project.engine) as s:
-            return users.verify(s, name, password) is not None
+        if u is None or u.disabled:  # removed or disabled since sign-in: no role, no access
+            raise gr.Error("no access: this account is not active in the project")
+        return u.role
 
     # -- the label tab ------------------------------------------------------------------------
     def show(self, task: Task | None, note: str = "",
@@ -556,24 +546,30 @@ def build_app(project: Project, *, services: Services | None = None, auth: bool 
 
 
 def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, services: Services | None = None,
-           block: bool = True, quiet: bool = False) -> tuple[gr.Blocks, LabelerApp]:
-    """Start the server. Sign-in is required whenever users exist, and always off loopback."""
-    with db.session(project.engine) as s:
-        have_users = bool(users.all_users(s))
-    if not have_users and not is_loopback(host):
-        raise UserError(f"refusing to serve on {host} without sign-in: add a user first "
-                        "(`active users add NAME --role reviewer`)")
-    demo, app = build_app(project, services=services, auth=have_users)
+           block: bool = True, quiet: bool = False, no_auth: bool = False,
+           allowed_origins: Sequence[str] = ()) -> tuple[gr.Blocks, LabelerApp]:
+    """Start the server. Sign-in is always on; ``no_auth`` (a local demo) is refused off loopback."""
+    if no_auth:
+        if not is_loopback(host):
+            raise UserError(f"refusing to serve on {host} without sign-in: --no-auth is for loopback only")
+        log.warning("serving WITHOUT sign-in: every client is a reviewer. A reverse proxy or tunnel to this "
+                    "port makes that public; use it for a local demo only")
+    else:
+        with db.session(project.engine) as s:
+            if not users.all_users(s):
+                raise UserError("no users yet: add one first (`active users add NAME --role reviewer`), "
+                                "or pass --no-auth for a local demo without sign-in")
+    demo, app = build_app(project, services=services, auth=not no_auth)
     demo.queue(default_concurrency_limit=4)
-    demo.launch(server_name=host, server_port=port, auth=app.check_password if have_users else None,
-                auth_message="active-labeler: sign in with the name and password from `active users add`",
-                prevent_thread_lock=not block, quiet=quiet, head=KEYS_JS + GRID_JS, css=CSS + GRID_CSS, footer_links=[],
-                show_error=True, max_threads=16)
+    serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
+                 auth_message="active-labeler: sign in with the name and password from `active users add`",
+                 head=KEYS_JS + GRID_JS, css=CSS + GRID_CSS, block=block, quiet=quiet)
     return demo, app
 
 
-def serve(project: Project, *, host: str = "127.0.0.1", port: int = 7860) -> None:
+def serve(project: Project, *, host: str = "127.0.0.1", port: int = 7860, no_auth: bool = False,
+          allowed_origins: Sequence[str] = ()) -> None:
     """`active serve`: run until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    launch(project, host=host, port=port, block=True)
+    launch(project, host=host, port=port, block=True, no_auth=no_auth, allowed_origins=allowed_origins)
 

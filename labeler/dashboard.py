@@ -6,6 +6,7 @@ counts come from `active.commands.status.collect` and the kappas from `active.ag
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 import threading
@@ -42,6 +43,18 @@ def _plt():  # noqa: ANN202
     return plt
 
 
+def _plain_text(fn: Callable[..., Path]) -> Callable[..., Path]:
+    """Draw with mathtext off: class names are user text, and one like ``$\\frac{x$`` would be
+    parsed as TeX and break the plot (or render as a formula)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Path:
+        with _plt().rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
 def _save(fig: Any, path: Path) -> Path:
     plt = _plt()
     fig.tight_layout()
@@ -50,6 +63,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+@_plain_text
 def learning_curve(points: list[tuple[int, int, float]], path: Path) -> Path:
     """points: [(version id, n_labels, holdout accuracy)] -> PNG."""
     plt = _plt()
@@ -69,6 +83,7 @@ def learning_curve(points: list[tuple[int, int, float]], path: Path) -> Path:
     return _save(fig, path)
 
 
+@_plain_text
 def confusion_plot(matrix: np.ndarray, classes: list[str], path: Path, *, title: str) -> Path:
     """matrix: (n_classes, n_classes), rows = true class, columns = predicted."""
     plt = _plt()
@@ -89,6 +104,7 @@ def confusion_plot(matrix: np.ndarray, classes: list[str], path: Path, *, title:
     return _save(fig, path)
 
 
+@_plain_text
 def distribution_plot(classes: list[str], labelled: Counter, predicted: Counter, path: Path) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))

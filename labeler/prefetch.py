@@ -60,8 +60,10 @@ class Prefetcher:
         self._root = root
 
     def close(self) -> None:
-        self._ahead.shutdown(wait=False, cancel_futures=True)
-        self._demand.shutdown(wait=False, cancel_futures=True)
+        # Queued jobs are dropped, but a running one is waited for: removing the folder under a
+        # job that is writing into it fails ("Directory not empty").
+        self._ahead.shutdown(wait=True, cancel_futures=True)
+        self._demand.shutdown(wait=True, cancel_futures=True)
         self._tmp.cleanup()
 
     def _future(self, key: Hashable, fn: Callable[[], Any], *, pool: ThreadPoolExecutor) -> Future:

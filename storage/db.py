@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -12,9 +14,9 @@ from sqlalchemy import event, inspect, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, SQLModel, create_engine, select, text
 
-from storage.tables import APP_ID, SCHEMA_VERSION, ClassAlias, Meta
+from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Meta
 
 T = TypeVar("T")
 
@@ -91,8 +93,19 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _create_private_sqlite_file(engine: Engine) -> None:
+    """Create a new SQLite file readable by its owner only (it holds password hashes); SQLite
+    gives its -wal and -shm files the same mode."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    with contextlib.suppress(FileExistsError):  # an existing (empty) file keeps its owner's mode
+        os.close(os.open(url.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
 def create_schema(engine: Engine) -> None:
     """Create the tables of a new database and stamp it with the schema version."""
+    _create_private_sqlite_file(engine)  # before the first connection creates it world-readable
     names = set(inspect(engine).get_table_names())
     if "meta" in names:
         check_schema(engine)
@@ -129,10 +142,21 @@ def check_schema(engine: Engine) -> None:
 
 def _v1_add_class_alias(conn: Any) -> None:  # noqa: ANN401
     SQLModel.metadata.create_all(conn, tables=[ClassAlias.__table__], checkfirst=True)
+    UNREADABLE_INDEX.create(conn, checkfirst=True)
+
+
+def _v2_user_sessions(conn: Any) -> None:  # noqa: ANN401
+    # Users can be disabled, and a password change ends their sessions (generation). Columns
+    # already there are left alone, like the steps above. "user" is quoted: PostgreSQL reserves it.
+    have = {c["name"] for c in inspect(conn).get_columns("user")}
+    if "disabled" not in have:
+        conn.execute(text('ALTER TABLE "user" ADD COLUMN disabled BOOLEAN NOT NULL DEFAULT FALSE'))
+    if "generation" not in have:
+        conn.execute(text('ALTER TABLE "user" ADD COLUMN generation INTEGER NOT NULL DEFAULT 0'))
 
 
 # version -> the step that upgrades a database of that version to the next one, in place.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions}
 
 
 def migrate(engine: Engine) -> int | None:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, false, text
 from sqlmodel import Field, SQLModel
 
 from storage.enums import Decision, DisputeReason, DisputeStatus, Kind, Role, Split
 
 # Bump when a table changes, with a step in `storage.db.MIGRATIONS` that upgrades the previous
 # version in place; `storage.db.open_engine` refuses versions it cannot upgrade.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APP_ID = "active-labeler"
 
 # The columns below hold these enums' values as plain strings (see storage.enums).
@@ -39,7 +39,14 @@ class Meta(SQLModel, table=True):
     value: str
 
 
+# The few unreadable items, found without a scan (`storage.versions.serving` counts them per call).
+UNREADABLE_INDEX = Index("ix_item_unreadable", "id", sqlite_where=text("error IS NOT NULL"),
+                         postgresql_where=text("error IS NOT NULL"))
+
+
 class Item(SQLModel, table=True):
+    __table_args__ = (UNREADABLE_INDEX,)
+
     id: int | None = Field(default=None, primary_key=True)
     sha256: str = Field(max_length=64, unique=True, index=True)
     path: str
@@ -159,3 +166,7 @@ class User(SQLModel, table=True):
     salt: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     password_hash: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
+    # A disabled user cannot sign in and loses open sessions; `generation` grows on every password
+    # change or disable, and a session granted under an older generation ends (labeler.security).
+    disabled: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

@@ -32,21 +32,63 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD} characters")
+    return password
+
+
+def _set_password(user: User, password: str) -> None:
+    user.salt = os.urandom(SALT_BYTES)
+    user.password_hash = hash_password(check_password(password), user.salt)
+    user.generation = (user.generation or 0) + 1  # sessions signed in with the old password end
+
+
 def add(session: Session, name: str, password: str, *, role: str = "annotator") -> User:
-    """Create a user, or set a new password and role for an existing one."""
+    """Create a user, or set a new password and role for an existing one (ending its sessions)."""
     name = check_name(name)
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
-    if len(password) < MIN_PASSWORD:
-        raise ValueError(f"the password must have at least {MIN_PASSWORD} characters")
-    salt = os.urandom(SALT_BYTES)
-    user = session.get(User, name) or User(name=name, role=role, salt=b"", password_hash=b"")
+    check_password(password)
+    user = session.get(User, name) or User(name=name, role=role, salt=b"", password_hash=b"", generation=0)
     user.role = role
-    user.salt = salt
-    user.password_hash = hash_password(password, salt)
+    _set_password(user, password)
     session.add(user)
     session.flush()
     return user
+
+
+def _existing(session: Session, name: str) -> User:
+    user = session.get(User, name)
+    if user is None:
+        raise ValueError(f"no user {name!r}: see `active users list`")
+    return user
+
+
+def set_password(session: Session, name: str, password: str) -> User:
+    """A new password for an existing user; its open sessions end."""
+    user = _existing(session, name)
+    _set_password(user, password)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_disabled(session: Session, name: str, disabled: bool) -> User:
+    """Disable (no sign-in, open sessions end) or enable an existing user."""
+    user = _existing(session, name)
+    if user.disabled != disabled:
+        user.disabled = disabled
+        user.generation += 1
+        session.add(user)
+        session.flush()
+    return user
+
+
+def session_generations(session: Session) -> dict[str, int]:
+    """name -> generation of every user who may be signed in (disabled users are left out)."""
+    rows = session.exec(select(User.name, User.generation).where(User.disabled == False))  # noqa: E712
+    return {name: gen for name, gen in rows}
 
 
 def get(session: Session, name: str) -> User | None:
@@ -58,9 +100,10 @@ def all_users(session: Session) -> list[User]:
 
 
 def verify(session: Session, name: str, password: str) -> User | None:
-    """The user when ``password`` is theirs, else None (compared in constant time)."""
+    """The user when ``password`` is theirs and the user is enabled, else None (compared in
+    constant time)."""
     user = session.get(User, name) if name else None
-    if user is None:
+    if user is None or user.disabled:
         # Spend the same time on an unknown name so timing does not reveal which names exist.
         hash_password(password, b"\0" * SALT_BYTES)
         return None

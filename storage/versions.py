@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, select
@@ -49,11 +52,37 @@ def latest(session: Session) -> ModelVersion | None:
     return _one(session, session.exec(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)).first())
 
 
+# pool (of the engine) -> (state of the store, serving version id). The coverage check reads every
+# pool item; the answer can only change when a version, a prediction or an item is added or an
+# item is found unreadable, so it is recomputed only then (the labeller asks on every item).
+_serving_cache: weakref.WeakKeyDictionary[Any, tuple[tuple, int | None]] = weakref.WeakKeyDictionary()
+_serving_lock = threading.Lock()
+
+
+def _store_state(session: Session) -> tuple:
+    return tuple(session.execute(select(
+        select(func.max(ModelVersion.id)).scalar_subquery(),
+        select(func.max(Prediction.id)).scalar_subquery(),
+        select(func.max(Item.id)).scalar_subquery(),
+        select(func.count()).select_from(Item).where(Item.error.is_not(None)).scalar_subquery(),
+    )).one())
+
+
 def serving(session: Session) -> ModelVersion | None:
     """The version that serves suggestions, selection and the UI (`storage.meaning.serving_id`):
     the newest one whose predictions cover every readable pool item, else the newest."""
-    covering = select(ModelVersion).where(sql_covers_pool(ModelVersion.id)).order_by(ModelVersion.id.desc()).limit(1)
-    return _one(session, session.exec(covering).first()) or latest(session)
+    pool = session.get_bind().pool
+    state = _store_state(session)
+    with _serving_lock:
+        hit = _serving_cache.get(pool)
+    if hit is not None and hit[0] == state:
+        return None if hit[1] is None else get(session, hit[1])
+    covering = select(ModelVersion.id).where(sql_covers_pool(ModelVersion.id)).order_by(ModelVersion.id.desc()).limit(1)
+    found = session.exec(covering).first()
+    version_id = found if found is not None else state[0]  # no version covers the pool: the newest
+    with _serving_lock:
+        _serving_cache[pool] = (state, version_id)
+    return None if version_id is None else get(session, version_id)
 
 
 def serving_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:

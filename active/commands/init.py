@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> Result:
     project.exports.mkdir(exist_ok=True)
     project.save()
     taxonomy = ", ".join(classes) if classes else "(inferred from folder names at the first import)"
+    shown_db = safe_url(args.db)  # never echo a password from the URL (terminals, CI logs)
     text = (f"created project {root}\n  backbone: {args.backbone} ({weights})\n  classes: {taxonomy}\n"
-            f"  database: {args.db}\nnext: active --project {root} import FOLDER")
+            f"  database: {shown_db}\nnext: active --project {root} import FOLDER")
     return Result({"project": str(root), "classes": classes, "backbone": args.backbone,
-                   "weights": weights, "db": args.db}, text)
+                   "weights": weights, "db": shown_db}, text)

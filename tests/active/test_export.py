@@ -468,3 +468,31 @@ def test_cli_export(project, store, capsys):  # noqa: ANN001
     assert main(["--project", str(project.root), "export", "--splits", "train=2", "--no-progress"]) == 2
     assert main(["--project", str(project.root), "export", "--format", "csv", "--no-progress"]) == 0
     assert len(list((project.root / "exports").glob("csv-*"))) == 1
+
+
+@pytest.mark.parametrize("value", [" =1+1", "\uff1dSUM(A1)", "\n=1+1", "\uff0b1", "\uff0d1", "\uff20x"])
+def test_spreadsheet_lookalike_prefixes_are_neutralised(value: str) -> None:
+    # A leading space or line break is trimmed by spreadsheets, and full-width ＝＋－＠ are read
+    # as their ASCII twins: either way the cell would become a formula.
+    assert ex.escape_cell(value) == "'" + value
+    assert ex.unescape_cell(ex.escape_cell(value)) == value
+
+
+def test_overwrite_replaces_only_what_an_export_wrote(project, store):  # noqa: ANN001
+    fake = project.root / "exports" / "fake"
+    fake.mkdir(parents=True)
+    (fake / "export.json").write_text("{}")  # a file of that name is not enough
+    (fake / "thesis.tex").write_text("keep me")
+    with pytest.raises(UserError, match="not an active-labeler export.*not an active-labeler manifest"):
+        ex.export(project, _opts(fake, overwrite=True))
+    assert (fake / "thesis.tex").read_text() == "keep me"
+    real = project.root / "exports" / "real"
+    ex.export(project, _opts(real, "imagefolder"))
+    for stranger in (real / "notes.txt", next(p for p in (real / "train").iterdir()).parent / "mine.txt"):
+        stranger.write_text("mine")
+        with pytest.raises(UserError, match=f"holds .*{stranger.name}.*which no export writes"):
+            ex.export(project, _opts(real, "imagefolder", overwrite=True))
+        assert stranger.read_text() == "mine"
+        stranger.unlink()
+    ex.export(project, _opts(real, "csv", overwrite=True))  # an export of ours, as it was written
+    assert sorted(p.name for p in real.iterdir()) == ["export.json", "labels.csv"]

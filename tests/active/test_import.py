@@ -77,7 +77,7 @@ def test_holdout_split(cli, project_dir: Path, class_folder: Path) -> None:  # n
     assert d["split"] == "holdout"
     assert {i.split for i in _all_items(project_dir)} == {"holdout"}
     st = cli("--project", project_dir, "status", "--json").data
-    assert st["items"]["holdout"] == {"items": 12, "labelled": 12, "unlabelled": 0}
+    assert st["items"]["holdout"] == {"items": 12, "labelled": 0, "given_only": 12, "unlabelled": 0}
 
 
 CATALOGUE = [

@@ -37,7 +37,7 @@ def test_500_shared_images_through_a_catalogue_manifest(cli, open_project_dir: P
     assert d["added"] + len(duplicates) == n and len(d["skipped"]) == len(duplicates)
     assert sorted(d["new_classes"]) == sorted(PRESETS["clothing10"])
     st = cli("--project", open_project_dir, "status", "--json").data
-    assert st["items"]["pool"] == {"items": d["added"], "labelled": d["added"], "unlabelled": 0}
+    assert st["items"]["pool"] == {"items": d["added"], "labelled": 0, "given_only": d["added"], "unlabelled": 0}
     with db.session(Project.load(open_project_dir).engine) as s:
         some = s.exec(select(Item).order_by(Item.id).limit(5)).all()
     assert all(i.meta["shop"] == "shared" and i.meta["format"] == "JPEG" for i in some)

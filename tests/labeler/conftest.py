@@ -112,7 +112,8 @@ class Running:
 
 
 @pytest.fixture
-def labeller(project, tmp_path: Path) -> Iterator[Running]:
+def labeller(project, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Running]:
+    """The running app; ``indirect`` parametrisation passes extra `launch` keywords."""
     from active.importer import import_candidates, scan_folder
     from labeler.app import launch
     from labeler.services import Services
@@ -138,7 +139,8 @@ def labeller(project, tmp_path: Path) -> Iterator[Running]:
     services = Services(fakes.explain_item, fakes.class_average, fakes.load_embeddings, fakes.maybe_refresh,
                         fakes.open_disputes, fakes.resolve_dispute)
     port = free_port()
-    demo, app = launch(project, host="127.0.0.1", port=port, services=services, block=False, quiet=True)
+    demo, app = launch(project, host="127.0.0.1", port=port, services=services, block=False, quiet=True,
+                       **getattr(request, "param", {}))
     try:
         yield Running(f"http://127.0.0.1:{port}/", project, app, fakes, item_ids, vid)
     finally:

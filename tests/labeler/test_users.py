@@ -11,7 +11,8 @@ from storage import db, users
 
 
 def test_add_verify_and_list(project_dir, capsys, monkeypatch):
-    assert main(["--project", str(project_dir), "users", "add", "ann", "--password", "s3cret-pass"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pass\n"))
+    assert main(["--project", str(project_dir), "users", "add", "ann"]) == 0
     monkeypatch.setattr("sys.stdin", io.StringIO("other-pass\n"))
     assert main(["--project", str(project_dir), "users", "add", "rev", "--role", "reviewer"]) == 0
     assert main(["--project", str(project_dir), "--json", "users", "list"]) == 0
@@ -37,18 +38,60 @@ def test_same_password_gets_different_hashes(project):
     assert ha != hb
 
 
-def test_bad_input_is_a_clear_error(project_dir, capsys):
-    assert main(["--project", str(project_dir), "users", "add", "ann", "--password", "short"]) == 2
+def test_bad_input_is_a_clear_error(project_dir, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert main(["--project", str(project_dir), "users", "add", "ann"]) == 2
     assert "at least 8" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["--project", str(project_dir), "users", "add", "ann"]) == 2
+    assert "no password given" in capsys.readouterr().err
+    for action in ("passwd", "disable", "enable"):
+        assert main(["--project", str(project_dir), "users", action, "nobody"]) == 2
+        assert "no user 'nobody'" in capsys.readouterr().err
 
 
-def test_serving_off_loopback_needs_users(project):
+def test_the_password_never_comes_from_argv(project_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--project", str(project_dir), "users", "add", "ann", "--password", "s3cret-pass"])
+    assert exc.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_passwd_disable_enable(project_dir, capsys, monkeypatch):
+    from active.project import Project
+
+    engine = Project.load(project_dir).engine
+    cli = ["--project", str(project_dir), "users"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("first-pass\n"))
+    assert main([*cli, "add", "ann"]) == 0
+    with db.session(engine) as s:
+        gen = users.get(s, "ann").generation
+    monkeypatch.setattr("sys.stdin", io.StringIO("second-pass\n"))
+    assert main([*cli, "passwd", "ann"]) == 0
+    with db.session(engine) as s:
+        assert users.verify(s, "ann", "first-pass") is None and users.verify(s, "ann", "second-pass") is not None
+        assert users.get(s, "ann").generation > gen  # sessions of the old password end
+        assert users.session_generations(s) == {"ann": users.get(s, "ann").generation}
+    assert main([*cli, "disable", "ann"]) == 0
+    with db.session(engine) as s:
+        assert users.verify(s, "ann", "second-pass") is None  # the right password, but disabled
+        assert users.session_generations(s) == {}
+    capsys.readouterr()
+    assert main(["--project", str(project_dir), "--json", "users", "list"]) == 0
+    assert '"disabled": true' in capsys.readouterr().out
+    assert main([*cli, "enable", "ann"]) == 0
+    with db.session(engine) as s:
+        assert users.verify(s, "ann", "second-pass") is not None
+
+
+def test_sign_in_is_always_on(project):
     from active.errors import UserError
     from labeler.app import is_loopback, launch
 
     assert is_loopback("127.0.0.1") and is_loopback("::1") and not is_loopback("0.0.0.0")
-    with pytest.raises(UserError, match="without sign-in"):
-        launch(project, host="0.0.0.0", port=1, block=False)
+    with pytest.raises(UserError, match="no users yet"):
+        launch(project, host="127.0.0.1", port=1, block=False)  # not even on loopback without --no-auth
+    with pytest.raises(UserError, match="loopback only"):
+        launch(project, host="0.0.0.0", port=1, block=False, no_auth=True)
 
 
 def test_escaping_user_strings():
@@ -56,3 +99,5 @@ def test_escaping_user_strings():
 
     assert "<" not in esc("<img src=x onerror=alert(1)>")
     assert esc("**bold**") == "\\*\\*bold\\*\\*"
+    # Gradio renders $$...$$ as TeX: no two dollars may stay side by side.
+    assert "$$" not in esc("$$\\frac{x$$") and esc("$") == "\\$"

@@ -55,11 +55,13 @@ def test_schema_1_database_is_upgraded_in_place(engine, add_items) -> None:  # n
                                            decision="accepted")))
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE classalias"))
+        conn.execute(sa.text("DROP INDEX ix_item_unreadable"))
         conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value="1"))
     with db.session(engine) as s:
         rows_before = [r.model_dump() for r in s.exec(select(Label))]
     reopened = db.open_engine(engine.url.render_as_string(hide_password=False))
     assert "classalias" in _tables(reopened) and _meta(reopened)["schema_version"] == str(SCHEMA_VERSION)
+    assert "ix_item_unreadable" in {i["name"] for i in sa.inspect(reopened).get_indexes("item")}
     with db.session(reopened) as s:
         assert [r.model_dump() for r in s.exec(select(Label))] == rows_before
     db.open_engine(engine.url.render_as_string(hide_password=False)).dispose()  # a second open: nothing to do
