@@ -40,7 +40,7 @@ from tqdm import tqdm
 from active.errors import UserError
 from active.project import Project
 from active.tempdirs import make_owned_dir, orphans, remove_orphans
-from storage import db, items, labels, versions
+from storage import db, items, labels, pages, versions
 from storage import disputes as store_disputes
 from storage.enums import Decision, Source, Split
 from storage.labels import CurrentLabel
@@ -103,11 +103,12 @@ FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp", "T
 BASE_COLUMNS = (
     "item_id", "sha256", "original_path", "exported_path", "split", "label", "source", "n_human",
     "agreement", "imported_label", "n_skipped", "n_unsure", "model_version", "predicted", "confidence", "round",
-    "annotator", "labelled_at",
+    "page", "annotator", "labelled_at",
 )
 # Arrow types of the base columns in a Hugging Face export's card (``label`` is a ClassLabel).
 HF_TYPES = {"item_id": "int64", "n_human": "int64", "agreement": "float64", "n_skipped": "int64",
-            "n_unsure": "int64", "model_version": "int64", "confidence": "float64", "round": "int64"}
+            "n_unsure": "int64", "model_version": "int64", "confidence": "float64", "round": "int64",
+            "page": "int64"}
 
 
 # --------------------------------------------------------------------------- options
@@ -361,6 +362,7 @@ class Row:
     pred: Prediction | None
     disputes: list[str]
     passes: Mapping[str, int]  # effective skipped / unsure decisions on the item
+    page: int | None = None  # the page (Grid tab) the deciding label was given on
     split: str = ""
     folder: str = ""
     file_name: str = ""
@@ -391,6 +393,7 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         preds = versions.predictions(s, version.id) if version is not None else {}
         disputes = store_disputes.open_reasons(s)
         passes = labels.passes_by_item(s)
+        on_pages = pages.page_ids(s, (c.round_id for c in current.values()))
     sha_of = {i: it.sha256 for i, it in all_items.items()}
     snap = export_hash((sha_of[i], c.label, c.source) for i, c in current.items())
 
@@ -413,7 +416,8 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if reasons and opts.include == "exclude":
             excluded["open_dispute"] += 1
             continue
-        rows.append(Row(item, cur, preds.get(item_id), reasons, passes.get(item_id, {})))
+        rows.append(Row(item, cur, preds.get(item_id), reasons, passes.get(item_id, {}),
+                        cur.round_id if cur.round_id in on_pages else None))
 
     folders = class_folders(r.cur.label for r in rows)
     split_of = assign_splits([(r.item.sha256, r.cur.label, r.item.split) for r in rows], opts.splits,
@@ -459,6 +463,7 @@ def record(row: Row, *, flag: bool) -> dict[str, Any]:
         "predicted": pred.pred if pred is not None else None,
         "confidence": pred.confidence if pred is not None else None,
         "round": cur.round_id,
+        "page": row.page,
         "annotator": cur.annotator,
         "labelled_at": cur.created_at.isoformat(),
     }

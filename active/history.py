@@ -11,7 +11,7 @@ from typing import Any
 
 from active.errors import UserError
 from active.project import Project
-from storage import db, items, labels
+from storage import db, items, labels, pages
 from storage.enums import Decision
 from storage.labels import CurrentLabel
 from storage.tables import Item, Label
@@ -49,12 +49,14 @@ def _current_dict(cur: CurrentLabel | None) -> dict[str, Any] | None:
             "agreement": cur.agreement, "imported": cur.imported}
 
 
-def row_dict(row: Label, undone_by: dict[int, int]) -> dict[str, Any]:
+def row_dict(row: Label, undone_by: dict[int, int], on_pages: set[int] = frozenset()) -> dict[str, Any]:
+    """One label row; ``page`` is the page (Grid tab) it was given on, if it was."""
     return {
         "id": row.id, "created_at": row.created_at.isoformat(), "annotator": row.annotator, "kind": row.kind,
         "decision": row.decision, "label": row.label, "suggestion": row.suggestion,
         "confidence": row.confidence, "model_version": row.model_version_id, "round": row.round_id,
         "undoes": row.undoes_id, "undone_by": undone_by.get(row.id or 0),
+        "page": row.round_id if row.round_id in on_pages else None,
     }
 
 
@@ -63,12 +65,13 @@ def history(project: Project, ref: str) -> dict[str, Any]:
     with db.session(project.engine) as s:
         item = find_item(s, ref)
         rows = labels.for_items(s, [item.id or 0]).get(item.id or 0, [])
+        on_pages = pages.page_ids(s, (r.round_id for r in rows))
     undone_by = {r.undoes_id: r.id or 0 for r in rows if r.decision == Decision.UNDO and r.undoes_id is not None}
     return {
         "item": {"id": item.id, "sha256": item.sha256, "path": item.path, "split": item.split,
                  "source": item.source, "meta": item.meta},
         "current": _current_dict(labels.derive(rows)),
-        "labels": [row_dict(r, undone_by) for r in rows],
+        "labels": [row_dict(r, undone_by, on_pages) for r in rows],
     }
 
 

@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from active.errors import UserError
 from active.project import Project
+from active.similarity import SimilarityIndex
 from storage import db, items, labels, versions, work
 from storage import disputes as store_disputes
 from storage.enums import CLASS_DECISIONS, SEEN_DECISIONS, Decision, Kind
@@ -24,8 +25,6 @@ from storage.tables import Label
 HUMAN = Kind.HUMAN
 # Decisions an annotator makes on the Label tab (the `undo` row is written by `undo_last`).
 LABEL_DECISIONS = SEEN_DECISIONS
-# Candidates looked at (nearest first) to find k neighbours that carry a label.
-SIMILAR_CANDIDATES = 200
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,15 @@ def _ttl(project: Project) -> timedelta:
     return timedelta(minutes=project.config.labeling.lease_minutes)
 
 
+def merged_probs(classes: list[str], probs: Any) -> dict[str, float]:
+    """class -> probability, summed per class name: after `classes remove X --into Y` a version
+    lists Y twice, and the probability of the merged class is the sum of its outputs."""
+    merged: dict[str, float] = {}
+    for cls, p in zip(classes, probs, strict=False):
+        merged[cls] = merged.get(cls, 0.0) + float(p)
+    return merged
+
+
 def _task(session: Session, q: work.Queued) -> Task:
     item = items.get(session, q.item_id)
     if item is None:
@@ -77,11 +85,7 @@ def _task(session: Session, q: work.Queued) -> Task:
     found = versions.serving_prediction(session, q.item_id)
     if found is not None:
         pred, version = found
-        # Sum per class name: after `classes remove X --into Y` a version lists Y twice, and the
-        # probability of the merged class is the sum of its outputs.
-        merged: dict[str, float] = {}
-        for cls, p in zip(version.classes, pred.probs, strict=False):
-            merged[cls] = merged.get(cls, 0.0) + float(p)
+        merged = merged_probs(version.classes, pred.probs)
         ranked = tuple(sorted(merged.items(), key=lambda cp: -cp[1]))  # stable: ties keep class order
         version_id = version.id
     return Task(q.item_id, item.path, q.round_id or None, q.score, q.score_name, q.strategy, version_id,
@@ -220,38 +224,25 @@ def human_label_count(session: Session) -> int:
     return labels.count_human_class(session)
 
 
-def similar_labelled(project: Project, item_id: int, ids: np.ndarray, unit: np.ndarray, *,
+def similar_labelled(project: Project, item_id: int, index: SimilarityIndex, *,
                      k: int = 6) -> list[tuple[int, str, str, float]]:
-    """The ``k`` labelled items nearest to ``item_id`` by cosine similarity of embeddings.
+    """The ``k`` labelled items nearest to ``item_id`` in ``index`` (one model version's embeddings).
 
-    ids: (n,) item ids; unit: (n, d) L2-normalised embeddings of one model version.
     Returns [(item_id, path, current label, cosine)] nearest first; empty when the item has no
     embedding in this version.
     """
-    where = np.flatnonzero(ids == item_id)
-    if where.size == 0:
+    query = index.vector(item_id)
+    if query is None:
         return []
-    sims = unit @ unit[where[0]]
-    sims[where[0]] = -np.inf
-    m = min(SIMILAR_CANDIDATES, sims.size)
-    cand = np.argpartition(-sims, m - 1)[:m] if m < sims.size else np.arange(sims.size)
-    cand = cand[np.argsort(-sims[cand], kind="stable")]
-    cand_ids = [int(ids[c]) for c in cand if np.isfinite(sims[c])]
+
+    def has_label(ids: np.ndarray) -> np.ndarray:
+        with db.session(project.engine) as s:
+            current = labels.current(s, ids.tolist())
+        return np.array([int(i) in current for i in ids], dtype=bool)
+
+    found = index.neighbours(query, k, allow=has_label, exclude=[item_id])
+    ids = [i for i, _ in found]
     with db.session(project.engine) as s:
-        current = labels.current(s, cand_ids)
-        paths = items.paths(s, cand_ids)
-    out = []
-    for c in cand:
-        i = int(ids[c])
-        if i in current and i in paths:
-            out.append((i, paths[i], current[i].label, float(sims[c])))
-            if len(out) == k:
-                break
-    return out
-
-
-def normalise(embeddings: np.ndarray) -> np.ndarray:
-    """(n, d) -> (n, d) rows scaled to unit length (zero rows stay zero)."""
-    emb = np.asarray(embeddings, dtype=np.float32)
-    norm = np.linalg.norm(emb, axis=1, keepdims=True)
-    return emb / np.maximum(norm, 1e-12)
+        current = labels.current(s, ids)
+        paths = items.paths(s, ids)
+    return [(i, paths[i], current[i].label, sim) for i, sim in found if i in current and i in paths]

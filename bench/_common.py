@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,3 +119,55 @@ def cli(*args: str) -> None:
     code = main(list(args))
     if code != 0:
         raise SystemExit(f"active {' '.join(args)} failed with exit code {code}")
+
+
+def import_clothing(root: Path, dataset: Path) -> None:
+    """A new mobilenet_v2 project at ``root`` holding clothing-small: train + validation as the pool
+    (folder names as imported labels), test as the holdout."""
+    from active.importer import import_candidates, scan_folder
+    from active.project import Project
+
+    cli("init", str(root), "--preset", "clothing10", "--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1")
+    project = Project.load(root)
+    for split, folders in (("pool", ("train", "validation")), ("holdout", ("test",))):
+        for f in folders:
+            cands, _skipped, _layout = scan_folder(dataset / f)
+            import_candidates(project, cands, split=split, progress=False)
+
+
+def grown_copy(small: Path, large: Path, n_total: int) -> None:
+    """``large``: a copy of the project ``small`` grown with synthetic items to ``n_total``."""
+    import shutil
+
+    from active.project import Project
+
+    with Project.load(small).engine.connect() as conn:  # fold the WAL into the file before copying
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copytree(small, large)
+    add_synthetic_items(Project.load(large), n_total, copy_predictions=True)
+    print(f"grew {large.name} to {n_total:,} items", flush=True)
+
+
+@contextmanager
+def labeller_server(root: Path, repo: Path) -> Iterator[int]:
+    """Serve the project at ``root`` with `python -m labeler` in a separate process; yields its port."""
+    import subprocess
+    import time
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(repo), GRADIO_ANALYTICS_ENABLED="False")
+    server = subprocess.Popen([sys.executable, "-m", "labeler", "--project", str(root), "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit(f"server died: {server.stderr.read()[-2000:]}") from None
+                time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

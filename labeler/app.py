@@ -28,6 +28,7 @@ from active.errors import UserError
 from active.labeling import Task
 from active.project import Project
 from labeler import dashboard
+from labeler.grid import GRID_CSS, GRID_JS, GridTab
 from labeler.prefetch import Prefetcher
 from labeler.security import is_loopback
 from labeler.server import serve_blocks
@@ -57,7 +58,7 @@ def esc(text: object) -> str:
 
 SHORTCUTS = """**Keys** · `Enter` accept the top suggestion · `1`–`9` pick the n-th suggestion ·
 `/` search all classes · `s` skip · `u` unsure · `Backspace` undo the last label ·
-`a` attention map on/off · `c` next attribution method ·
+`a` attention map on/off · `c` next attribution method · `l` more like this (Grid tab) ·
 Review tab: `g` keep the given label, `m` take the model's suggestion, `n` next, `/` another class,
 `Backspace` undo the last review · keys wait while the next photo loads"""
 
@@ -85,7 +86,8 @@ KEYS_JS = """
   ];
   const byKey = {"Enter": ["btn-accept"], "s": ["btn-skip"], "u": ["btn-unsure"],
                  "Backspace": ["btn-undo", "btn-review-undo"], "g": ["btn-keep"], "m": ["btn-model"],
-                 "n": ["btn-next-dispute"], "c": ["btn-cycle-method"]};
+                 "n": ["btn-next-dispute"], "c": ["btn-cycle-method"],
+                 "l": ["btn-more", "btn-more-review"]};
   const locks = {};
   function visible(el) { return el && el.offsetParent !== null && !el.disabled; }
   function target(id) {
@@ -221,9 +223,9 @@ class LabelerApp:
         self._lock = threading.Lock()
         self.training: Training | None = None
         self._announced: int | None = None
-        self._embeddings: dict[int, tuple[Any, Any]] = {}
         self._shown: OrderedDict[str, int | None] = OrderedDict()  # session -> item it was last sent
         self._served = itertools.count(1)  # a new token per item output, so the page sees every reply
+        self.grid = GridTab(self)
 
     # -- who is asking ------------------------------------------------------------------------
     def user(self, request: gr.Request | None) -> str:
@@ -315,6 +317,11 @@ class LabelerApp:
         if task is not None:
             self.prefetch.warm(self.project, [task])
         self.prefetch.later(work)
+
+    def after_grid(self, annotator: str) -> None:
+        """Background: a confirmed page added labels; let the policy decide on a head refresh."""
+        del annotator
+        self.prefetch.later(self._maybe_refresh)
 
     def _maybe_refresh(self) -> None:
         try:
@@ -458,8 +465,8 @@ class LabelerApp:
         gallery: list = []
         if task is not None and task.version_id is not None:
             try:
-                ids, unit = self._unit_embeddings(task.version_id)
-                for item_id, path, label, sim in labeling.similar_labelled(self.project, task.item_id, ids, unit,
+                index = self.grid.index.get(task.version_id)
+                for item_id, path, label, sim in labeling.similar_labelled(self.project, task.item_id, index,
                                                                            k=SIMILAR_K):
                     gallery.append((str(self.prefetch.photo(item_id, path)), f"{label} · {sim:.2f}"))
             except Exception:
@@ -467,16 +474,6 @@ class LabelerApp:
         if task is not None and not self._still_shown(request, task.item_id):
             return ", ".join(parts), gr.skip()
         return ", ".join(parts), gallery
-
-    def _unit_embeddings(self, version_id: int) -> tuple[Any, Any]:
-        with self._lock:
-            hit = self._embeddings.get(version_id)
-        if hit is None:
-            ids, emb = self.services.load_embeddings(self.project, version_id)
-            hit = (ids, labeling.normalise(emb))
-            with self._lock:
-                self._embeddings = {version_id: hit}  # keep only the newest version in memory
-        return hit
 
     def status(self) -> str:
         """Model line, and where a background fine-tune stands while one runs (read from its
@@ -645,7 +642,7 @@ class LabelerApp:
             with gr.Row():
                 who = gr.Markdown()
                 status = gr.Markdown(elem_id="status")
-            with gr.Tabs():
+            with gr.Tabs() as tabs:
                 with gr.Tab("Label", id="label"):
                     state = gr.State(None)
                     # What the page shows, for the decisions to name (and for scripts: `item_id`).
@@ -673,6 +670,7 @@ class LabelerApp:
                                 skip = gr.Button("Skip (s)", elem_id="btn-skip")
                                 unsure = gr.Button("Unsure (u)", elem_id="btn-unsure")
                                 undo = gr.Button("Undo (⌫)", elem_id="btn-undo")
+                                more = gr.Button("More like this (l)", elem_id="btn-more")
                             note = gr.Markdown(elem_id="note")
                             progress = gr.Markdown(elem_id="progress")
                         with gr.Column(scale=4):
@@ -706,6 +704,7 @@ class LabelerApp:
                                 take = gr.Button("Take model's (m)", elem_id="btn-model")
                                 rnext = gr.Button("Next (n)", elem_id="btn-next-dispute")
                                 rundo = gr.Button("Undo (⌫)", elem_id="btn-review-undo")
+                                rmore = gr.Button("More like this (l)", elem_id="btn-more-review")
                             rpicker = gr.Dropdown(classes, value=None, filterable=True,
                                                   label="Resolve as another class (/ to search)", elem_id="review-picker")
                             rnote = gr.Markdown(elem_id="review-note")
@@ -723,6 +722,9 @@ class LabelerApp:
                         rholdout = gr.Dataframe(headers=["dispute", "item", "reason", "score"], interactive=False,
                                                 label="Holdout items whose label looks wrong (the evaluation set)",
                                                 elem_id="review-holdout")
+
+                with gr.Tab("Grid", id="grid"):
+                    grid_parts = self.grid.build()
 
                 with gr.Tab("Dashboard", id="dashboard") as dash_tab:
                     refresh = gr.Button("Refresh", size="sm")
@@ -783,10 +785,21 @@ class LabelerApp:
             for table in (rtable, rholdout):
                 table.select(self.review_open, [rstate], rout, api_name=False)
 
+            # "More like this": the item on screen -> a page of its nearest unlabelled neighbours.
+            gout = [*grid_parts["outputs"], tabs]
+            more.click(self.more_like, [state], gout, api_name="more_like", show_progress="hidden")
+            rmore.click(self.more_like, [rstate], gout, api_name="more_like_review", show_progress="hidden")
+
             dout = [by_class, by_annot, agree, curve, confusion, dist, averages, dash_note]
             dash_tab.select(self.dashboard, None, dout, api_name="dashboard")
             refresh.click(self.dashboard, None, dout, api_name=False)
         return demo
+
+    def more_like(self, state: dict | None, request: gr.Request) -> list[Any]:
+        """The Grid tab, opened on the nearest unlabelled neighbours of the item shown here."""
+        item_id = (state or {}).get("item_id")
+        return [*self.grid.more_like(int(item_id) if item_id is not None else None, request),
+                gr.Tabs(selected="grid")]
 
     def dashboard(self, request: gr.Request) -> list[Any]:
         self.user(request)
@@ -817,7 +830,7 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
     demo.queue(default_concurrency_limit=4)
     serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
                  auth_message="active-labeler: sign in with the name and password from `active users add`",
-                 head=KEYS_JS, css=CSS, block=block, quiet=quiet)
+                 head=KEYS_JS + GRID_JS, css=CSS + GRID_CSS, block=block, quiet=quiet)
     return demo, app
 
 

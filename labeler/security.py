@@ -33,8 +33,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
-# The labeller takes no uploads: its largest request is an event of a few kB.
+# Events are a few kB; the one upload (Find by photo) is a product photo, which straight from a
+# camera can be 10-15 MB. Anything larger is refused before it is read into memory.
 MAX_BODY_BYTES = 1 * 2**20
+MAX_UPLOAD_BYTES = 20 * 2**20
+UPLOAD_PATH_SUFFIX = "/upload"  # Gradio's file upload route (gradio_api/upload)
 SESSION_CHECK_S = 1.0  # how stale the view of users may be (disable -> 401 well within 5 s)
 SESSION_MAX_AGE_S = 12 * 3600  # a sign-in lasts a working day, not until the server restarts
 TOKEN_COOKIE_PREFIX = "access-token-"  # Gradio's session cookies: access-token[-unsecure]-<id>
@@ -361,6 +364,11 @@ class GuardConfig:
     sessions: Sessions | None  # None: a no-sign-in demo
     allowed_origins: frozenset[str] = frozenset()
     max_body_bytes: int = MAX_BODY_BYTES
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+
+    def limit(self, path: str) -> int:
+        """The largest body accepted on ``path``: an upload may be a photo, anything else is an event."""
+        return self.max_upload_bytes if path.rstrip("/").endswith(UPLOAD_PATH_SUFFIX) else self.max_body_bytes
 
 
 class BodyTooLarge(HTTPException):
@@ -392,11 +400,12 @@ class Guard:
             await self._refuse(scope, receive, send, 403, "cross-origin request refused")
             return
         if scope["type"] == "http":
+            limit = self.config.limit(scope["path"])
             length = headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.config.max_body_bytes):
-                await self._refuse(scope, receive, send, 413, f"request body over {self.config.max_body_bytes:,} bytes")
+            if length is not None and (not length.isdigit() or int(length) > limit):
+                await self._refuse(scope, receive, send, 413, f"request body over {limit:,} bytes")
                 return
-            receive = self._limited(receive)
+            receive = self._limited(receive, limit)
         signed_in = False
         if self.config.sessions is not None:
             signed_in = await self._check_sessions(headers)
@@ -424,9 +433,9 @@ class Guard:
                 ok = True
         return ok
 
-    def _limited(self, receive: Receive) -> Receive:
+    @staticmethod
+    def _limited(receive: Receive, limit: int) -> Receive:
         seen = 0
-        limit = self.config.max_body_bytes
 
         async def wrapped() -> Message:
             nonlocal seen

@@ -22,6 +22,7 @@ from starlette.routing import Mount
 
 from labeler.security import (
     MAX_BODY_BYTES,
+    MAX_UPLOAD_BYTES,
     Guard,
     GuardConfig,
     LoginThrottle,
@@ -74,12 +75,12 @@ def serve_blocks(demo: gr.Blocks, engine: Engine | None, *, host: str, port: int
     # (the app's own pages are same-origin and need none).
     outer.add_middleware(CORSMiddleware, allow_origins=sorted(origins), allow_credentials=True,
                          allow_methods=["GET", "POST"], allow_headers=["*"])
-    outer.add_middleware(Guard, config=GuardConfig(sessions, origins, MAX_BODY_BYTES))  # outermost
+    outer.add_middleware(Guard, config=GuardConfig(sessions, origins, MAX_BODY_BYTES, MAX_UPLOAD_BYTES))  # outermost
     auth = make_auth(_verify(engine), throttle or LoginThrottle()) if engine is not None else None
     demo.max_threads = MAX_THREADS
     demo._queue.max_thread_count = MAX_THREADS
     gr.mount_gradio_app(outer, demo, "/", server_name=host, server_port=port, auth=auth, auth_message=auth_message,
-                        show_error=False, max_file_size=MAX_BODY_BYTES, footer_links=[], run_history=False,
+                        show_error=False, max_file_size=MAX_UPLOAD_BYTES, footer_links=[], run_history=False,
                         enable_monitoring=False, ssr_mode=False, head=head, css=css, mcp_server=False,
                         root_path=os.environ.get("GRADIO_ROOT_PATH") or None)
     gradio_app = next(r.app for r in outer.routes if isinstance(r, Mount))

@@ -2,7 +2,7 @@
 
 `Services` bundles them so tests can hand in small fakes and the app never imports torch or
 captum itself. `default_services()` binds the real functions: attribution maps from
-`active.explain`, embeddings from `active.scoring`, the background head refresh of
+`active.explain`, embeddings from `active.scoring`, an uploaded photo's embedding from `active.grid`, the background head refresh of
 `active.policy`, and disputes from `storage.disputes`. The imports are lazy so that the app
 loads torch only when an attribution or embedding is first asked for.
 """
@@ -33,6 +33,8 @@ class Services:
     open_disputes: Callable[..., list[Any]]
     # (session, dispute_id, label_row) -> marks it resolved by that review label
     resolve_dispute: Callable[..., Any]
+    # (project, version_id, photo path) -> (embedding (d,), the version's top class for it)
+    embed_photo: Callable[[Project, int, str], tuple[np.ndarray, str]] | None = None
 
 
 def default_services() -> Services:
@@ -68,4 +70,10 @@ def default_services() -> Services:
 
         return disputes.resolve(session, dispute_id, label_row)
 
-    return Services(explain_item, class_average, load_embeddings, maybe_refresh, open_disputes, resolve_dispute)
+    def embed_photo(project: Project, version_id: int, path: str) -> tuple[np.ndarray, str]:
+        from active.grid import embed_photo as impl
+
+        return impl(project, version_id, path)
+
+    return Services(explain_item, class_average, load_embeddings, maybe_refresh, open_disputes, resolve_dispute,
+                    embed_photo)

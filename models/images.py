@@ -100,6 +100,19 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def load_rgb(path: Path | str, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode ``path`` into an RGB image, raising `ImageError` with the reason if it cannot."""
+    return _decode(path, max_pixels, None)
+
+
+def load_thumbnail(path: Path | str, side: int, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB copy of ``path`` that fits in ``side`` x ``side`` pixels, decoded at reduced size where
+    the format allows (JPEG's DCT scaling: a page of thumbnails costs a fraction of full decodes).
+    Raises `ImageError` with the reason when the file cannot be read."""
+    out = _decode(path, max_pixels, side)
+    out.thumbnail((side, side), Image.Resampling.BILINEAR)
+    return out
+
+
+def _decode(path: Path | str, max_pixels: int, draft: int | None) -> Image.Image:
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -107,6 +120,8 @@ def load_rgb(path: Path | str, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
             with Image.open(path) as im:
                 if im.size[0] * im.size[1] > max_pixels:
                     raise ImageError(f"decompression bomb: {im.size[0]}x{im.size[1]} pixels")
+                if draft is not None:
+                    im.draft("RGB", (draft, draft))
                 im.load()
                 return to_rgb(im)
     except ImageError:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, func, insert, literal, select, text
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text
 from sqlmodel import Session
 
 from storage.enums import RoundState
@@ -23,6 +23,9 @@ from storage.tables import Item, Lease, QueueEntry, Round, utcnow
 DEFAULT_LEASE_TTL = timedelta(minutes=10)
 LEASE_LOCK_KEY = 0x6C656173  # any constant; names the lease hand-out lock on PostgreSQL
 ANNOTATOR_LOCK_KEY = 0x616E6E6F  # names the per-annotator locks on PostgreSQL (with hashtext(name))
+# The strategy of the rounds that are pages of the Grid tab (`storage.pages`); their leases are
+# not the annotator's single item.
+PAGE_STRATEGY = "page"
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def lock_annotator(session: Session, annotator: str) -> None:
                         {"key": ANNOTATOR_LOCK_KEY, "name": annotator})
 
 
-def _begin_handout(session: Session, now: datetime) -> None:
+def begin_handout(session: Session, now: datetime) -> None:
     """Take the lease hand-out lock (PostgreSQL; SQLite's BEGIN IMMEDIATE already holds the
     write lock) and drop expired leases."""
     if session.get_bind().dialect.name == "postgresql":
@@ -135,14 +138,15 @@ def lease_next(
     if overlap < 1:
         raise ValueError("overlap must be at least 1")
     now = now or utcnow()
-    _begin_handout(session, now)
+    begin_handout(session, now)
 
     own = session.execute(
-        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator).order_by(Lease.id.desc()).limit(1)
+        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator, _single_lease())
+        .order_by(Lease.id.desc()).limit(1)
     ).first()
     if own is not None:
         session.execute(
-            Lease.__table__.update().where(Lease.annotator == annotator).values(expires_at=now + ttl)
+            Lease.__table__.update().where(Lease.annotator == annotator, _single_lease()).values(expires_at=now + ttl)
         )
         return _queued(session, own.item_id, own.round_id)
 
@@ -153,7 +157,8 @@ def lease_next(
         insert(Lease).from_select(["item_id", "annotator", "round_id", "expires_at"], candidate)
     )
     got = session.execute(
-        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator).order_by(Lease.id.desc()).limit(1)
+        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator, _single_lease())
+        .order_by(Lease.id.desc()).limit(1)
     ).first()
     return None if got is None else _queued(session, got.item_id, got.round_id)
 
@@ -201,7 +206,7 @@ def lease_item(session: Session, annotator: str, item_id: int, *, ttl: timedelta
     the skip must not make a second label possible.
     """
     now = now or utcnow()
-    _begin_handout(session, now)
+    begin_handout(session, now)
     release(session, annotator)
     cand = _candidates(annotator, overlap).subquery()
     row = session.execute(select(cand.c.item_id, cand.c.round_id).where(cand.c.item_id == item_id).limit(1)).first()
@@ -224,9 +229,16 @@ def _queued(session: Session, item_id: int, round_id: int | None) -> Queued:
     return Queued(item_id, qe.round_id, qe.priority, qe.score, qe.score_name, strategy)
 
 
+def _single_lease():  # noqa: ANN202
+    """The lease is a single item's, not a thumbnail's on a page (those are `storage.pages`')."""
+    pages = select(Round.id).where(Round.strategy == PAGE_STRATEGY)
+    return or_(Lease.round_id.is_(None), Lease.round_id.not_in(pages))
+
+
 def release(session: Session, annotator: str, item_id: int | None = None) -> None:
-    """Drop the annotator's lease (after a label, or when they leave)."""
-    cond = [Lease.annotator == annotator]
+    """Drop the annotator's single-item lease (after a label, or when they leave); their page
+    leases stay."""
+    cond = [Lease.annotator == annotator, _single_lease()]
     if item_id is not None:
         cond.append(Lease.item_id == item_id)
     session.execute(delete(Lease).where(and_(*cond)))

@@ -20,9 +20,10 @@ def collect(project) -> dict:  # noqa: ANN001
     Every figure follows `storage.meaning`: a split's ``labelled`` items carry a person's class
     label that still counts (``given_only`` items only an imported one); per annotator, only
     effective decisions are counted (an undone one is not); per open round, its items by state;
-    ``current_version`` is the serving version."""
+    ``current_version`` is the serving version; ``on_page``: per annotator, their effective
+    human labels given on a page of the Grid tab (a part of their accepted + corrected)."""
     from active.retrain import holdout_hash
-    from storage import db, items, labels, versions, work
+    from storage import db, items, labels, pages, versions, work
     from storage import disputes as store_disputes
     from storage.enums import Source, Split
 
@@ -33,6 +34,7 @@ def collect(project) -> dict:  # noqa: ANN001
         current = labels.current(s)
         labelled = labels.labelled_by_split(s)
         annotators = labels.decisions_by_annotator(s)
+        on_page = pages.page_label_counts(s)
         vlist = versions.all_versions(s)
         serving = versions.serving(s)
         disputes = store_disputes.count_open(s)
@@ -57,6 +59,7 @@ def collect(project) -> dict:  # noqa: ANN001
         "unreadable": unreadable,
         "classes": {c: dict(cnt) | {"total": sum(cnt.values())} for c, cnt in by_class.items()},
         "annotators": {a: dict(c) for a, c in annotators.items()},
+        "on_page": on_page,
         "model_versions": [
             {"id": v.id, "mode": v.mode, "backbone": v.backbone, "n_labels": v.n_labels,
              "parent": v.parent_id, "created": v.created_at.isoformat(timespec="seconds"), "metrics": v.metrics,
@@ -82,11 +85,12 @@ def same_holdout(metrics: dict | None, holdout: str) -> bool | None:
 
 def annotator_rows(st: dict) -> list[list]:
     """One row per annotator: effective decisions in all, then by decision (shared with the dashboard)."""
+    on_page = st.get("on_page", {})
     return [[a, sum(c.values()), c.get("accepted", 0), c.get("corrected", 0), c.get("unsure", 0),
-             c.get("skipped", 0), c.get("resolved", 0)] for a, c in st["annotators"].items()]
+             c.get("skipped", 0), c.get("resolved", 0), on_page.get(a, 0)] for a, c in st["annotators"].items()]
 
 
-ANNOTATOR_HEADERS = ["annotator", "decisions", "accepted", "corrected", "unsure", "skipped", "resolved"]
+ANNOTATOR_HEADERS = ["annotator", "decisions", "accepted", "corrected", "unsure", "skipped", "resolved", "on a page"]
 
 
 def class_rows(st: dict) -> list[list]:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.e2e.browser import ARGS, CHROMIUM, signed_in_page
 from tests.labeler.conftest import PASSWORD, labeller  # noqa: F401  (the running-app fixture)
 from tests.labeler.test_label_tab import human_labels
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at "
                                                   "/usr/bin/chromium (apt-get install chromium)")]
 
@@ -32,18 +31,10 @@ PHOTO_READY = """() => {
 def page(labeller) -> Iterator:  # noqa: F811
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update"])
+        browser, page = signed_in_page(pw, labeller.url, "ann", PASSWORD)
         try:
-            pg = browser.new_page(viewport={"width": 1500, "height": 1000})
-            pg.goto(labeller.url)
-            pg.get_by_label(re.compile("username", re.I)).fill("ann")
-            pg.get_by_label(re.compile("password", re.I)).fill(PASSWORD)
-            pg.keyboard.press("Enter")
-            pg.wait_for_function(PHOTO_READY, timeout=30_000)
-            pg.locator("body").click(position={"x": 5, "y": 5})  # focus the page, not a field
-            yield pg
+            page.wait_for_function(PHOTO_READY, timeout=30_000)
+            yield page
         finally:
             browser.close()
 
@@ -129,3 +120,23 @@ def test_keys_while_the_next_photo_loads_label_nothing(labeller, page):  # noqa:
     z = current_item(page)
     assert z not in (x, y) and int(page.locator("#item-id input").input_value()) == z
     assert f"item-{z}.jpg" in page.evaluate("decodeURIComponent(document.querySelector('#photo img').src)")
+
+
+def test_an_empty_sign_in_names_what_is_missing(labeller):  # noqa: F811
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            pg = browser.new_page()
+            pg.goto(labeller.url)
+            pg.get_by_label(re.compile("username", re.I)).fill("ann")
+            pg.get_by_role("button", name=re.compile("log ?in", re.I)).click()
+            note = pg.locator("#active-sign-in-missing")
+            note.wait_for(timeout=10_000)
+            assert note.inner_text() == "Enter your password to sign in."
+            pg.get_by_label(re.compile("password", re.I)).fill(PASSWORD)
+            pg.get_by_role("button", name=re.compile("log ?in", re.I)).click()
+            pg.wait_for_function("() => /item #\\d+/.test(document.querySelector('#why')?.innerText || '')",
+                                 timeout=30_000)
+        finally:
+            browser.close()

@@ -31,7 +31,7 @@ def test_every_view_counts_the_same_after_undo(labeller, capsys, tmp_path: Path)
     assert "3 labelled of 12" in progress and "4 by you" in progress
 
     by_class, by_annot, *_ = c.predict(api_name="/dashboard")
-    assert by_annot["data"] == [["ann", 4, 3, 0, 0, 1, 0]]
+    assert by_annot["data"] == [["ann", 4, 3, 0, 0, 1, 0, 0]]  # last: labels given on a page
     assert sum(r[1] for r in by_class["data"]) == 3 and sum(r[3] for r in by_class["data"]) == 3
 
     out = tmp_path / "export"

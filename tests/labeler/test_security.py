@@ -256,13 +256,19 @@ def test_before_sign_in_nothing_leaks_and_big_bodies_are_refused(labeller):
     part = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n").encode()
     piece = b"x" * 2**16
-    n = 3 * 2**20 // len(piece)  # the loops stop at 3 MiB: over the limit, far below 50 MB
+    n_event = 3 * 2**20 // len(piece)  # the loops stop just past each limit, far below 50 MB
+    n_upload = (security.MAX_UPLOAD_BYTES + 2**20) // len(piece)
     # 50 MB announced: refused before a byte of it is read.
     assert raw_post(port, "/gradio_api/upload", {**upload, "Content-Length": str(50 * 2**20)}, part, 1, piece) == 413
     # 50 MB in chunks without a length, as an upload and as an event: refused once past the limit.
-    assert raw_post(port, "/gradio_api/upload", {**upload, "Transfer-Encoding": "chunked"}, part, n, piece) == 413
+    assert raw_post(port, "/gradio_api/upload", {**upload, "Transfer-Encoding": "chunked"}, part, n_upload,
+                    piece) == 413
     join = {"Cookie": cookie, "Content-Type": "application/json", "Transfer-Encoding": "chunked"}
-    assert raw_post(port, "/gradio_api/queue/join", join, b'{"data": ["', n, piece) == 413
+    assert raw_post(port, "/gradio_api/queue/join", join, b'{"data": ["', n_event, piece) == 413
+    # A camera-sized photo (3 MiB) still uploads for Find by photo; the same size as an event does not.
+    photo = httpx.post(labeller.url + "gradio_api/upload", headers={"Cookie": cookie}, timeout=30,
+                       files={"files": ("photo.jpg", b"\xff\xd8" + b"x" * (3 * 2**20), "image/jpeg")})
+    assert photo.status_code == 200, photo.text
     assert c.get("config").status_code == 200  # the server is fine afterwards
     # Off: the run history page, the monitoring dashboard; errors carry no internals.
     assert c.get("gradio_api/runs").status_code == 404 and c.get("monitoring").status_code in (403, 404)

@@ -1,0 +1,434 @@
+"""The Grid tab: confirm a page of thumbnails the model puts in one class, and "more like this".
+
+The page is one `gr.HTML` of small inline JPEGs (no file round trips: 48 thumbnails arrive with the
+page). Marking happens in the browser (`GRID_JS`: click, or arrows + space); confirming sends the ids
+of the thumbnails on screen and of the marked ones, read from the page itself, so the server
+records exactly what the annotator saw (and of that, only what is still leased to them: see
+`active.grid.confirm`). Business rules live in `active.grid`; this module renders and wires.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+import numpy as np
+
+from active import grid, labeling, similarity
+from active.errors import UserError
+from models.images import ImageError, load_thumbnail
+from storage import db, labels, versions
+
+if TYPE_CHECKING:
+    from labeler.app import LabelerApp
+
+log = logging.getLogger(__name__)
+
+THUMB_SIDE = 160  # px, longer side (shown at 128 px: sharp on high-density screens)
+THUMB_QUALITY = 80
+THUMB_CACHE = 4096  # inline JPEGs kept in memory (~6 kB each)
+THUMB_THREADS = 2
+# Finding the serving version checks that it covers the pool (hundreds of ms at 50k items): the
+# tab asks again after this long, so a new version reaches pages within seconds, not per page.
+SERVING_TTL_S = 15.0
+NEXT = "(next class)"
+
+GRID_KEYS = """**Keys** · arrows move · `Space` marks / unmarks (or click) · `Enter` confirms the page ·
+`Backspace` undoes the last page · `a` attention map of the focused thumbnail (or hover) ·
+`l` more like the focused thumbnail · `n` next class"""
+
+# Marks live in the page (they are the annotator's, until confirmed). The payload sent with a
+# confirm is read from the DOM: the ids of the thumbnails on screen and of the marked ones.
+GRID_JS = """
+<script>
+(() => {
+  const G = window.activeGrid = {focus: 0, page: null, hoverTimer: null};
+  function page() { return document.querySelector("#grid-page .grid-page"); }
+  function thumbs() { const p = page(); return p ? Array.from(p.querySelectorAll(".grid-thumb")) : []; }
+  function tabVisible() { const el = document.getElementById("grid-page"); return el && el.offsetParent !== null; }
+  function sync() {
+    const p = page();
+    const id = p ? p.dataset.page + ":" + p.dataset.cls : null;
+    if (id !== G.page) { G.page = id; G.focus = 0; }
+    thumbs().forEach((t, i) => t.classList.toggle("focused", i === G.focus));
+  }
+  function click(id) {
+    const el = document.getElementById(id);
+    const b = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
+    if (b) b.click();
+  }
+  G.payload = () => {
+    const p = page();
+    if (!p) return "{}";
+    const ts = thumbs();
+    return JSON.stringify({page: Number(p.dataset.page), cls: p.dataset.cls,
+      shown: ts.map(t => Number(t.dataset.item)),
+      marked: ts.filter(t => t.classList.contains("marked")).map(t => Number(t.dataset.item))});
+  };
+  G.focused = () => { const t = thumbs()[G.focus]; return t ? t.dataset.item : ""; };
+  G.toggle = (i) => { const t = thumbs()[i]; if (t) t.classList.toggle("marked"); };
+  function move(dx, dy) {
+    const ts = thumbs();
+    if (!ts.length) return;
+    const top = ts[0].offsetTop;
+    let cols = ts.findIndex(t => t.offsetTop !== top);
+    if (cols <= 0) cols = ts.length;
+    G.focus = Math.max(0, Math.min(ts.length - 1, G.focus + dx + dy * cols));
+    sync();
+    ts[G.focus].scrollIntoView({block: "nearest"});
+  }
+  new MutationObserver(sync).observe(document.documentElement, {childList: true, subtree: true});
+  document.addEventListener("click", (e) => {
+    const t = e.target.closest && e.target.closest(".grid-thumb");
+    if (!t) return;
+    const i = thumbs().indexOf(t);
+    if (i < 0) return;
+    G.focus = i; G.toggle(i); sync();
+  });
+  document.addEventListener("mouseover", (e) => {
+    const t = e.target.closest && e.target.closest(".grid-thumb");
+    if (!t) return;
+    const i = thumbs().indexOf(t);
+    if (i < 0 || i === G.focus) return;
+    G.focus = i; sync();
+    clearTimeout(G.hoverTimer);
+    G.hoverTimer = setTimeout(() => click("grid-attn"), 600);  // a pause on a thumbnail shows its map
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey || !tabVisible()) return;
+    const tag = (e.target && e.target.tagName || "").toLowerCase();
+    if (tag === "input" || tag === "textarea" || tag === "select" || (e.target && e.target.isContentEditable)) return;
+    const moves = {ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1]};
+    if (moves[e.key]) { e.preventDefault(); move(...moves[e.key]); return; }
+    if (e.repeat) return;
+    const buttons = {"Enter": "grid-confirm", "Backspace": "grid-undo", "a": "grid-attn", "l": "grid-more",
+                     "n": "grid-next"};
+    if (e.key === " ") { e.preventDefault(); G.toggle(G.focus); sync(); return; }
+    if (buttons[e.key]) { e.preventDefault(); click(buttons[e.key]); }
+  });
+})();
+</script>
+"""
+
+GRID_CSS = """
+.grid-page { display: grid; grid-template-columns: repeat(auto-fill, 132px); gap: 6px; }
+.grid-thumb { position: relative; width: 128px; height: 128px; border: 2px solid transparent; cursor: pointer;
+  display: flex; align-items: center; justify-content: center; background: #f4f4f4; }
+.grid-thumb img { max-width: 124px; max-height: 124px; }
+.grid-thumb .conf { position: absolute; left: 2px; bottom: 2px; font-size: 11px; background: rgba(0,0,0,.6);
+  color: #fff; padding: 0 3px; }
+.grid-thumb.focused { border-color: #2563eb; }
+.grid-thumb.marked img { opacity: .35; }
+.grid-thumb.marked::after { content: "✕"; position: absolute; top: 0; right: 4px; color: #dc2626;
+  font-size: 28px; font-weight: bold; }
+"""
+
+
+class Thumbnails:
+    """Inline JPEG thumbnails (data URIs), made on a small pool, kept in an LRU. A thumbnail asked
+    for while it is being made (by a prefetch) waits for that work instead of repeating it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[int, str] = OrderedDict()
+        self._inflight: dict[int, Future] = {}
+        self._pool = ThreadPoolExecutor(THUMB_THREADS, thread_name_prefix="thumbs")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _make(self, item_id: int, path: str) -> str | ImageError:
+        try:
+            im = load_thumbnail(path, THUMB_SIDE)
+        except ImageError as exc:
+            return exc
+        finally:
+            with self._lock:
+                self._inflight.pop(item_id, None)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=THUMB_QUALITY)
+        uri = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        with self._lock:
+            self._cache[item_id] = uri
+            while len(self._cache) > THUMB_CACHE:
+                self._cache.popitem(last=False)
+        return uri
+
+    def _future(self, item_id: int, path: str) -> Future:
+        with self._lock:
+            hit = self._cache.get(item_id)
+            if hit is not None:
+                self._cache.move_to_end(item_id)
+                done: Future = Future()
+                done.set_result(hit)
+                return done
+            fut = self._inflight.get(item_id)
+            if fut is None:
+                fut = self._inflight[item_id] = self._pool.submit(self._make, item_id, path)
+            return fut
+
+    def many(self, pairs: list[tuple[int, str]]) -> list[str | ImageError]:
+        """Data URI (or the reason it cannot be made) per (item_id, path), in order."""
+        return [f.result() for f in [self._future(i, p) for i, p in pairs]]
+
+    def warm(self, pairs: list[tuple[int, str]]) -> None:
+        """Start making these thumbnails in the background (the page the annotator gets next)."""
+        for i, p in pairs:
+            self._future(i, p)
+
+
+def page_html(page: grid.Page, uris: list[str]) -> str:
+    """The page's thumbnails; ``uris`` aligned with ``page.thumbs`` (unreadable ones already left out)."""
+    tiles = []
+    for t, uri in zip(page.thumbs, uris, strict=True):
+        score = f"{t.score:.0%}" if page.score_name == "confidence" else f"cos {t.score:.2f}"
+        title = f"#{t.item_id} · {page.score_name} {score} · model: {t.pred or '?'}"
+        tiles.append(f'<div class="grid-thumb" data-item="{t.item_id}" title="{html.escape(title, quote=True)}">'
+                     f'<img src="{uri}" alt="item {t.item_id}"><span class="conf">{html.escape(score)}</span></div>')
+    return (f'<div class="grid-page" data-page="{page.page_id}" data-cls="{html.escape(page.cls, quote=True)}">'
+            + "".join(tiles) + "</div>")
+
+
+class GridTab:
+    """Handlers of the Grid tab; one per server, state per browser in a `gr.State`."""
+
+    def __init__(self, app: LabelerApp) -> None:
+        self.app = app
+        self.project = app.project
+        self.thumbs = Thumbnails()
+        self._serving: tuple[float, int | None] = (-SERVING_TTL_S, None)
+        self.index = similarity.IndexCache(app.project.artifacts,
+                                           lambda v: app.services.load_embeddings(app.project, v))
+
+    def close(self) -> None:
+        self.thumbs.close()
+
+    # -- showing a page --------------------------------------------------------------------------
+    def _render(self, page: grid.Page | None, note: str) -> list[Any]:
+        """Outputs of every event that changes the page: state, page HTML, header, note, class picker."""
+        picker = gr.Dropdown(value=page.cls if page is not None else None)
+        if page is None:
+            return [None, "", "**Nothing to confirm** in that class: pick another or press `n`.", note, picker]
+        uris = self.thumbs.many([(t.item_id, t.path) for t in page.thumbs])
+        keep, shown_uris = [], []
+        for t, uri in zip(page.thumbs, uris, strict=True):
+            if isinstance(uri, ImageError):  # set aside like the Label tab does; never labelled unseen
+                labeling.set_aside(self.project, t.item_id, str(uri))
+                note += f" · #{t.item_id} cannot be shown ({html.escape(str(uri))}): set aside"
+            else:
+                keep.append(t)
+                shown_uris.append(uri)
+        page = grid.Page(page.page_id, page.cls, page.version_id, tuple(keep), page.score_name, page.seed_item)
+        if page.score_name == "confidence" and page.version_id is not None:
+            self._warm_next(page.version_id, page.cls)
+        what = (f"nearest unlabelled items to #{page.seed_item}" if page.seed_item is not None
+                else "most confident first" if page.score_name == "confidence" else "nearest to your photo")
+        head = (f"**Page {page.page_id}: {len(keep)} × {html.escape(page.cls)}** ({what}, model v{page.version_id}) · "
+                "mark the ones that do not belong, then Enter")
+        return [page.to_state() | {"score_name": page.score_name}, page_html(page, shown_uris), head, note, picker]
+
+    def _serving_id(self) -> int | None:
+        at, vid = self._serving
+        if time.monotonic() - at > SERVING_TTL_S or vid is None:
+            vid = grid.serving_id(self.project)
+            self._serving = (time.monotonic(), vid)
+        return vid
+
+    def _class_page(self, annotator: str, cls: str | None, *, after: str | None = None) -> grid.Page | None:
+        try:
+            return grid.open_class_page(self.project, annotator, cls, after=after,
+                                        version_id=self._serving_id() if cls else None)
+        except UserError as exc:
+            raise gr.Error(html.escape(str(exc))) from None
+
+    def _warm_next(self, version_id: int, cls: str) -> None:
+        """Prepare the thumbnails of the class's next page while the annotator looks at this one."""
+        def work() -> None:
+            try:
+                self.thumbs.warm(grid.upcoming_class_page(self.project, version_id, cls))
+            except Exception:  # a failed prefetch only costs speed
+                log.exception("prefetching the next page failed")
+
+        threading.Thread(target=work, name="grid-prefetch", daemon=True).start()
+
+    def open(self, choice: str | None, state: dict | None, request: gr.Request) -> list[Any]:
+        annotator = self.app.user(request)
+        cls = _class_of(choice)
+        if cls is not None and state and state.get("seed_item") is not None and state.get("page_id"):
+            # A "more like this" page: picking a class says what to record it as, keeping the items.
+            return self._recast(state, cls)
+        return self._render(self._class_page(annotator, cls, after=None if cls else (state or {}).get("cls")), "")
+
+    def next_class(self, state: dict | None, request: gr.Request) -> list[Any]:
+        annotator = self.app.user(request)
+        return self._render(self._class_page(annotator, None, after=(state or {}).get("cls")), "")
+
+    def _recast(self, state: dict, cls: str) -> list[Any]:
+        with db.session(self.project.engine) as s:
+            from storage import pages
+
+            thumbs = tuple(pages.thumbs(s, int(state["page_id"])))
+        page = grid.Page(int(state["page_id"]), cls, state.get("version_id"), thumbs, state.get("score_name", "cosine"),
+                         state.get("seed_item"))
+        return self._render(page, f"this page will be recorded as **{html.escape(cls)}**")
+
+    # -- deciding --------------------------------------------------------------------------------
+    def confirm(self, state: dict | None, payload: str, request: gr.Request) -> list[Any]:
+        annotator = self.app.user(request)
+        try:
+            data = json.loads(payload or "{}")
+            page_id, shown, marked = int(data["page"]), list(map(int, data["shown"])), list(map(int, data["marked"]))
+            cls = str(data["cls"])
+        except (ValueError, KeyError, TypeError):
+            return self._render(None, "no page on screen to confirm") if not state else self._same(state, "")
+        try:
+            done = grid.confirm(self.project, annotator, page_id, shown, marked, cls=cls)
+        except UserError as exc:
+            raise gr.Error(html.escape(str(exc))) from None
+        note = f"page {done.page_id}: {len(done.labelled)} labelled {html.escape(done.cls)}"
+        if done.queued:
+            note += f", {len(done.queued)} sent to the Label tab"
+        if done.lost:
+            note += f"; {len(done.lost)} not recorded (your lease on them ran out and they were taken)"
+        self.app.after_grid(annotator)
+        page = self._class_page(annotator, done.cls) if (state or {}).get("seed_item") is None else None
+        if page is None:
+            page = self._class_page(annotator, None, after=done.cls)
+        return self._render(page, note)
+
+    def _same(self, state: dict, note: str) -> list[Any]:
+        """The page on screen again (what is still on it), with ``note``."""
+        out = self._recast(state, state["cls"])
+        out[3] = note
+        return out
+
+    def undo(self, state: dict | None, request: gr.Request) -> list[Any]:
+        annotator = self.app.user(request)
+        undone = grid.undo_page(self.project, annotator)
+        if undone is None:
+            return self._same(state, "no page to undo") if state else self._render(None, "no page to undo")
+        page_id, items = undone
+        with db.session(self.project.engine) as s:
+            from storage import pages
+
+            cls = next((t.pred for t in pages.thumbs(s, page_id) if t.pred), None)
+            rows = labels.for_items(s, items[:1]).get(items[0], []) if items else []
+        cls = next((r.label for r in rows if r.round_id == page_id and r.label), cls)
+        page = self._class_page(annotator, cls) if cls else None
+        return self._render(page, f"undid page {page_id}: {len(items)} labels taken back")
+
+    # -- attention and neighbours ------------------------------------------------------------------
+    def attention(self, state: dict | None, focus: str) -> tuple[Any, str]:
+        if not state or not focus or state.get("version_id") is None:
+            return None, ""
+        try:
+            path = self.app.prefetch.attribution(self.project, int(focus), int(state["version_id"]),
+                                                 target=state["cls"])
+        except Exception as exc:  # the page stays usable without the map
+            log.exception("grid attribution failed")
+            return None, f"attention map failed: {html.escape(str(exc))}"
+        return str(path), f"#{int(focus)}: where the model looked for **{html.escape(state['cls'])}**"
+
+    def more_like(self, item_id: int | None, request: gr.Request) -> list[Any]:
+        """A page of the nearest unlabelled neighbours of ``item_id`` in the serving version's space."""
+        annotator = self.app.user(request)
+        if item_id is None:
+            return self._render(None, "no item to start from")
+        with db.session(self.project.engine) as s:
+            version = grid.serving_version(s)
+            cur = labels.current(s, [item_id]).get(item_id)
+            pred = versions.predictions(s, version.id, [item_id]).get(item_id) if version else None
+        if version is None:
+            raise gr.Error("no model with this project's classes yet: run `active retrain` first")
+        index = self.index.get(version.id)
+        query = index.vector(item_id)
+        if query is None:
+            return self._render(None, f"#{item_id} has no embedding in model v{version.id} yet")
+        cls = cur.label if cur is not None else (pred.pred if pred else None) or self.project.config.classes[0]
+        return self._neighbours_page(annotator, index, query, cls, seed=item_id)
+
+    def _neighbours_page(self, annotator: str, index: similarity.SimilarityIndex, query: np.ndarray, cls: str, *,
+                         seed: int | None) -> list[Any]:
+        found = index.neighbours(query, 2 * grid.PAGE_SIZE, allow=grid.unlabelled_filter(self.project),
+                                 exclude=[] if seed is None else [seed])
+        page = grid.open_items_page(self.project, annotator, found, cls=cls, seed_item=seed)
+        return self._render(page, "")
+
+    def search_photo(self, path: str | None, request: gr.Request) -> list[Any]:
+        """A page of the unlabelled items nearest to an uploaded photo (embedded with the serving model)."""
+        annotator = self.app.user(request)
+        if not path:
+            return self._render(None, "")
+        with db.session(self.project.engine) as s:
+            version = grid.serving_version(s)
+        if version is None:
+            raise gr.Error("no model with this project's classes yet: run `active retrain` first")
+        if self.app.services.embed_photo is None:
+            raise gr.Error("search by photo is not available in this server")
+        try:
+            vec, cls = self.app.services.embed_photo(self.project, version.id, path)
+        except UserError as exc:
+            raise gr.Error(html.escape(str(exc))) from None
+        query = similarity.normalise(np.asarray(vec, dtype=np.float32)[None, :])[0]
+        out = self._neighbours_page(annotator, self.index.get(version.id), query, cls, seed=None)
+        out[3] = f"items nearest to your photo; the model calls it **{html.escape(cls)}**"
+        return out
+
+    # -- layout -----------------------------------------------------------------------------------
+    def build(self) -> dict[str, Any]:
+        """The tab's components (call inside the `gr.Tab`); returns those the app wires to other tabs."""
+        gstate = gr.State(None)
+        with gr.Row():
+            picker = gr.Dropdown([NEXT, *self.project.config.classes], value=None, label="Class to confirm",
+                                 filterable=True, elem_id="grid-class", scale=3)
+            nxt = gr.Button("Next class (n)", elem_id="grid-next", scale=1)
+            confirm = gr.Button("Confirm page (Enter)", variant="primary", elem_id="grid-confirm", scale=1)
+            undo = gr.Button("Undo page (⌫)", elem_id="grid-undo", scale=1)
+            photo = gr.Image(label="Find by photo", type="filepath", sources=["upload"], height=90,
+                             elem_id="grid-photo", scale=2)
+        head = gr.Markdown(elem_id="grid-head")
+        note = gr.Markdown(elem_id="grid-note")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                board = gr.HTML(elem_id="grid-page")
+            with gr.Column(scale=2):
+                attn = gr.Image(label="attention (hover or a)", type="filepath", interactive=False, height=300)
+                attn_note = gr.Markdown()
+        gr.Markdown(GRID_KEYS)
+        payload = gr.Textbox(visible=False)
+        focus = gr.Textbox(visible=False)
+        attn_btn = gr.Button("map", elem_id="grid-attn", visible="hidden")
+        more = gr.Button("more like this", elem_id="grid-more", visible="hidden")
+
+        outs = [gstate, board, head, note, picker]
+        fast = {"show_progress": "hidden"}
+        picker.input(self.open, [picker, gstate], outs, api_name="grid_open", **fast)
+        nxt.click(self.next_class, [gstate], outs, api_name="grid_next", **fast)
+        confirm.click(self.confirm, [gstate, payload], outs, api_name="grid_confirm",
+                      js="(s, p) => [s, window.activeGrid ? window.activeGrid.payload() : '{}']", **fast)
+        undo.click(self.undo, [gstate], outs, api_name="grid_undo", **fast)
+        attn_btn.click(self.attention, [gstate, focus], [attn, attn_note], api_name=False, concurrency_limit=2,
+                       concurrency_id="attribution", trigger_mode="always_last",
+                       js="(s, f) => [s, window.activeGrid ? window.activeGrid.focused() : '']")
+        more.click(self._more_from_focus, [focus], outs, api_name="grid_more",
+                   js="(f) => [window.activeGrid ? window.activeGrid.focused() : '']", **fast)
+        photo.upload(self.search_photo, [photo], outs, api_name="grid_photo", concurrency_limit=1,
+                     concurrency_id="embed", **fast)
+        return {"outputs": outs, "state": gstate}
+
+    def _more_from_focus(self, focus: str, request: gr.Request) -> list[Any]:
+        return self.more_like(int(focus) if focus and focus.isdigit() else None, request)
+
+
+def _class_of(choice: str | None) -> str | None:
+    """The class name of a picker choice; None for the next class."""
+    return None if not choice or choice == NEXT else choice
