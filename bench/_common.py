@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "clothing-small"
-if "TORCH_HOME" not in os.environ and (REPO.parent / "shared" / "torch").is_dir():
-    os.environ["TORCH_HOME"] = str(REPO.parent / "shared" / "torch")
+# ../shared beside the checkout, or where ACTIVE_SHARED says (a worktree elsewhere).
+SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
+DEFAULT_DATA = SHARED / "datasets" / "clothing-small"
+if "TORCH_HOME" not in os.environ and (SHARED / "torch").is_dir():
+    os.environ["TORCH_HOME"] = str(SHARED / "torch")
+LARGE_ITEMS = 50_000  # the "large" project of the UI latency benches
 
 
 def jpegs(root: Path, n: int) -> tuple[list[Path], list[int]]:
@@ -171,3 +175,47 @@ def labeller_server(root: Path, repo: Path) -> Iterator[int]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def latency_parser(doc: str | None, *, count: str, count_default: int, count_help: str, warmup: int,
+                   think_ms: float, think_help: str, large: int) -> argparse.ArgumentParser:
+    """The options the UI latency benches share: one project, or a small and a grown large one."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, help="an existing scored project (measured alone)")
+    ap.add_argument(f"--{count}", type=int, default=count_default, help=count_help)
+    ap.add_argument("--warmup", type=int, default=warmup)
+    ap.add_argument("--think-ms", type=float, default=think_ms, help=think_help)
+    ap.add_argument("--large", type=int, default=large)
+    ap.add_argument("--keep", type=Path, help="build the projects here and keep them (default: a temp dir)")
+    return ap
+
+
+def small_and_large(args: argparse.Namespace, dataset: Path, build_small: Callable[[Path], None], *,
+                    prefix: str) -> tuple[Path, Path, Path]:
+    """(work dir, small project, large project), built from ``dataset`` unless ``--keep`` has them."""
+    import tempfile
+
+    if not dataset.is_dir():
+        raise SystemExit(f"{dataset} not found: pass --project DIR or put ../shared beside the checkout")
+    work = args.keep or Path(tempfile.mkdtemp(prefix=prefix))
+    small, large = work / "small", work / "large"
+    if not (small / "active.toml").exists():
+        build_small(small)
+    if not (large / "active.toml").exists():
+        grown_copy(small, large, args.large)
+    return work, small, large
+
+
+def model_bench_parser(doc: str | None, *, n: int, n_help: str, batch_size: int) -> argparse.ArgumentParser:
+    """The options the model benches (score.py, train.py) share."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbones", default="mobilenet_v2,resnet50")
+    p.add_argument("--weights", default="IMAGENET1K_V1")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--n", type=int, default=n, help=n_help)
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    p.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core, max 8)")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", action="store_true")
+    return p

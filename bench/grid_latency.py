@@ -23,13 +23,10 @@ Last line: ``p95_ms_3781=<n> p95_ms_50000=<n>`` (target <= 1000).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,11 +35,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import grown_copy, import_clothing, labeller_server  # noqa: E402
+from _common import DEFAULT_DATA as DATASET  # noqa: E402
+from _common import (  # noqa: E402
+    LARGE_ITEMS,
+    import_clothing,
+    labeller_server,
+    latency_parser,
+    small_and_large,
+)
 
-SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
-DATASET = SHARED / "datasets" / "clothing-small"
-LARGE_ITEMS = 50_000
 USER, PASSWORD = "bench", "bench-password"
 FULL = 48  # thumbnails on a page (active.grid.PAGE_SIZE)
 
@@ -137,29 +138,16 @@ def noop_ms(root: Path, n: int = 5) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", type=Path, help="an existing scored project (measured alone)")
-    ap.add_argument("--pages", type=int, default=20, help="pages measured per project")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--think-ms", type=float, default=3000, help="time spent scanning each page of 48")
-    ap.add_argument("--large", type=int, default=LARGE_ITEMS)
-    ap.add_argument("--keep", type=Path, help="build the projects here and keep them (default: a temp dir)")
+    ap = latency_parser(__doc__, count="pages", count_default=20, count_help="pages measured per project",
+                        warmup=2, think_ms=3000, think_help="time spent scanning each page of 48", large=LARGE_ITEMS)
     args = ap.parse_args()
-    os.environ.setdefault("TORCH_HOME", str(SHARED / "torch"))
     if args.project:
         times = measure(args.project, pages=args.pages, warmup=args.warmup, think_s=args.think_ms / 1000)
         p95 = float(np.percentile(times, 95))
         print(f"p50 {np.median(times):.0f} ms, p95 {p95:.0f} ms; no-op 48 thumbnails {noop_ms(args.project):.0f} ms")
         print(f"p95_ms={p95:.0f}")
         return
-    if not DATASET.is_dir():
-        raise SystemExit(f"{DATASET} not found: pass --project DIR or put ../shared beside the checkout")
-    work = args.keep or Path(tempfile.mkdtemp(prefix="grid-latency-"))
-    small, large = work / "small", work / "large"
-    if not (small / "active.toml").exists():
-        build_small(small)
-    if not (large / "active.toml").exists():
-        grown_copy(small, large, args.large)
+    work, small, large = small_and_large(args, DATASET, build_small, prefix="grid-latency-")
     results = {}
     for name, root in (("small", small), ("large", large)):
         times = measure(root, pages=args.pages, warmup=args.warmup, think_s=args.think_ms / 1000)

@@ -54,10 +54,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import add_synthetic_items, cli, free_port  # noqa: E402
+from _common import DEFAULT_DATA, add_synthetic_items, cli, free_port  # noqa: E402
 
-SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
-DATASET = SHARED / "datasets" / "clothing-small"
+DATASET = DEFAULT_DATA
 SPLIT_FOLDERS = ("train", "validation", "test")
 PASSWORD = "load-bench-password"
 BACKBONE, WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
@@ -576,7 +575,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.annotators < 1 or args.items < 1 or args.seconds <= 0:
         raise SystemExit("--annotators, --items and --seconds must be positive")
-    os.environ.setdefault("TORCH_HOME", str(SHARED / "torch"))
     if not DATASET.is_dir():
         raise SystemExit(f"{DATASET} not found: put ../shared beside the checkout or set ACTIVE_SHARED")
     cache = args.keep or Path(tempfile.mkdtemp(prefix="load-cache-"))

@@ -8,10 +8,9 @@ throughput on synthetic tensors, same batch size, same run; prints the ratio.
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from _common import DEFAULT_DATA, jpegs, report, weights_for
+from _common import jpegs, model_bench_parser, report, weights_for
 
 
 def model_only(model, n: int, batch_size: int, size: int, device) -> float:  # noqa: ANN001
@@ -37,16 +36,7 @@ def model_only(model, n: int, batch_size: int, size: int, device) -> float:  # n
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbones", default="mobilenet_v2,resnet50")
-    p.add_argument("--weights", default="IMAGENET1K_V1")
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--n", type=int, default=256, help="images per measurement")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decoding workers (default: one per core, max 8)")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--device", default=None)
-    p.add_argument("--json", action="store_true")
+    p = model_bench_parser(__doc__, n=256, n_help="images per measurement", batch_size=32)
     args = p.parse_args()
 
     from pathlib import Path

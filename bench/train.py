@@ -8,11 +8,10 @@ synthetic tensors, same batch size, same run; prints the ratio.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-from _common import DEFAULT_DATA, jpegs, report, weights_for
+from _common import jpegs, model_bench_parser, report, weights_for
 
 
 def model_only(model, n: int, batch_size: int, size: int, n_classes: int, device) -> float:  # noqa: ANN001
@@ -53,16 +52,7 @@ def model_only(model, n: int, batch_size: int, size: int, n_classes: int, device
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbones", default="mobilenet_v2,resnet50")
-    p.add_argument("--weights", default="IMAGENET1K_V1")
-    p.add_argument("--data", default=str(DEFAULT_DATA))
-    p.add_argument("--n", type=int, default=64, help="training images (one epoch)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--device", default=None)
-    p.add_argument("--json", action="store_true")
+    p = model_bench_parser(__doc__, n=64, n_help="training images (one epoch)", batch_size=16)
     args = p.parse_args()
 
     import torch

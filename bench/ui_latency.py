@@ -17,13 +17,8 @@ Last line: ``p95_ms_small=<n> p95_ms_large=<n> p95_ms_noop=<n>`` (the no-op over
 
 from __future__ import annotations
 
-import argparse
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,28 +27,27 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import add_synthetic_items, cli, free_port  # noqa: E402
+from _common import DEFAULT_DATA as DATASET  # noqa: E402
+from _common import (  # noqa: E402
+    LARGE_ITEMS,
+    import_clothing,
+    labeller_server,
+    latency_parser,
+    small_and_large,
+)
 
-SHARED = Path(os.environ.get("ACTIVE_SHARED", REPO.parent / "shared")).resolve()
-DATASET = SHARED / "datasets" / "clothing-small"
-LARGE_ITEMS = 50_000
 USER, PASSWORD = "bench", "bench-password"
 ROUND_SIZE = 400
 
 
 def build_small(root: Path) -> None:
     """3,781 photos: train + validation as the pool, test as the holdout; scored; head retrained."""
-    from active.importer import import_candidates, scan_folder
     from active.project import Project
     from active.retrain import retrain
     from active.scoring import score
 
-    cli("init", str(root), "--preset", "clothing10", "--backbone", "mobilenet_v2", "--weights", "IMAGENET1K_V1")
+    import_clothing(root, DATASET)
     project = Project.load(root)
-    for split, folders in (("pool", ("train", "validation")), ("holdout", ("test",))):
-        for f in folders:
-            cands, _skipped, _layout = scan_folder(DATASET / f)
-            import_candidates(project, cands, split=split, progress=False)
     t = time.perf_counter()
     rep = score(project, progress=True)
     print(f"scored {rep.embedded} photos with mobilenet_v2 in {time.perf_counter() - t:.0f} s", flush=True)
@@ -76,16 +70,6 @@ def open_round(project) -> int:  # noqa: ANN001
     ids, margins = [r[0] for r in rows], [float(r[1]) for r in rows]
     return db.write(project.engine, lambda s: work.open_round(
         s, strategy="margin", model_version_id=v.id, item_ids=ids, scores=margins, score_name="margin").id)
-
-
-def grow(root: Path, n_total: int) -> None:
-    """Add synthetic items (same photos, fresh hashes) with imported labels and predictions of
-    every version, until the project holds ``n_total`` items."""
-
-    from active.project import Project
-
-    add_synthetic_items(Project.load(root), n_total, copy_predictions=True)
-    print(f"grew {root.name} to {n_total:,} items", flush=True)
 
 
 def model_only_ms(root: Path, n: int = 10) -> float:
@@ -129,19 +113,7 @@ def measure(root: Path, *, n: int, think_s: float, warmup: int) -> tuple[list[fl
 
     project = Project.load(root)
     db.write(project.engine, lambda s: users.add(s, USER, PASSWORD, role="annotator"))
-    port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False")
-    server = subprocess.Popen([sys.executable, "-m", "labeler", "--project", str(root), "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if server.poll() is not None:
-                    raise SystemExit(f"server died: {server.stderr.read()[-2000:]}") from None
-                time.sleep(0.1)
+    with labeller_server(root, REPO) as port:
         client = Client(f"http://127.0.0.1:{port}/", auth=(USER, PASSWORD), verbose=False)
         item = client.predict(True, "gradcam", api_name="/start")[0]
         client.predict(True, "gradcam", api_name="/attribution")
@@ -168,21 +140,12 @@ def measure(root: Path, *, n: int, think_s: float, warmup: int) -> tuple[list[fl
         client.close()
         print(f"{root.name}: the Grad-CAM map came with the item {hits} of {warmup + n} times", flush=True)
         return times, noops
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", type=Path, help="an existing scored project (measured alone)")
-    ap.add_argument("--items", type=int, default=60, help="labels measured per project")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--think-ms", type=float, default=1500, help="time spent looking at each item")
-    ap.add_argument("--large", type=int, default=LARGE_ITEMS)
-    ap.add_argument("--keep", type=Path, help="build the projects here and keep them (default: a temp dir)")
+    ap = latency_parser(__doc__, count="items", count_default=60, count_help="labels measured per project",
+                        warmup=5, think_ms=1500, think_help="time spent looking at each item", large=LARGE_ITEMS)
     args = ap.parse_args()
-    os.environ.setdefault("TORCH_HOME", str(SHARED / "torch"))
     if args.project:
         times, noops = measure(args.project, n=args.items, think_s=args.think_ms / 1000, warmup=args.warmup)
         p95, p95n = float(np.percentile(times, 95)), float(np.percentile(noops, 95))
@@ -190,19 +153,7 @@ def main() -> None:
               f"model-only Grad-CAM {model_only_ms(args.project):.0f} ms")
         print(f"p95_ms_small={p95:.0f} p95_ms_large=nan p95_ms_noop={p95n:.0f}")
         return
-    if not DATASET.is_dir():
-        raise SystemExit(f"{DATASET} not found: pass --project DIR or put ../shared beside the checkout")
-    work = args.keep or Path(tempfile.mkdtemp(prefix="ui-latency-"))
-    small, large = work / "small", work / "large"
-    if not (small / "active.toml").exists():
-        build_small(small)
-    if not (large / "active.toml").exists():
-        from active.project import Project
-
-        with Project.load(small).engine.connect() as conn:  # fold the WAL into the file before copying
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-        shutil.copytree(small, large)
-        grow(large, args.large)
+    work, small, large = small_and_large(args, DATASET, build_small, prefix="ui-latency-")
     from active.project import Project
 
     results, noop = {}, []

@@ -211,6 +211,15 @@ class Training:
     started: float = field(default_factory=time.monotonic)
 
 
+def _shown_item_fields(item_elem: str, token_elem: str) -> tuple[gr.Number, gr.Textbox]:
+    """A pane's hidden record of what it shows: the item id its decisions name (``item_id`` for
+    scripts) and a token that changes with every item sent, which the page script waits on."""
+    item = gr.Number(None, precision=0, label="item_id", elem_id=item_elem, elem_classes="hidden-id",
+                     interactive=False)
+    token = gr.Textbox("", label="served", elem_id=token_elem, elem_classes="hidden-id", interactive=False)
+    return item, token
+
+
 class LabelerApp:
     """State shared by every browser session of one server: project, caches, background threads."""
 
@@ -646,10 +655,7 @@ class LabelerApp:
                 with gr.Tab("Label", id="label"):
                     state = gr.State(None)
                     # What the page shows, for the decisions to name (and for scripts: `item_id`).
-                    item_id = gr.Number(None, precision=0, label="item_id", elem_id="item-id", elem_classes="hidden-id",
-                                        interactive=False)
-                    served = gr.Textbox("", label="served", elem_id="served", elem_classes="hidden-id",
-                                        interactive=False)
+                    item_id, served = _shown_item_fields("item-id", "served")
                     with gr.Row(equal_height=False):
                         with gr.Column(scale=5):
                             gr.Markdown("Loading the next photo…", elem_id="loading-label")
@@ -688,10 +694,7 @@ class LabelerApp:
 
                 with gr.Tab("Review", id="review", visible=False) as review_tab:
                     rstate = gr.State(None)
-                    ritem = gr.Number(None, precision=0, label="item_id", elem_id="review-item-id",
-                                      elem_classes="hidden-id", interactive=False)
-                    rserved = gr.Textbox("", label="served", elem_id="rserved", elem_classes="hidden-id",
-                                         interactive=False)
+                    ritem, rserved = _shown_item_fields("review-item-id", "rserved")
                     with gr.Row(equal_height=False):
                         with gr.Column(scale=4):
                             gr.Markdown("Loading the next dispute…", elem_id="loading-review")
