@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -153,7 +154,7 @@ def grown_copy(small: Path, large: Path, n_total: int) -> None:
 
 
 @contextmanager
-def labeller_server(root: Path, repo: Path) -> Iterator[int]:
+def labeller_server(root: Path, repo: Path = REPO) -> Iterator[int]:
     """Serve the project at ``root`` with `python -m labeler` in a separate process; yields its port."""
     import subprocess
     import time
@@ -219,3 +220,14 @@ def model_bench_parser(doc: str | None, *, n: int, n_help: str, batch_size: int)
     p.add_argument("--device", default=None)
     p.add_argument("--json", action="store_true")
     return p
+
+
+def model_bench_args(doc: str | None, *, n: int, n_help: str, batch_size: int) -> tuple[argparse.Namespace, Any, int]:
+    """(arguments, torch device, decoding workers) of a model bench, from its command line."""
+    args = model_bench_parser(doc, n=n, n_help=n_help, batch_size=batch_size).parse_args()
+    import torch
+
+    from models.infer import default_device, default_workers
+
+    device = torch.device(args.device) if args.device else default_device()
+    return args, device, default_workers() if args.workers is None else args.workers

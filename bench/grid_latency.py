@@ -26,17 +26,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from _common import DEFAULT_DATA as DATASET  # noqa: E402
-from _common import (  # noqa: E402
+from _common import DEFAULT_DATA as DATASET
+from _common import (
     LARGE_ITEMS,
     import_clothing,
     labeller_server,
@@ -89,7 +84,7 @@ def measure(root: Path, *, pages: int, warmup: int, think_s: float) -> list[floa
 
     project = Project.load(root)
     db.write(project.engine, lambda s: users.get(s, USER) or users.add(s, USER, PASSWORD, role="annotator"))
-    with labeller_server(root, REPO) as port:
+    with labeller_server(root) as port:
         client = Client(f"http://127.0.0.1:{port}/", auth=(USER, PASSWORD), verbose=False)
         out = client.predict("(next class)", api_name="/grid_open")
         times: list[float] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from _common import jpegs, model_bench_parser, report, weights_for
+from _common import jpegs, model_bench_args, report, weights_for
 
 
 def model_only(model, n: int, batch_size: int, size: int, device) -> float:  # noqa: ANN001
@@ -36,18 +36,12 @@ def model_only(model, n: int, batch_size: int, size: int, device) -> float:  # n
 
 
 def main() -> None:
-    p = model_bench_parser(__doc__, n=256, n_help="images per measurement", batch_size=32)
-    args = p.parse_args()
-
+    args, device, workers = model_bench_args(__doc__, n=256, n_help="images per measurement", batch_size=32)
     from pathlib import Path
 
-    import torch
-
     from models.backbones import build, eval_transform, resolve_weights
-    from models.infer import default_device, default_workers, embed_and_predict
+    from models.infer import embed_and_predict
 
-    device = torch.device(args.device) if args.device else default_device()
-    workers = default_workers() if args.workers is None else args.workers
     paths, _ = jpegs(Path(args.data), args.n)
     rows = []
     for backbone in args.backbones.split(","):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from _common import jpegs, model_bench_parser, report, weights_for
+from _common import jpegs, model_bench_args, report, weights_for
 
 
 def model_only(model, n: int, batch_size: int, size: int, n_classes: int, device) -> float:  # noqa: ANN001
@@ -52,17 +52,10 @@ def model_only(model, n: int, batch_size: int, size: int, n_classes: int, device
 
 
 def main() -> None:
-    p = model_bench_parser(__doc__, n=64, n_help="training images (one epoch)", batch_size=16)
-    args = p.parse_args()
-
-    import torch
-
+    args, device, workers = model_bench_args(__doc__, n=64, n_help="training images (one epoch)", batch_size=16)
     from models.backbones import build, eval_transform, resolve_weights, train_transform
-    from models.infer import default_device, default_workers
     from models.train import fine_tune
 
-    device = torch.device(args.device) if args.device else default_device()
-    workers = default_workers() if args.workers is None else args.workers
     paths, labels = jpegs(Path(args.data), args.n)
     n_classes = max(labels) + 1
     rows = []

@@ -18,23 +18,11 @@ Last line: ``p95_ms_small=<n> p95_ms_large=<n> p95_ms_noop=<n>`` (the no-op over
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 
+import _common as common
 import numpy as np
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from _common import DEFAULT_DATA as DATASET  # noqa: E402
-from _common import (  # noqa: E402
-    LARGE_ITEMS,
-    import_clothing,
-    labeller_server,
-    latency_parser,
-    small_and_large,
-)
 
 USER, PASSWORD = "bench", "bench-password"
 ROUND_SIZE = 400
@@ -46,7 +34,7 @@ def build_small(root: Path) -> None:
     from active.retrain import retrain
     from active.scoring import score
 
-    import_clothing(root, DATASET)
+    common.import_clothing(root, common.DEFAULT_DATA)
     project = Project.load(root)
     t = time.perf_counter()
     rep = score(project, progress=True)
@@ -113,7 +101,7 @@ def measure(root: Path, *, n: int, think_s: float, warmup: int) -> tuple[list[fl
 
     project = Project.load(root)
     db.write(project.engine, lambda s: users.add(s, USER, PASSWORD, role="annotator"))
-    with labeller_server(root, REPO) as port:
+    with common.labeller_server(root) as port:
         client = Client(f"http://127.0.0.1:{port}/", auth=(USER, PASSWORD), verbose=False)
         item = client.predict(True, "gradcam", api_name="/start")[0]
         client.predict(True, "gradcam", api_name="/attribution")
@@ -143,8 +131,8 @@ def measure(root: Path, *, n: int, think_s: float, warmup: int) -> tuple[list[fl
 
 
 def main() -> None:
-    ap = latency_parser(__doc__, count="items", count_default=60, count_help="labels measured per project",
-                        warmup=5, think_ms=1500, think_help="time spent looking at each item", large=LARGE_ITEMS)
+    ap = common.latency_parser(__doc__, count="items", count_default=60, count_help="labels measured per project",
+                               warmup=5, think_ms=1500, think_help="time spent looking at each item", large=common.LARGE_ITEMS)
     args = ap.parse_args()
     if args.project:
         times, noops = measure(args.project, n=args.items, think_s=args.think_ms / 1000, warmup=args.warmup)
@@ -153,7 +141,7 @@ def main() -> None:
               f"model-only Grad-CAM {model_only_ms(args.project):.0f} ms")
         print(f"p95_ms_small={p95:.0f} p95_ms_large=nan p95_ms_noop={p95n:.0f}")
         return
-    work, small, large = small_and_large(args, DATASET, build_small, prefix="ui-latency-")
+    work, small, large = common.small_and_large(args, common.DEFAULT_DATA, build_small, prefix="ui-latency-")
     from active.project import Project
 
     results, noop = {}, []
