@@ -248,9 +248,8 @@ class ProgressWriter:
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**self.info, "updated": time.time()}), encoding="utf-8")
-        os.replace(tmp, self.path)
+        # Rewritten every few seconds and only ever read for display: no fsync.
+        write_atomic(self.path, json.dumps({**self.info, "updated": time.time()}), fsync=False)
 
 
 def fine_tune_progress(project: Project) -> dict | None:

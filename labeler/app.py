@@ -211,13 +211,20 @@ class Training:
     started: float = field(default_factory=time.monotonic)
 
 
-def _shown_item_fields(item_elem: str, token_elem: str) -> tuple[gr.Number, gr.Textbox]:
-    """A pane's hidden record of what it shows: the item id its decisions name (``item_id`` for
-    scripts) and a token that changes with every item sent, which the page script waits on."""
+def _shown_item_fields(item_elem: str, token_elem: str) -> tuple[gr.State, gr.Number, gr.Textbox]:
+    """A pane's record of what it shows: its server-side state (the task or dispute), the item id
+    its decisions name (``item_id`` for scripts) and a token that changes with every item sent,
+    which the page script waits on (both hidden)."""
     item = gr.Number(None, precision=0, label="item_id", elem_id=item_elem, elem_classes="hidden-id",
                      interactive=False)
     token = gr.Textbox("", label="served", elem_id=token_elem, elem_classes="hidden-id", interactive=False)
-    return item, token
+    return gr.State(None), item, token
+
+
+def _photo(elem_id: str, loading: str, loading_id: str, *, height: int, **kwargs: Any) -> gr.Image:
+    """A pane's photo, under the line the page shows instead while the next one loads."""
+    gr.Markdown(loading, elem_id=loading_id)
+    return gr.Image(label="photo", type="filepath", height=height, interactive=False, elem_id=elem_id, **kwargs)
 
 
 class LabelerApp:
@@ -653,14 +660,12 @@ class LabelerApp:
                 status = gr.Markdown(elem_id="status")
             with gr.Tabs() as tabs:
                 with gr.Tab("Label", id="label"):
-                    state = gr.State(None)
                     # What the page shows, for the decisions to name (and for scripts: `item_id`).
-                    item_id, served = _shown_item_fields("item-id", "served")
+                    state, item_id, served = _shown_item_fields("item-id", "served")
                     with gr.Row(equal_height=False):
                         with gr.Column(scale=5):
-                            gr.Markdown("Loading the next photo…", elem_id="loading-label")
-                            photo = gr.Image(label="photo", type="filepath", height=560, interactive=False,
-                                             elem_id="photo", buttons=["fullscreen"])
+                            photo = _photo("photo", "Loading the next photo…", "loading-label", height=560,
+                                           buttons=["fullscreen"])
                         with gr.Column(scale=4):
                             why = gr.Markdown(elem_id="why")
                             bars = gr.Label(num_top_classes=TOP_BARS, label="Suggestions (calibrated confidence)",
@@ -693,13 +698,10 @@ class LabelerApp:
                     gr.Markdown(SHORTCUTS)
 
                 with gr.Tab("Review", id="review", visible=False) as review_tab:
-                    rstate = gr.State(None)
-                    ritem, rserved = _shown_item_fields("review-item-id", "rserved")
+                    rstate, ritem, rserved = _shown_item_fields("review-item-id", "rserved")
                     with gr.Row(equal_height=False):
                         with gr.Column(scale=4):
-                            gr.Markdown("Loading the next dispute…", elem_id="loading-review")
-                            rphoto = gr.Image(label="photo", type="filepath", height=440, interactive=False,
-                                              elem_id="rphoto")
+                            rphoto = _photo("rphoto", "Loading the next dispute…", "loading-review", height=440)
                         with gr.Column(scale=4):
                             rinfo = gr.Markdown(elem_id="rinfo")
                             with gr.Row():

@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from killing import sigkill_when
 from modelfixtures import make_tiny_project
 from sqlalchemy import text
 from sqlmodel import select
 
-from active import modelstore
+from active import modelstore, policy
 from active.export import MANIFEST_NAME, read_csv
 from active.project import Project
 from active.retrain import retrain
@@ -109,18 +110,7 @@ def kill_during(project: Project, argv: list[str], *, checkpoints: list[str], ex
     with log.open("wb") as err:  # a file, not a pipe: a chatty child never blocks on a full pipe
         proc = subprocess.Popen([sys.executable, "-c", RUNNER, "--project", str(project.root), *argv,
                                  "--no-progress"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while _marks(marks) < n and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        time.sleep(delay)
-        alive = proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    alive = sigkill_when(proc, lambda: _marks(marks) >= n, delay=delay, timeout=START_TIMEOUT_S)
     moment = f"killed after checkpoint {n}/{expected_marks} + {delay:.3f} s (ACTIVE_CRASH_SEED={SEED})"
     stderr = log.read_text(errors="replace")[-800:]
     assert alive, f"the command ended before the kill, {moment}; marks {_marks(marks)}; stderr: {stderr}"
@@ -199,10 +189,11 @@ def check_scored(project: Project, version: ModelVersion, moment: str) -> None:
 
 
 def check_clean(project: Project, moment: str) -> None:
-    """No staging folder left, and every v{id} folder belongs to a version row."""
+    """No staging folder left, and every v{id} folder belongs to a version row (beside them only
+    the last fine-tune's progress file, which says how it ended)."""
     with db.session(project.engine) as s:
         ids = {v.id for v in versions.all_versions(s)}
-    left = sorted(p.name for p in project.artifacts.iterdir())
+    left = sorted(p.name for p in project.artifacts.iterdir() if p.name != policy.PROGRESS_NAME)
     assert left == sorted(f"v{i}" for i in ids), f"artifacts/ holds {left}: {moment}"
 
 

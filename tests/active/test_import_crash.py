@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from killing import sigkill_when
 from sqlalchemy import text
 
 from active.importer import scan_folder
@@ -53,17 +52,7 @@ def test_sigkill_during_import_leaves_whole_batches(cli, project_dir: Path, tmp_
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, "--project", str(project_dir), "import", str(photos),
                              "--no-progress"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while _count(db_file) < BATCH and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(delay)
-        alive = proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    alive = sigkill_when(proc, lambda: _count(db_file) >= BATCH, delay=delay, timeout=60)
     assert alive, f"the import finished before the kill (seed {seed}); stderr: {proc.stderr.read()[-500:]}"
 
     engine = db.open_engine(f"sqlite:///{db_file}")  # the store opens and passes the schema check
