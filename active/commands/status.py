@@ -99,7 +99,9 @@ def class_rows(st: dict) -> list[list]:
             for c, v in st["classes"].items()]
 
 
-CLASS_HEADERS = ["class", "labelled", "review", "human", "imported"]
+# Items whose current label is the class, and where that label came from ("labelled" is a split
+# figure: an item a person gave a class; an imported label alone is not that).
+CLASS_HEADERS = ["class", "items (current label)", "review", "human", "imported"]
 
 
 def round_line(r: dict) -> str:
