@@ -91,6 +91,15 @@ def test_full_fine_tune_one_epoch_small_images(real_project: Project) -> None:
     v = retrain(real_project, mode="full", epochs=1, batch_size=16, num_workers=2)
     assert v.mode == "full" and v.artifacts["image_size"] == 64
     assert v.metrics["holdout"]["n"] == 10 and np.isfinite(v.metrics["train"]["history"][0]["loss"])
+    serving = v.metrics["serving"]
+    if serving["held_back"]:
+        # Worse on the holdout than the head serving now (64 px, one epoch): kept, never scored.
+        assert "kept, not served" in serving["reason"]
+        from storage import db, versions
+
+        with db.session(real_project.engine) as s:
+            assert not versions.covers_pool(s, v.id) and versions.serving(s).id != v.id
+        return
     ids, probs = scoring.load_probs(real_project, v.id)
     assert probs.shape == (40, 10)
     ids_e, emb = scoring.load_embeddings(real_project, v.id)
