@@ -17,6 +17,7 @@ from pathlib import Path
 
 from active.commands import Result
 from active.errors import UserError
+from active.policy import NICE_ENV
 from models import OFFLINE_ENV
 
 # name -> one-line help. Order is the order of `active --help`.
@@ -96,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.project = (args.project or Path.cwd()).absolute()
     if getattr(args, "offline", False):
         os.environ[OFFLINE_ENV] = "1"  # read where weights are resolved, and by the processes started
+    if niceness := os.environ.pop(NICE_ENV, ""):  # a background retrain (active.policy): yield the CPU
+        os.nice(int(niceness))
     module = importlib.import_module(_module_name(args.command))
     try:
         result = module.run(args)

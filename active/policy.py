@@ -39,6 +39,11 @@ MODES = ("head", "full")
 LOCK_NAMES = {"head": "refresh.lock", "full": "finetune.lock"}
 LOG_NAMES = {"head": "refresh.log", "full": "finetune.log"}
 PROGRESS_NAME = "finetune.progress.json"
+# Background retrains run at a lower CPU priority (read by active.cli): on a small machine a CPU
+# fine-tune takes hours and a cross-validated head refresh a minute of both cores, and the
+# labeller's requests must not queue behind them.
+NICE_ENV = "ACTIVE_NICE"
+BACKGROUND_NICE = 10
 # A run longer than this is presumed hung: its lock no longer blocks a new one (a head retrain
 # takes seconds, so an hour is generous; a fine-tune on a CPU may take most of a day).
 STALE_AFTER_S = {"head": 3600.0, "full": 48 * 3600.0}
@@ -177,6 +182,7 @@ def start_refresh(project: Project, mode: str = "head") -> int | None:
     env = dict(os.environ)
     package_root = str(Path(__file__).resolve().parent.parent)  # so `-m active.cli` resolves
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env[NICE_ENV] = str(BACKGROUND_NICE)  # annotators' requests come first on the cores
     try:
         if mode == "full":
             progress_path(project).unlink(missing_ok=True)  # the last run's figures are not this one's

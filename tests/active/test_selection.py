@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,3 +189,17 @@ def test_stale_lock_of_a_dead_process_is_taken_over(project, monkeypatch) -> Non
     assert policy.running(project) == os.getpid()
     _set_head_every(project, 0)
     assert policy.maybe_refresh(project) is False  # 0 = never
+
+
+def test_background_retrains_run_at_a_lower_cpu_priority(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A background retrain yields the cores to the labeller: the policy asks for it in the
+    environment, and the CLI lowers its own priority before anything else."""
+    from active import cli
+
+    seen: dict[str, str] = {}
+    monkeypatch.setenv(policy.NICE_ENV, str(policy.BACKGROUND_NICE))
+    monkeypatch.setattr(os, "nice", lambda n: seen.setdefault("nice", str(n)))
+    root = tmp_path / "p"
+    assert cli.main(["init", str(root), "--classes", "a,b"]) == 0
+    assert seen == {"nice": str(policy.BACKGROUND_NICE)}
+    assert policy.NICE_ENV not in os.environ  # not passed on to what this process starts
