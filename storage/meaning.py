@@ -21,6 +21,7 @@ says what "labelled" or "current" is.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -66,8 +67,11 @@ class LabelLike(Protocol):
     undoes_id: int | None
 
 
+@functools.cache
 def label_table(name: str = "lab") -> Any:  # noqa: ANN401 - an Alias of the label table
-    """A fresh alias of the label table, for the ``sql_*`` expressions below."""
+    """The alias ``name`` of the label table, for the ``sql_*`` expressions below. One object per
+    name: an alias is immutable and reusable across statements, and building a fresh one (with
+    its column proxies) on every query cost the labeller a large share of each request."""
     return Label.__table__.alias(name)
 
 
