@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import threading
-import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -37,9 +36,6 @@ THUMB_SIDE = 160  # px, longer side (shown at 128 px: sharp on high-density scre
 THUMB_QUALITY = 80
 THUMB_CACHE = 4096  # inline JPEGs kept in memory (~6 kB each)
 THUMB_THREADS = 2
-# Finding the serving version checks that it covers the pool (hundreds of ms at 50k items): the
-# tab asks again after this long, so a new version reaches pages within seconds, not per page.
-SERVING_TTL_S = 15.0
 NEXT = "(next class)"
 
 GRID_KEYS = """**Keys** · arrows move · `Space` marks / unmarks (or click) · `Enter` confirms the page ·
@@ -205,7 +201,6 @@ class GridTab:
         self.app = app
         self.project = app.project
         self.thumbs = Thumbnails()
-        self._serving: tuple[float, int | None] = (-SERVING_TTL_S, None)
         self.index = similarity.IndexCache(app.project.artifacts,
                                            lambda v: app.services.load_embeddings(app.project, v))
 
@@ -236,17 +231,10 @@ class GridTab:
                 "mark the ones that do not belong, then Enter")
         return [page.to_state() | {"score_name": page.score_name}, page_html(page, shown_uris), head, note, picker]
 
-    def _serving_id(self) -> int | None:
-        at, vid = self._serving
-        if time.monotonic() - at > SERVING_TTL_S or vid is None:
-            vid = grid.serving_id(self.project)
-            self._serving = (time.monotonic(), vid)
-        return vid
-
     def _class_page(self, annotator: str, cls: str | None, *, after: str | None = None) -> grid.Page | None:
         try:
             return grid.open_class_page(self.project, annotator, cls, after=after,
-                                        version_id=self._serving_id() if cls else None)
+                                        version_id=grid.serving_id(self.project) if cls else None)
         except UserError as exc:
             raise gr.Error(html.escape(str(exc))) from None
 
