@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from active.atomic import write_atomic
 from active.backbones import DEFAULT_BACKBONE, default_weights
 from active.errors import UserError
+from storage.fields import DEFAULT_FIELD, check_field_name
 
 CONFIG_NAME = "active.toml"
 DEFAULT_DB = "sqlite:///active.db"  # relative paths are resolved against the project folder
@@ -26,6 +27,9 @@ PRESETS: dict[str, list[str]] = {
         "sling", "shorts", "trousers", "skirt", "short sleeve dress", "long sleeve dress", "vest dress",
         "sling dress",
     ],
+    # A catalogue colour field (basic colour terms, as product cards name them).
+    "colours": ["black", "white", "grey", "blue", "red", "green", "yellow", "brown", "pink", "purple", "orange",
+                "beige", "multi"],
     "deepfashion": [
         "Blazer", "Blouse", "Cardigan", "Dress", "Jacket", "Jeans", "Jumpsuit", "Romper", "Shorts",
         "Skirt", "Sweater", "Sweatpants", "Tank", "Tee", "Top",
@@ -52,7 +56,9 @@ class LabelingPolicy:
 
 @dataclass
 class Config:
-    classes: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # the default field's (`storage.fields.DEFAULT_FIELD`)
+    # The other label fields and their classes, e.g. {"colour": ["black", "white"]} ([fields] in TOML).
+    fields: dict[str, list[str]] = field(default_factory=dict)
     backbone: str = DEFAULT_BACKBONE
     weights: str = DEFAULT_WEIGHTS
     image_size: int = 224
@@ -67,9 +73,15 @@ class Config:
         unknown = set(proj) - known
         if unknown:
             raise UserError(f"{CONFIG_NAME}: unknown keys in [project]: {', '.join(sorted(unknown))}")
+        fields = dict(data.get("fields", {}))
+        for name, classes in fields.items():
+            if name == DEFAULT_FIELD or not isinstance(classes, list):
+                raise UserError(f"{CONFIG_NAME}: [fields] {name} must be a list of classes of a field other than "
+                                f"{DEFAULT_FIELD!r} (whose classes are [project] classes)")
         try:
             return cls(
                 **proj,
+                fields={str(k): [str(c) for c in v] for k, v in fields.items()},
                 retrain=RetrainPolicy(**data.get("retrain", {})),
                 labeling=LabelingPolicy(**data.get("labeling", {})),
             )
@@ -84,6 +96,8 @@ class Config:
         d = asdict(self)
         for key in ("classes", "backbone", "weights", "image_size", "db"):
             lines.append(f"{key} = {val(d[key])}")
+        if self.fields:
+            lines += ["", "[fields]"] + [f"{k} = {val(v)}" for k, v in self.fields.items()]
         for section in ("retrain", "labeling"):
             lines += ["", f"[{section}]"] + [f"{k} = {val(v)}" for k, v in d[section].items()]
         return "\n".join(lines) + "\n"
@@ -151,17 +165,54 @@ class Project:
         except StoreError as exc:
             raise UserError(str(exc)) from None
 
-    def add_classes(self, names: list[str]) -> list[str]:
-        """Append new classes (existing labels are untouched); returns those actually added."""
-        added = [n for n in names if n not in self.config.classes]
+    # ------------------------------------------------------------ label fields
+
+    @property
+    def field_names(self) -> list[str]:
+        """Every label field, the default one first."""
+        return [DEFAULT_FIELD, *self.config.fields]
+
+    def check_field(self, name: str) -> str:
+        if name not in self.field_names:
+            raise UserError(f"no label field {name!r} in this project (fields: {', '.join(self.field_names)}; "
+                            "add one with `active fields add NAME --classes a,b,c`)")
+        return name
+
+    def classes_of(self, field_name: str = DEFAULT_FIELD) -> list[str]:
+        """The class list of a label field."""
+        if field_name == DEFAULT_FIELD:
+            return self.config.classes
+        return self.config.fields[self.check_field(field_name)]
+
+    def add_field(self, name: str, classes: list[str]) -> str:
+        """Add a label field with its classes (existing labels are about the default field)."""
+        try:
+            name = check_field_name(name)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if name in self.field_names:
+            raise UserError(f"field {name!r} exists already: add classes with `active classes --field {name} add ...`")
+        self.config.fields = {**self.config.fields, name: list(classes)}
+        self.save()
+        return name
+
+    def add_classes(self, names: list[str], field_name: str = DEFAULT_FIELD) -> list[str]:
+        """Append new classes to a field (existing labels are untouched); returns those actually added."""
+        have = self.classes_of(field_name)
+        added = [n for n in dict.fromkeys(names) if n not in have]
         if added:
-            self.config.classes = [*self.config.classes, *added]
+            if field_name == DEFAULT_FIELD:
+                self.config.classes = [*have, *added]
+            else:
+                self.config.fields = {**self.config.fields, field_name: [*have, *added]}
             self.save()
         return added
 
-    def check_class(self, name: str) -> str:
-        if name not in self.config.classes:
-            raise UserError(f"class {name!r} is not in the taxonomy ({', '.join(self.config.classes)})")
+    def check_class(self, name: str, field_name: str = DEFAULT_FIELD) -> str:
+        classes = self.classes_of(field_name)
+        if name not in classes:
+            where = "the taxonomy" if field_name == DEFAULT_FIELD else f"field {field_name!r}"
+            raise UserError(f"class {name!r} is not in {where} ({', '.join(classes)})")
         return name
 
 

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 from active.project import Project
 from storage import aliases, db, labels
+from storage.fields import DEFAULT_FIELD
 
 
-def count_uses(project: Project) -> dict[str, int]:
-    """Label rows per class name as read today (all kinds)."""
+def count_uses(project: Project, field: str = DEFAULT_FIELD) -> dict[str, int]:
+    """Label rows of ``field`` per class name as read today (all kinds)."""
     with db.session(project.engine) as s:
-        return labels.uses_by_class(s)
+        return labels.uses_by_class(s, field)
 
 
 def alias_class(project: Project, old: str, new: str) -> int:
     """Make ``old`` read as ``new`` from now on; returns how many label rows read differently."""
 
     def tx(s) -> int:  # noqa: ANN001
-        n = labels.uses_by_class(s).get(old, 0)
+        n = labels.uses_by_class(s, DEFAULT_FIELD).get(old, 0)
         aliases.add(s, old, new)
         return n
 

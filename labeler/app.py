@@ -36,6 +36,7 @@ from labeler.services import Services, default_services
 from models.images import ImageError
 from storage import db, users, versions
 from storage.enums import Decision
+from storage.fields import DEFAULT_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -549,7 +550,9 @@ class LabelerApp:
                     gr.Dropdown(value=None), note]
         d["skipped"] = skipped
         given_map = suggested_map = None
-        if d["version_id"] is not None:
+        # Attribution maps explain the default field's outputs (the network's head); another
+        # field's dispute shows the photo and the labels without them.
+        if d["version_id"] is not None and d["field"] == DEFAULT_FIELD:
             for target, slot in ((d["given"], "given"), (d["suggestion"], "suggested")):
                 if not target:
                     continue
@@ -565,7 +568,7 @@ class LabelerApp:
         photo = str(self.prefetch.photo(d["item_id"], d["path"]))
         d["labels"] = [list(r) for r in d["labels"]]
         return [d, d["item_id"], served, photo, dashboard.dispute_markdown(d, esc), given_map, suggested_map,
-                pool, holdout, counts, gr.Dropdown(value=None), note]
+                pool, holdout, counts, gr.Dropdown(choices=self.project.classes_of(d["field"]), value=None), note]
 
     def _review_mismatch(self, state: dict | None, item_id: Any, request: gr.Request) -> list[Any] | None:
         """The page named another item than the dispute this session was sent: refuse, re-show."""
@@ -601,7 +604,7 @@ class LabelerApp:
             return self.review_next(request, state, "not recorded: pick a class to resolve with",
                                     dispute_id=state["dispute_id"])
         try:
-            self.project.check_class(label)
+            self.project.check_class(label, state.get("field", DEFAULT_FIELD))
             dashboard.resolve(self.project, self.services, state, label, reviewer)
         except UserError as exc:
             return self.review_next(request, state, f"not recorded: {esc(exc)}")

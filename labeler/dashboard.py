@@ -26,6 +26,7 @@ from active.project import Project
 from labeler.services import Services
 from storage import db, disputes, items, labels, versions
 from storage.enums import Decision, Kind, Split
+from storage.fields import DEFAULT_FIELD, field_classes, field_prediction
 from storage.tables import DISPUTE_REASONS, Label
 
 log = logging.getLogger(__name__)
@@ -259,14 +260,15 @@ def next_dispute(project: Project, services: Services, *, skip: list[int], dispu
         d = rows[0]
         item = items.get(s, d.item_id)
         history = labels.for_items(s, [d.item_id]).get(d.item_id, [])
-        cur = labels.derive(history)
-        found = versions.serving_prediction(s, d.item_id)
+        cur = labels.derive(history, d.field)
+        found = versions.serving_prediction(s, d.item_id, field=d.field)
     suggestion = confidence = version_id = None
     if found is not None:
         pred, version = found
         version_id = version.id
-        order = np.argsort(-np.asarray(pred.probs, dtype=np.float64), kind="stable")
-        suggestion, confidence = version.classes[order[0]], float(pred.probs[order[0]])
+        probs = field_prediction(pred, d.field).probs
+        order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")
+        suggestion, confidence = field_classes(version, d.field)[order[0]], float(probs[order[0]])
     if d.detail.get("suggested"):
         # The out-of-fold evidence that raised the dispute: the serving head trained on this very
         # label and tends to agree with it.
@@ -274,8 +276,9 @@ def next_dispute(project: Project, services: Services, *, skip: list[int], dispu
     undone = {r.undoes_id for r in history if r.decision == Decision.UNDO}
     # Every row of the item, undone ones too (marked), so the reviewer sees the whole story.
     people = [(r.annotator, r.kind, r.decision, r.label, r.created_at.strftime("%Y-%m-%d %H:%M"), r.id in undone)
-              for r in history if r.decision != Decision.UNDO]
+              for r in history if r.decision != Decision.UNDO and r.field == d.field]
     return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "split": item.split, "reason": d.reason,
+            "field": d.field,
             "score": d.score, "given": cur.label if cur else None, "given_source": cur.source if cur else None,
             "suggestion": suggestion, "confidence": confidence, "version_id": version_id, "labels": people}
 
@@ -289,8 +292,8 @@ def _esc(text: object) -> str:
 def dispute_markdown(d: dict, esc: Callable[[object], str]) -> str:
     conf = f" ({d['confidence']:.0%})" if d["confidence"] is not None else ""
     lines = [
-        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} ({esc(d['split'])}) · {esc(rule_name(d['reason']))} · "
-        f"score {d['score']:.2f}",
+        f"**Dispute #{d['dispute_id']}** on item #{d['item_id']} ({esc(d['split'])}) · field "
+        f"**{esc(d.get('field', DEFAULT_FIELD))}** · {esc(rule_name(d['reason']))} · score {d['score']:.2f}",
         "",
         f"- given label: **{esc(d['given'] or '—')}** ({esc(d['given_source'] or 'none')})",
         f"- model v{d['version_id']} suggests: **{esc(d['suggestion'] or '—')}**{conf}",
@@ -308,7 +311,8 @@ def dispute_tables(project: Project) -> tuple[list[list[Any]], list[list[Any]]]:
     """Open disputes by score: (the review queue of pool items, the holdout list). Holdout ones
     have their own list: a wrong label there skews every evaluation."""
     with db.session(project.engine) as s:
-        return tuple([[d.id, d.item_id, rule_name(d.reason), round(float(d.score), 3)]  # type: ignore[return-value]
+        return tuple([[d.id, d.item_id, rule_name(d.reason) + ("" if d.field == DEFAULT_FIELD else f" · {d.field}"),
+                       round(float(d.score), 3)]  # type: ignore[return-value]
                       for d in disputes.open_disputes(s, limit=DISPUTES_SHOWN, queue=queue)]
                      for queue in disputes.QUEUES)
 
@@ -326,7 +330,8 @@ def dispute_counts(project: Project) -> list[list[Any]]:
 def resolve(project: Project, services: Services, d: dict, label: str, reviewer: str) -> Label:
     """Append the reviewer's `review` label and mark the dispute resolved, in one transaction."""
     def fn(s: Any) -> Label:
-        row = labels.append(s, Label(item_id=d["item_id"], annotator=reviewer, label=label, kind=Kind.REVIEW,
+        row = labels.append(s, Label(item_id=d["item_id"], field=d.get("field", DEFAULT_FIELD), annotator=reviewer,
+                                     label=label, kind=Kind.REVIEW,
                                      decision=Decision.RESOLVED, suggestion=d.get("suggestion"),
                                      confidence=d.get("confidence"), model_version_id=d.get("version_id")))
         services.resolve_dispute(s, d["dispute_id"], row)

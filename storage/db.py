@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select, text
 
+from storage.fields import DEFAULT_FIELD
 from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Meta
 
 T = TypeVar("T")
@@ -155,8 +156,19 @@ def _v2_user_sessions(conn: Any) -> None:  # noqa: ANN401
         conn.execute(text('ALTER TABLE "user" ADD COLUMN generation INTEGER NOT NULL DEFAULT 0'))
 
 
+def _v3_label_fields(conn: Any) -> None:  # noqa: ANN401
+    # Several label fields per photo: labels and disputes name their field, and every row stored
+    # so far is about the default field (the server default fills them in). Predictions keep the
+    # other fields' heads' outputs in one JSON column (storage.fields).
+    for table in ("label", "dispute"):
+        if "field" not in {c["name"] for c in inspect(conn).get_columns(table)}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN field VARCHAR(64) NOT NULL DEFAULT '{DEFAULT_FIELD}'"))
+    if "fields" not in {c["name"] for c in inspect(conn).get_columns("prediction")}:
+        conn.execute(text("ALTER TABLE prediction ADD COLUMN fields JSON"))
+
+
 # version -> the step that upgrades a database of that version to the next one, in place.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions, 3: _v3_label_fields}
 
 
 def migrate(engine: Engine) -> int | None:

@@ -2,7 +2,8 @@
 
 The current label is: the latest ``review`` label, else the majority of the humans' labels
 (a tie goes to the latest of the tied classes), else the latest ``imported`` label. Undone labels
-(those an ``undo`` row points at) and rows without a class (skipped, unsure) do not count.
+(those an ``undo`` row points at) and rows without a class (skipped, unsure) do not count. Each
+rule is per label field (`storage.fields`; the default field unless one is named).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlmodel import Session, select
 from storage.aliases import all_aliases
 from storage.db import in_chunks
 from storage.enums import CLASS_DECISIONS, Decision, Kind
+from storage.fields import DEFAULT_FIELD, check_field_name
 from storage.meaning import (
     CurrentLabel,
     derive,
@@ -24,6 +26,7 @@ from storage.meaning import (
     label_table,
     resolve_class,
     seen_by,
+    sql_done,
     sql_effective,
     sql_human_class,
     sql_labelled,
@@ -31,7 +34,7 @@ from storage.meaning import (
 from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 
 __all__ = [
-    "CurrentLabel", "append", "append_many", "count_human_class", "count_labelled", "current", "decisions_by_annotator",
+    "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current", "decisions_by_annotator",
     "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human",
     "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
@@ -43,9 +46,15 @@ def append(session: Session, label: Label) -> Label:
 
 
 def append_many(session: Session, rows: Sequence[Label]) -> list[Label]:
-    """Validate and insert label rows in one flush (an import's batch); returns them with ids."""
+    """Validate and insert label rows in one flush (an import's batch); returns them with ids.
+    An undo row is about the field of the row it undoes, whatever its caller set."""
     for label in rows:
         _validate(label)
+        if label.decision == Decision.UNDO:
+            undone = session.get(Label, label.undoes_id)
+            if undone is None:
+                raise ValueError(f"an undo label names label {label.undoes_id}, which does not exist")
+            label.field = undone.field
     session.add_all(rows)
     session.flush()
     return list(rows)
@@ -55,6 +64,7 @@ def _validate(label: Label) -> None:
     # Store plain strings: enum members would otherwise reach drivers that adapt by exact type.
     label.kind = str(label.kind)
     label.decision = str(label.decision)
+    label.field = check_field_name(label.field or DEFAULT_FIELD)
     if label.kind not in LABEL_KINDS:
         raise ValueError(f"unknown label kind {label.kind!r}: use one of {', '.join(LABEL_KINDS)}")
     if label.decision not in DECISIONS:
@@ -101,11 +111,12 @@ def through_aliases(session: Session, rows: Sequence[Label], *, upto_alias_id: i
     return out
 
 
-def current(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, CurrentLabel]:
-    """Current labels keyed by item id (items without one are absent)."""
+def current(session: Session, item_ids: Iterable[int] | None = None, *,
+            field: str = DEFAULT_FIELD) -> dict[int, CurrentLabel]:
+    """Current labels of ``field`` keyed by item id (items without one are absent)."""
     out: dict[int, CurrentLabel] = {}
     for item_id, rows in for_items(session, item_ids).items():
-        cur = derive(rows)
+        cur = derive(rows, field)
         if cur is not None:
             out[item_id] = cur
     return out
@@ -133,21 +144,29 @@ def _effective_rows():  # noqa: ANN202
     return lab, sql_effective(lab)
 
 
-def count_human_class(session: Session, *, after_id: int = 0) -> int:
-    """Effective human class labels (accepted or corrected, not undone) with an id above ``after_id``."""
+def count_human_class(session: Session, *, after_id: int = 0, field: str | None = None) -> int:
+    """Effective human class labels (accepted or corrected, not undone) with an id above ``after_id``,
+    of ``field`` (every field when None: each one is a label a retrain learns from)."""
     lab, eff = _effective_rows()
-    query = select(func.count()).select_from(lab).where(lab.c.id > after_id, sql_human_class(lab), eff)
+    query = select(func.count()).select_from(lab).where(lab.c.id > after_id, sql_human_class(lab, field), eff)
     return int(session.execute(query).scalar_one())
 
 
-def count_labelled(session: Session) -> int:
-    """Labelled items (`storage.meaning.is_labelled`): a person's class label that still counts."""
-    return int(session.execute(select(func.count()).select_from(Item).where(sql_labelled(Item.id))).scalar_one())
+def count_labelled(session: Session, field: str = DEFAULT_FIELD) -> int:
+    """Items labelled in ``field`` (`storage.meaning.is_labelled`): a person's class label that still counts."""
+    return int(session.execute(select(func.count()).select_from(Item).where(sql_labelled(Item.id, field)))
+               .scalar_one())
 
 
-def labelled_by_split(session: Session) -> dict[str, int]:
-    """Labelled items per split."""
-    rows = session.execute(select(Item.split, func.count()).where(sql_labelled(Item.id)).group_by(Item.split))
+def count_done(session: Session, fields: Sequence[str]) -> int:
+    """Items labelled in every one of ``fields`` (`storage.meaning.is_done`)."""
+    return int(session.execute(select(func.count()).select_from(Item).where(sql_done(Item.id, fields))).scalar_one())
+
+
+def labelled_by_split(session: Session, field: str = DEFAULT_FIELD) -> dict[str, int]:
+    """Items labelled in ``field`` per split."""
+    rows = session.execute(select(Item.split, func.count()).where(sql_labelled(Item.id, field))
+                           .group_by(Item.split))
     return {split: int(n) for split, n in rows}
 
 
@@ -178,13 +197,12 @@ def passes_by_item(session: Session) -> dict[int, Counter]:
     return out
 
 
-def human_ratings(session: Session) -> dict[int, dict[str, str]]:
-    """item -> {annotator: class} from effective human class labels (the latest per annotator).
-
-    Reads every human label (for the dashboard and agreement, not the labelling hot path)."""
+def human_ratings(session: Session, field: str = DEFAULT_FIELD) -> dict[int, dict[str, str]]:
+    """item -> {annotator: class} from effective human class labels of ``field`` (the latest per
+    annotator). Reads every human label (for the dashboard and agreement, not the labelling hot path)."""
     lab, eff = _effective_rows()
     query = (select(lab.c.id, lab.c.item_id, lab.c.annotator, lab.c.label).select_from(lab)
-             .where(sql_human_class(lab), eff).order_by(lab.c.id))
+             .where(sql_human_class(lab, field), eff).order_by(lab.c.id))
     aliases = all_aliases(session)
     out: dict[int, dict[str, str]] = {}
     for label_id, item_id, annotator, label in session.execute(query):
@@ -197,27 +215,28 @@ def item_ids_since(session: Session, since: datetime) -> set[int]:
     return set(session.exec(select(Label.item_id).where(Label.created_at >= since)))
 
 
-def uses_by_class(session: Session) -> dict[str, int]:
-    """Label rows per class name read through the aliases (all kinds, undone ones included)."""
+def uses_by_class(session: Session, field: str = DEFAULT_FIELD) -> dict[str, int]:
+    """Label rows of ``field`` per class name read through the aliases (all kinds, undone ones included)."""
     aliases = all_aliases(session)
+    named = (Label.label.is_not(None), Label.field == field)
     if not aliases:
-        rows = session.exec(select(Label.label, func.count()).where(Label.label.is_not(None)).group_by(Label.label))
+        rows = session.exec(select(Label.label, func.count()).where(*named).group_by(Label.label))
         return {name: int(n) for name, n in rows}
     out: Counter = Counter()
-    for label_id, name in session.exec(select(Label.id, Label.label).where(Label.label.is_not(None))):
+    for label_id, name in session.exec(select(Label.id, Label.label).where(*named)):
         out[resolve_class(name, aliases, label_id=label_id)] += 1
     return dict(out)
 
 
-def snapshot(session: Session, *, upto_label_id: int | None = None,
-             upto_alias_id: int | None = None) -> tuple[int, dict[int, CurrentLabel]]:
-    """(highest label id, current labels): the label snapshot a retrain starts from; with
-    ``upto_*`` the one it started from back then (see `for_items`)."""
+def snapshot(session: Session, *, upto_label_id: int | None = None, upto_alias_id: int | None = None,
+             field: str = DEFAULT_FIELD) -> tuple[int, dict[int, CurrentLabel]]:
+    """(highest label id, current labels of ``field``): the label snapshot a retrain starts from;
+    with ``upto_*`` the one it started from back then (see `for_items`)."""
     rows = for_items(session, upto_label_id=upto_label_id, upto_alias_id=upto_alias_id)
     top = max((r.id or 0 for group in rows.values() for r in group), default=0)
     out = {}
     for item_id, group in rows.items():
-        cur = derive(group)
+        cur = derive(group, field)
         if cur is not None:
             out[item_id] = cur
     return top, out

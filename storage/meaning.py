@@ -2,10 +2,14 @@
 expression that selects the same rows. Every count, queue and view asks these; nothing else
 says what "labelled" or "current" is.
 
+- field: every label row is about one label field of the photo (`storage.fields`; ``category``
+  by default). The rules below are per field: "labelled", "current label" and the class labels
+  take a ``field`` (default ``category``), so a single-field project reads as it always did.
 - effective: a label row that counts (not an ``undo`` row, and no ``undo`` row names it).
 - human class label: an effective human row that gives a class (accepted or corrected).
-- person class label: a human class label or a review label; an item with one is *labelled*.
-  An imported (given) label alone does not make an item labelled: it is what the tool checks.
+- person class label: a human class label or a review label; an item with one for a field is
+  *labelled* in that field. An imported (given) label alone does not make an item labelled: it is
+  what the tool checks. An item is *done* when it is labelled in every field of the project.
 - seen by an annotator: an effective human decision of theirs on the item (any of
   ``SEEN_DECISIONS``); it is not served to them again.
 - done for a round's hand-out: an effective human decision in ``DONE_DECISIONS`` (a skip
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, literal, or_, select, true
 
 from storage.enums import (
     CLASS_DECISIONS,
@@ -43,13 +47,14 @@ from storage.enums import (
     Source,
     Split,
 )
+from storage.fields import DEFAULT_FIELD
 from storage.tables import Item, Label, Prediction
 
 __all__ = [
-    "CLASS_DECISIONS", "DONE_DECISIONS", "SEEN_DECISIONS", "SOURCE_PRECEDENCE", "CurrentLabel", "Decision",
-    "DisputeReason", "DisputeStatus", "Kind", "Role", "RoundState", "Source", "Split", "derive", "effective",
-    "is_human_class", "is_labelled", "is_person_class", "label_table", "resolve_class", "round_state", "serving_id",
-    "sql_covers_pool",
+    "CLASS_DECISIONS", "DEFAULT_FIELD", "DONE_DECISIONS", "SEEN_DECISIONS", "SOURCE_PRECEDENCE", "CurrentLabel",
+    "Decision", "DisputeReason", "DisputeStatus", "Kind", "Role", "RoundState", "Source", "Split", "derive",
+    "effective", "in_field", "is_done", "is_human_class", "is_labelled", "is_person_class", "label_table",
+    "resolve_class", "round_state", "serving_id", "sql_covers_pool", "sql_done",
     "sql_done_count", "sql_effective", "sql_human_class", "sql_labelled", "sql_person_class", "sql_reviewed",
     "sql_round_state", "sql_seen_by", "seen_by",
 ]
@@ -60,6 +65,7 @@ SOURCE_PRECEDENCE = (Source.REVIEW, Source.CONSENSUS, Source.SINGLE, Source.IMPO
 class LabelLike(Protocol):
     id: int | None
     item_id: int
+    field: str
     annotator: str
     label: str | None
     kind: str
@@ -91,6 +97,18 @@ def sql_effective(lab: Any) -> ColumnElement[bool]:  # noqa: ANN401
     return and_(lab.c.decision != Decision.UNDO.value, ~undone)
 
 
+# ---------------------------------------------------------------- fields
+
+def in_field(rows: Sequence[Label], field: str | None = DEFAULT_FIELD) -> list[Label]:
+    """The rows about ``field`` (every row when None), order kept. Apply after `effective`: an
+    undo row is about the field of the row it undoes, but filtering first would be harmless too."""
+    return list(rows) if field is None else [r for r in rows if r.field == field]
+
+
+def _sql_in_field(lab: Any, field: str | None) -> ColumnElement[bool]:  # noqa: ANN401
+    return true() if field is None else lab.c.field == field
+
+
 # ---------------------------------------------------------------- class labels
 
 def is_human_class(row: LabelLike) -> bool:
@@ -98,9 +116,10 @@ def is_human_class(row: LabelLike) -> bool:
     return row.kind == Kind.HUMAN and row.decision in CLASS_DECISIONS and bool(row.label)
 
 
-def sql_human_class(lab: Any) -> ColumnElement[bool]:  # noqa: ANN401
+def sql_human_class(lab: Any, field: str | None = DEFAULT_FIELD) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of `is_human_class` for rows of ``field`` (any field when None)."""
     return and_(lab.c.kind == Kind.HUMAN.value, lab.c.decision.in_([d.value for d in CLASS_DECISIONS]),
-                lab.c.label.is_not(None))
+                lab.c.label.is_not(None), _sql_in_field(lab, field))
 
 
 def is_person_class(row: LabelLike) -> bool:
@@ -108,19 +127,30 @@ def is_person_class(row: LabelLike) -> bool:
     return is_human_class(row) or (row.kind == Kind.REVIEW and bool(row.label))
 
 
-def sql_person_class(lab: Any) -> ColumnElement[bool]:  # noqa: ANN401
-    return or_(sql_human_class(lab), and_(lab.c.kind == Kind.REVIEW.value, lab.c.label.is_not(None)))
+def sql_person_class(lab: Any, field: str | None = DEFAULT_FIELD) -> ColumnElement[bool]:  # noqa: ANN401
+    return and_(or_(sql_human_class(lab, None), and_(lab.c.kind == Kind.REVIEW.value, lab.c.label.is_not(None))),
+                _sql_in_field(lab, field))
 
 
-def is_labelled(rows: Sequence[Label]) -> bool:
-    """Whether an item with these label rows is labelled (an effective person class label)."""
-    return any(is_person_class(r) for r in effective(rows))
+def is_labelled(rows: Sequence[Label], field: str = DEFAULT_FIELD) -> bool:
+    """Whether an item with these label rows is labelled in ``field`` (an effective person class label)."""
+    return any(is_person_class(r) for r in in_field(effective(rows), field))
 
 
-def sql_labelled(item_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
+def sql_labelled(item_id: Any, field: str = DEFAULT_FIELD) -> ColumnElement[bool]:  # noqa: ANN401
     """SQL twin of `is_labelled` for the item whose id is the column ``item_id``."""
     lab = label_table("labelled")
-    return exists(select(literal(1)).where(lab.c.item_id == item_id, sql_person_class(lab), sql_effective(lab)))
+    return exists(select(literal(1)).where(lab.c.item_id == item_id, sql_person_class(lab, field), sql_effective(lab)))
+
+
+def is_done(rows: Sequence[Label], fields: Sequence[str]) -> bool:
+    """Whether an item is decided in every one of ``fields`` (the project's fields)."""
+    return all(is_labelled(rows, f) for f in fields)
+
+
+def sql_done(item_id: Any, fields: Sequence[str]) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of `is_done`."""
+    return and_(true(), *[sql_labelled(item_id, f) for f in fields])
 
 
 def sql_reviewed(item_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
@@ -163,7 +193,7 @@ def sql_done_count(item_id: Any) -> Any:  # noqa: ANN401 - a scalar subquery
 def round_state(rows: Sequence[Label], *, unreadable: bool = False) -> RoundState:
     """What became of a queued item: labelled, else unsure, else skipped, else unreadable, else open."""
     eff = effective(rows)
-    if any(is_person_class(r) for r in eff):
+    if any(is_person_class(r) for r in in_field(eff)):
         return RoundState.LABELLED
     human = {r.decision for r in eff if r.kind == Kind.HUMAN}
     if Decision.UNSURE in human:
@@ -209,10 +239,10 @@ class CurrentLabel:
     model_version_id: int | None
 
 
-def derive(rows: Sequence[Label]) -> CurrentLabel | None:
-    """The current label from one item's rows (oldest first), or None when it has none;
-    precedence review > consensus > single > imported (`SOURCE_PRECEDENCE`)."""
-    rows = effective(rows)
+def derive(rows: Sequence[Label], field: str = DEFAULT_FIELD) -> CurrentLabel | None:
+    """The current label of ``field`` from one item's rows (oldest first), or None when it has
+    none; precedence review > consensus > single > imported (`SOURCE_PRECEDENCE`)."""
+    rows = in_field(effective(rows), field)
     imported = [r for r in rows if r.kind == Kind.IMPORTED and r.label]
     last_imported = imported[-1].label if imported else None
     humans = [r for r in rows if is_human_class(r)]

@@ -13,10 +13,11 @@ from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, false
 from sqlmodel import Field, SQLModel
 
 from storage.enums import Decision, DisputeReason, DisputeStatus, Kind, Role, Split
+from storage.fields import DEFAULT_FIELD
 
 # Bump when a table changes, with a step in `storage.db.MIGRATIONS` that upgrades the previous
 # version in place; `storage.db.open_engine` refuses versions it cannot upgrade.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APP_ID = "active-labeler"
 
 # The columns below hold these enums' values as plain strings (see storage.enums).
@@ -61,9 +62,15 @@ class Item(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+def field_column() -> Any:  # noqa: ANN401 - a sqlmodel Field
+    """The label field a row is about (`storage.fields`); rows older than schema 4 read as the default."""
+    return Field(default=DEFAULT_FIELD, max_length=64, sa_column_kwargs={"server_default": DEFAULT_FIELD})
+
+
 class Label(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     item_id: int = Field(foreign_key="item.id", index=True)
+    field: str = field_column()
     annotator: str = Field(max_length=128, index=True)
     label: str | None = Field(default=None, max_length=256)  # None for skipped/unsure/undo
     kind: str = Field(max_length=16)
@@ -101,6 +108,9 @@ class Prediction(SQLModel, table=True):
     margin: float | None = None
     entropy: float | None = None
     probs: list[float] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # The other fields' predictions, {field: {pred, confidence, margin, entropy, probs}} (schema 4;
+    # read them with `storage.fields.field_prediction`).
+    fields: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     row: int  # row of this item in the version's embedding array
 
 
@@ -139,6 +149,7 @@ class Lease(SQLModel, table=True):
 class Dispute(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     item_id: int = Field(foreign_key="item.id", index=True)
+    field: str = field_column()
     reason: str = Field(max_length=32)
     score: float
     status: str = Field(default=DisputeStatus.OPEN.value, max_length=16, index=True)

@@ -12,6 +12,7 @@ from sqlmodel import Session, select
 
 from storage.aliases import all_aliases
 from storage.db import in_chunks
+from storage.fields import DEFAULT_FIELD, field_prediction
 from storage.meaning import resolve_class, sql_covers_pool
 from storage.tables import Item, ModelVersion, Prediction
 
@@ -90,15 +91,19 @@ def covers_pool(session: Session, version_id: int) -> bool:
     return bool(session.execute(select(sql_covers_pool(literal(version_id)))).scalar_one())
 
 
-def serving_prediction(session: Session, item_id: int) -> tuple[Prediction, ModelVersion] | None:
+def serving_prediction(session: Session, item_id: int, *,
+                       field: str = DEFAULT_FIELD) -> tuple[Prediction, ModelVersion] | None:
     """The serving version's prediction with probabilities for one item, with that version;
-    None when it has none (no version, or one without a head for our classes)."""
+    None when it has none for ``field`` (no version, or one without a head for that field's
+    classes; read the field's part with `storage.fields.field_prediction`)."""
     version = serving(session)
     if version is None:
         return None
     pred = session.exec(select(Prediction).where(Prediction.item_id == item_id,
                                                  Prediction.model_version_id == version.id)).first()
-    return None if pred is None or pred.probs is None else (_named(session, [pred])[0], version)
+    if pred is None or field_prediction(pred, field) is None:
+        return None
+    return _named(session, [pred])[0], version
 
 
 def get(session: Session, version_id: int, *, as_stored: bool = False) -> ModelVersion | None:

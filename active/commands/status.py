@@ -21,7 +21,10 @@ def collect(project) -> dict:  # noqa: ANN001
     label that still counts (``given_only`` items only an imported one); per annotator, only
     effective decisions are counted (an undone one is not); per open round, its items by state;
     ``current_version`` is the serving version; ``on_page``: per annotator, their effective
-    human labels given on a page of the Grid tab (a part of their accepted + corrected)."""
+    human labels given on a page of the Grid tab (a part of their accepted + corrected).
+    ``fields``: per label field, its items labelled and per class by source, its open disputes and
+    the serving version's holdout figures for it; ``done``: items labelled in every field. The
+    figures above ``fields`` are the default field's."""
     from active.retrain import holdout_hash
     from storage import db, items, labels, pages, versions, work
     from storage import disputes as store_disputes
@@ -38,6 +41,11 @@ def collect(project) -> dict:  # noqa: ANN001
         vlist = versions.all_versions(s)
         serving = versions.serving(s)
         disputes = store_disputes.count_open(s)
+        field_disputes = store_disputes.count_open_by_field(s)
+        fields = {f: {"labelled": labels.count_labelled(s, f),
+                      "current": current if f == project.field_names[0] else labels.current(s, field=f)}
+                  for f in project.field_names}
+        done = labels.count_done(s, project.field_names)
         rounds = [{"id": r.id, "strategy": r.strategy, **work.round_progress(s, r.id).to_dict()}
                   for r in work.open_rounds(s)]
     holdout = holdout_hash(project)
@@ -52,6 +60,16 @@ def collect(project) -> dict:  # noqa: ANN001
     by_class: dict[str, Counter] = {c: Counter() for c in project.config.classes}
     for cur in current.values():
         by_class.setdefault(cur.label, Counter())[cur.source] += 1
+    per_field = {}
+    for f, got in fields.items():
+        counts: dict[str, Counter] = {c: Counter() for c in project.classes_of(f)}
+        for cur in got["current"].values():
+            counts.setdefault(cur.label, Counter())[cur.source] += 1
+        holdout_m = field_metrics(serving.metrics if serving else None, f).get("holdout") or {}
+        per_field[f] = {"labelled": got["labelled"], "open_disputes": field_disputes.get(f, {}),
+                        "classes": {c: dict(cnt) | {"total": sum(cnt.values())} for c, cnt in counts.items()},
+                        "holdout": {k: holdout_m.get(k) for k in ("n", "accuracy", "macro_f1", "ece")}
+                        if holdout_m else None}
     return {
         "project": str(project.root),
         "backbone": project.config.backbone,
@@ -71,8 +89,19 @@ def collect(project) -> dict:  # noqa: ANN001
         "holdout_labels_sha256": holdout,
         "open_rounds": rounds,
         "open_disputes": disputes,
+        "fields": per_field,
+        "done": done,
         "fine_tune": fine_tune_progress(project),
     }
+
+
+def field_metrics(metrics: dict | None, field: str) -> dict:
+    """A version's metrics for one label field: the default field's are the top level, the other
+    fields' under ``metrics["fields"][field]`` (`active.retrain`)."""
+    from storage.fields import DEFAULT_FIELD
+
+    metrics = metrics or {}
+    return metrics if field == DEFAULT_FIELD else ((metrics.get("fields") or {}).get(field) or {})
 
 
 def same_holdout(metrics: dict | None, holdout: str) -> bool | None:
@@ -136,6 +165,12 @@ def render(st: dict) -> str:
         out += ["", "no model version yet (run `active score`)"]
     for r in st["open_rounds"]:
         out.append(round_line(r))
+    if len(st.get("fields", {})) > 1:
+        rows = [[f, v["labelled"], len(v["classes"]), (v["holdout"] or {}).get("accuracy"),
+                 (v["holdout"] or {}).get("macro_f1"), sum(v["open_disputes"].values())]
+                for f, v in st["fields"].items()]
+        out += ["", table(rows, ["field", "labelled", "classes", "holdout acc", "macro-F1", "open disputes"]),
+                f"done (labelled in every field): {st['done']}"]
     if st["open_disputes"]:
         out.append("open disputes: " + ", ".join(f"{n} {k}" for k, n in st["open_disputes"].items()))
     if st.get("fine_tune"):
