@@ -52,7 +52,8 @@ def _current_dict(cur: CurrentLabel | None) -> dict[str, Any] | None:
 def row_dict(row: Label, undone_by: dict[int, int], on_pages: set[int] = frozenset()) -> dict[str, Any]:
     """One label row; ``page`` is the page (Grid tab) it was given on, if it was."""
     return {
-        "id": row.id, "created_at": row.created_at.isoformat(), "annotator": row.annotator, "kind": row.kind,
+        "id": row.id, "created_at": row.created_at.isoformat(), "field": row.field, "source": row.source,
+        "annotator": row.annotator, "kind": row.kind,
         "decision": row.decision, "label": row.label, "suggestion": row.suggestion,
         "confidence": row.confidence, "model_version": row.model_version_id, "round": row.round_id,
         "undoes": row.undoes_id, "undone_by": undone_by.get(row.id or 0),
@@ -61,7 +62,8 @@ def row_dict(row: Label, undone_by: dict[int, int], on_pages: set[int] = frozens
 
 
 def history(project: Project, ref: str) -> dict[str, Any]:
-    """The item, its current label and every label row (oldest first), as a JSON-able dict."""
+    """The item, its current label (``current``: the default field's; ``current_by_field``: every
+    field's the project has) and every label row (oldest first), as a JSON-able dict."""
     with db.session(project.engine) as s:
         item = find_item(s, ref)
         rows = labels.for_items(s, [item.id or 0]).get(item.id or 0, [])
@@ -71,6 +73,7 @@ def history(project: Project, ref: str) -> dict[str, Any]:
         "item": {"id": item.id, "sha256": item.sha256, "path": item.path, "split": item.split,
                  "source": item.source, "meta": item.meta},
         "current": _current_dict(labels.derive(rows)),
+        "current_by_field": {f: _current_dict(labels.derive(rows, f)) for f in project.field_names},
         "labels": [row_dict(r, undone_by, on_pages) for r in rows],
     }
 

@@ -3,6 +3,13 @@
 Images are referenced where they lie (absolute path + sha256), never copied. Every file that is
 not imported is reported with its path and reason; each batch is one transaction, so a killed
 import leaves whole batches and re-running it finishes the rest (already-known hashes are no-ops).
+
+Given labels may come for several label fields at once (`storage.fields`): a manifest names one
+column per field. A label missing for a field is simply not given; a value that is not one of the
+field's classes is reported per field (for the default field the file is skipped, as always; for
+another field only that label is left out). Re-importing an item whose given label of a field
+changed appends a new imported label (append-only, with the import batch as its source) and
+counts it in ``changed``; an unchanged row stays a no-op.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from active.project import Project, validate_class_name
 from models.images import ImageError, inspect_bytes, read_image_bytes
 from storage import db, items, labels
 from storage.enums import Decision, Kind, Split
+from storage.fields import DEFAULT_FIELD
 from storage.tables import Item, Label
 
 BATCH_SIZE = 256
@@ -37,8 +45,13 @@ IMPORTER = "import"  # the annotator name on imported labels
 @dataclass(frozen=True)
 class Candidate:
     path: Path  # absolute, as given (not resolved through symlinks)
-    label: str | None = None
+    label: str | None = None  # the given label of the default field
     meta: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)  # the other fields' given labels
+
+    def given(self) -> dict[str, str]:
+        """field -> given label, every field that has one."""
+        return ({DEFAULT_FIELD: self.label} if self.label is not None else {}) | self.fields
 
 
 @dataclass(frozen=True)
@@ -51,9 +64,14 @@ class Skipped:
 class ImportReport:
     added: int = 0
     already: int = 0  # same bytes at the same path: re-import is a no-op
-    labelled: int = 0
-    new_classes: list[str] = field(default_factory=list)
+    labelled: int = 0  # new items given a label of the default field
+    new_classes: list[str] = field(default_factory=list)  # added to the default field
     skipped: list[Skipped] = field(default_factory=list)
+    given: dict[str, int] = field(default_factory=dict)  # field -> given labels recorded for new items
+    # field -> already imported items whose given label changed (a new imported label appended)
+    changed: dict[str, int] = field(default_factory=dict)
+    unknown: dict[str, dict[str, int]] = field(default_factory=dict)  # field -> value -> rows, not in its classes
+    new_field_classes: dict[str, list[str]] = field(default_factory=dict)  # other fields' classes added
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +80,11 @@ class ImportReport:
             "labelled": self.labelled,
             "new_classes": self.new_classes,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "given_by_field": self.given,
+            "changed": sum(self.changed.values()),
+            "changed_by_field": self.changed,
+            "unknown_by_field": self.unknown,
+            "new_field_classes": self.new_field_classes,
         }
 
 
@@ -191,9 +214,18 @@ def read_manifest(
     path_column: str | None = None,
     path_template: str | None = None,
     label_column: str | None = None,
+    label_columns: dict[str, str] | None = None,
 ) -> tuple[list[Candidate], list[Skipped]]:
     """Candidates from a CSV/JSONL manifest. Relative paths are taken from ``root`` (default: the
-    manifest's folder) and may not leave it. Columns other than path and label become metadata."""
+    manifest's folder) and may not leave it. ``label_column`` holds the default field's given
+    labels, ``label_columns`` maps label fields to their columns (the default field may be one).
+    Columns other than path and labels become metadata."""
+    by_field = dict(label_columns or {})
+    if label_column is not None:
+        if by_field.get(DEFAULT_FIELD, label_column) != label_column:
+            raise UserError(f"two label columns for field {DEFAULT_FIELD!r}: {label_column!r} and "
+                            f"{by_field[DEFAULT_FIELD]!r}")
+        by_field[DEFAULT_FIELD] = label_column
     path = path.absolute()
     root = (root or path.parent).absolute()
     skipped: list[Skipped] = []
@@ -215,8 +247,9 @@ def read_manifest(
         if missing:
             raise UserError(f"{path}: --path-template names columns {', '.join(sorted(missing))} that the "
                             f"manifest lacks; columns are: {', '.join(columns)}")
-    if label_column is not None and label_column not in columns:
-        raise UserError(f"{path}: no label column {label_column!r}; columns are: {', '.join(columns)}")
+    for name, column in by_field.items():
+        if column not in columns:
+            raise UserError(f"{path}: no label column {column!r} (field {name!r}); columns are: {', '.join(columns)}")
 
     found: list[Candidate] = []
     for n, row in rows:
@@ -237,11 +270,14 @@ def read_manifest(
         if not _inside(file, root):
             skipped.append(Skipped(str(file), "path outside the image root (use --root to widen it)"))
             continue
-        label = row.get(label_column) if label_column else None
-        label = str(label).strip() if label not in (None, "") else None
-        used = {label_column, path_column}
+        given = {}
+        for name, column in by_field.items():
+            value = row.get(column)
+            if value not in (None, "") and str(value).strip():
+                given[name] = str(value).strip()
+        used = {*by_field.values(), path_column}
         meta = {k: v for k, v in row.items() if k not in used}
-        found.append(Candidate(file, label=label, meta=_jsonable(meta)))
+        found.append(Candidate(file, label=given.pop(DEFAULT_FIELD, None), meta=_jsonable(meta), fields=given))
     return found, skipped
 
 
@@ -302,7 +338,7 @@ def import_candidates(
             usable.append(replace(c, label=validate_class_name(c.label)))
         except UserError as exc:
             report.skipped.append(Skipped(str(c.path), f"unusable label: {exc}"))
-    candidates = usable
+    candidates = _other_fields(project, usable, report, add_classes=add_classes)
     wanted = []
     for c in candidates:
         if c.label is not None and c.label not in wanted:
@@ -311,6 +347,10 @@ def import_candidates(
     if unknown and (taxonomy_was_empty or add_classes):
         report.new_classes = project.add_classes(unknown)
     allowed = set(project.config.classes)
+    for c in candidates:
+        if c.label is not None and c.label not in allowed:
+            bucket = report.unknown.setdefault(DEFAULT_FIELD, {})
+            bucket[c.label] = bucket.get(c.label, 0) + 1
 
     bar = tqdm(total=len(candidates), unit="img", desc="import", disable=not progress)
     batches = [candidates[i : i + BATCH_SIZE] for i in range(0, len(candidates), BATCH_SIZE)]
@@ -330,6 +370,52 @@ def import_candidates(
     return report
 
 
+def _other_fields(project: Project, candidates: list[Candidate], report: ImportReport, *,
+                  add_classes: bool) -> list[Candidate]:
+    """The candidates with their other fields' labels normalised and kept only where they are
+    one of the field's classes (a field without classes yet, or ``add_classes``, takes the values
+    found); the rest counted in ``report.unknown``. A field the project lacks is an error."""
+    names = list(dict.fromkeys(f for c in candidates for f in c.fields))
+    for name in names:
+        project.check_field(name)
+    if not names:
+        return candidates
+    normalised: list[Candidate] = []
+    for c in candidates:
+        given = {}
+        for name, value in c.fields.items():
+            try:
+                given[name] = validate_class_name(value)
+            except UserError:
+                bucket = report.unknown.setdefault(name, {})
+                bucket[value] = bucket.get(value, 0) + 1
+        normalised.append(replace(c, fields=given))
+    allowed: dict[str, set[str]] = {}
+    for name in names:
+        if add_classes or not project.classes_of(name):
+            found = list(dict.fromkeys(c.fields[name] for c in normalised if name in c.fields))
+            added = project.add_classes(found, name)
+            if added:
+                report.new_field_classes[name] = added
+        allowed[name] = set(project.classes_of(name))
+    out = []
+    for c in normalised:
+        kept = {}
+        for name, value in c.fields.items():
+            if value in allowed[name]:
+                kept[name] = value
+            else:
+                bucket = report.unknown.setdefault(name, {})
+                bucket[value] = bucket.get(value, 0) + 1
+        out.append(replace(c, fields=kept))
+    return out
+
+
+def _given_rows(item_id: int, given: dict[str, str], source: str) -> list[Label]:
+    return [Label(item_id=item_id, field=name, annotator=IMPORTER, label=value, kind=Kind.IMPORTED,
+                  decision=Decision.GIVEN, source=source) for name, value in given.items()]
+
+
 def _record_batch(engine, checked: list[_Checked], allowed: set[str], *, split: str, source: str,  # noqa: ANN001
                   report: ImportReport) -> None:
     skipped: list[Skipped] = []
@@ -342,17 +428,20 @@ def _record_batch(engine, checked: list[_Checked], allowed: set[str], *, split: 
         else:
             fresh.append(c)
 
-    def tx(session) -> tuple[int, int, int, list[Skipped]]:  # noqa: ANN001
+    def tx(session) -> tuple[int, list[Label], int, list[Skipped], list[Label]]:  # noqa: ANN001
         already, new_skips = 0, []
         known = items.by_sha(session, (c.sha256 for c in fresh))
         seen: dict[str, str] = {}
         new_items: list[tuple[Item, _Checked]] = []
+        again: list[tuple[Item, _Checked]] = []
         for c in fresh:
             path = str(c.cand.path)
             prior = known.get(c.sha256)
             if prior is not None:
                 if prior.path == path:
                     already += 1
+                    if c.cand.given():
+                        again.append((prior, c))
                 else:
                     new_skips.append(Skipped(path, f"duplicate of {prior.path}"))
                 continue
@@ -366,14 +455,22 @@ def _record_batch(engine, checked: list[_Checked], allowed: set[str], *, split: 
                         source=source, split=split, meta=meta)
             new_items.append((item, c))
         items.add(session, [i for i, _ in new_items])
-        given = labels.append_many(session, [
-            Label(item_id=item.id, annotator=IMPORTER, label=c.cand.label, kind=Kind.IMPORTED, decision=Decision.GIVEN)
-            for item, c in new_items if c.cand.label is not None
-        ])
-        return len(new_items), len(given), already, new_skips
+        given = labels.append_many(session, [row for item, c in new_items
+                                             for row in _given_rows(item.id, c.cand.given(), source)])
+        # A catalogue export again: a given label that differs from the latest one is appended.
+        before = labels.latest_given(session, [item.id for item, _ in again])
+        changed = labels.append_many(session, [
+            row for item, c in again
+            for row in _given_rows(item.id, {f: v for f, v in c.cand.given().items()
+                                             if before.get(item.id, {}).get(f) != v}, source)])
+        return len(new_items), given, already, new_skips, changed
 
-    added, n_labels, already, dup_skips = db.write(engine, tx)
+    added, given, already, dup_skips, changed = db.write(engine, tx)
     report.added += added
     report.already += already
-    report.labelled += n_labels
+    report.labelled += sum(1 for r in given if r.field == DEFAULT_FIELD)
+    for row in given:
+        report.given[row.field] = report.given.get(row.field, 0) + 1
+    for row in changed:
+        report.changed[row.field] = report.changed.get(row.field, 0) + 1
     report.skipped += skipped + dup_skips

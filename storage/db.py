@@ -163,6 +163,9 @@ def _v3_label_fields(conn: Any) -> None:  # noqa: ANN401
     for table in ("label", "dispute"):
         if "field" not in {c["name"] for c in inspect(conn).get_columns(table)}:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN field VARCHAR(64) NOT NULL DEFAULT '{DEFAULT_FIELD}'"))
+    # An imported label names its import batch (a re-import that changes a given label appends one).
+    if "source" not in {c["name"] for c in inspect(conn).get_columns("label")}:
+        conn.execute(text("ALTER TABLE label ADD COLUMN source VARCHAR(512)"))
     if "fields" not in {c["name"] for c in inspect(conn).get_columns("prediction")}:
         conn.execute(text("ALTER TABLE prediction ADD COLUMN fields JSON"))
 

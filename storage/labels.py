@@ -35,7 +35,7 @@ from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 
 __all__ = [
     "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current", "decisions_by_annotator",
-    "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human",
+    "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human", "latest_given",
     "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
 
@@ -119,6 +119,17 @@ def current(session: Session, item_ids: Iterable[int] | None = None, *,
         cur = derive(rows, field)
         if cur is not None:
             out[item_id] = cur
+    return out
+
+
+def latest_given(session: Session, item_ids: Iterable[int]) -> dict[int, dict[str, str]]:
+    """item -> {field: its latest effective imported (given) label}, read through the aliases: what
+    a re-import compares a manifest's labels with."""
+    out: dict[int, dict[str, str]] = {}
+    for item_id, rows in for_items(session, item_ids).items():
+        for r in effective(rows):
+            if r.kind == Kind.IMPORTED and r.label:
+                out.setdefault(item_id, {})[r.field] = r.label
     return out
 
 

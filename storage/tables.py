@@ -80,6 +80,8 @@ class Label(SQLModel, table=True):
     model_version_id: int | None = Field(default=None, foreign_key="modelversion.id")
     round_id: int | None = Field(default=None, foreign_key="round.id")
     undoes_id: int | None = Field(default=None, foreign_key="label.id")
+    # The import batch an imported label came in with (schema 4; None before, and for other kinds).
+    source: str | None = Field(default=None, max_length=512)
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

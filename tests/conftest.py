@@ -65,16 +65,18 @@ COLOURS = [(220, 40, 40), (40, 160, 60), (40, 70, 210), (230, 200, 30), (150, 50
 
 
 def draw_image(path: Path, cls: int, *, seed: int = 0, size: tuple[int, int] = (64, 48), mode: str = "RGB",
-               fmt: str | None = None) -> Path:
-    """A small synthetic product photo: a shape whose colour and form depend on ``cls``."""
+               fmt: str | None = None, colour: int | None = None) -> Path:
+    """A small synthetic product photo: a shape whose colour and form depend on ``cls``; with
+    ``colour`` the fill is ``COLOURS[colour]`` instead, so form and colour are two independent
+    label fields (form: rectangle for even ``cls``, ellipse for odd)."""
     rng = np.random.default_rng(seed)
     im = Image.new("RGB", size, (245, 245, 245))
     d = ImageDraw.Draw(im)
     w, h = size
     x0, y0 = rng.integers(0, w // 4), rng.integers(0, h // 4)
     box = (x0, y0, x0 + w // 2 + rng.integers(0, w // 4), y0 + h // 2 + rng.integers(0, h // 4))
-    colour = COLOURS[cls % len(COLOURS)]
-    (d.ellipse if cls % 2 else d.rectangle)(box, fill=colour)
+    fill = COLOURS[(cls if colour is None else colour) % len(COLOURS)]
+    (d.ellipse if cls % 2 else d.rectangle)(box, fill=fill)
     noise = rng.integers(0, 12, size=(h, w, 3), dtype=np.uint8)
     im = Image.fromarray(np.clip(np.asarray(im, dtype=np.int16) - noise, 0, 255).astype(np.uint8))
     if mode != "RGB":

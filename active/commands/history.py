@@ -21,6 +21,9 @@ def render(h: dict) -> str:
     else:
         agree = "" if cur["agreement"] is None else f", agreement {cur['agreement']:.2f} of {cur['n_human']}"
         out.append(f"  current label: {cur['label']} ({cur['source']}{agree}; decided by row {cur['label_id']})")
+    for name, other in list(h.get("current_by_field", {}).items())[1:]:  # the default field's is above
+        out.append(f"  {name}: {other['label']} ({other['source']})" if other else f"  {name}: none")
+    several = len(h.get("current_by_field", {})) > 1
     if not h["labels"]:
         return "\n".join([*out, "", "no label rows"])
     rows = []
@@ -30,8 +33,9 @@ def render(h: dict) -> str:
         state = f"undone by {r['undone_by']}" if r["undone_by"] else (f"undoes {r['undoes']}" if r["undoes"] else "")
         rows.append([r["id"], r["created_at"][:19].replace("T", " "), r["annotator"], r["kind"], r["decision"],
                      r["label"] or "", sugg, "" if r["model_version"] is None else f"v{r['model_version']}",
-                     r["round"], state])
+                     r["round"], state] + ([r["field"]] if several else []))
     header = ["row", "time (UTC)", "who", "kind", "decision", "class", "suggestion", "model", "round", "undone"]
+    header += ["field"] if several else []
     return "\n".join([*out, "", table(rows, header)])
 
 

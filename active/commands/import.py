@@ -3,8 +3,12 @@
 SOURCE is a folder with one subfolder per class (labels = folder names), a flat folder
 (unlabelled), or a CSV/JSONL manifest with a path column (or --path-template) and an optional
 --label-column; its other columns are kept as item metadata. Imported labels are *given* labels,
-which the tool checks, not truth. Re-importing the same files changes nothing. Every file that is
-not imported is listed with its reason."""
+which the tool checks, not truth. Every file that is not imported is listed with its reason.
+
+Several label fields at once: repeat --label-column FIELD=COLUMN (e.g. `--label-column
+category=articleType --label-column colour=baseColour`; a bare COLUMN is the default field). Values
+outside a field's classes are counted per field. Re-importing the same files changes nothing,
+except a given label that changed: a new imported label is appended for it and counted."""
 
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder layout (default: auto = classes unless files lie at the top)")
     p.add_argument("--path-column", help="manifest column holding image paths (default: path/file/filename/image)")
     p.add_argument("--path-template", help="build paths from columns, e.g. 'images/{id}.jpg'")
-    p.add_argument("--label-column", help="manifest column holding the given label, e.g. articleType")
+    p.add_argument("--label-column", action="append", metavar="[FIELD=]COLUMN",
+                   help="manifest column holding a field's given labels, e.g. articleType or colour=baseColour "
+                        "(repeat for several fields; without FIELD= the default field)")
     p.add_argument("--root", type=Path,
                    help="folder that relative manifest paths start from and may not leave (default: the manifest's)")
     p.add_argument("--add-classes", action="store_true", help="add unknown labels to the taxonomy instead of skipping")
@@ -47,7 +53,8 @@ def run(args: argparse.Namespace) -> Result:
         candidates, skipped, layout = scan_folder(source, layout=args.layout)
     else:
         candidates, skipped = read_manifest(source, root=args.root, path_column=args.path_column,
-                                            path_template=args.path_template, label_column=args.label_column)
+                                            path_template=args.path_template,
+                                            label_columns=label_columns(args.label_column or []))
         layout = "manifest"
     report = import_candidates(project, candidates, split=args.split, source=str(source),
                                add_classes=args.add_classes, progress=not args.no_progress)
@@ -64,4 +71,29 @@ def run(args: argparse.Namespace) -> Result:
     )
     if report.new_classes:
         lines.append(f"classes added to the taxonomy: {', '.join(report.new_classes)}")
+    for name, added in report.new_field_classes.items():
+        lines.append(f"classes added to field {name!r}: {', '.join(added)}")
+    for name, values in report.unknown.items():
+        shown = ", ".join(f"{v!r} ({n})" for v, n in sorted(values.items(), key=lambda kv: -kv[1])[:10])
+        lines.append(f"field {name!r}: {sum(values.values())} labels not in its classes: {shown}"
+                     + (" ..." if len(values) > 10 else "") + " (use --add-classes to take them)")
+    if report.changed:
+        lines.append(f"{sum(report.changed.values())} given labels changed since the last import "
+                     f"({', '.join(f'{f} {n}' for f, n in report.changed.items())}): appended, the old ones kept")
     return Result(data, "\n".join(lines))
+
+
+def label_columns(values: list[str]) -> dict[str, str]:
+    """field -> column from ``--label-column`` values (``FIELD=COLUMN``, or ``COLUMN`` for the default field)."""
+    from storage.fields import DEFAULT_FIELD
+
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, column = value.partition("=")
+        name, column = (name.strip(), column.strip()) if sep else (DEFAULT_FIELD, value.strip())
+        if not name or not column:
+            raise UserError(f"--label-column {value!r}: give COLUMN or FIELD=COLUMN")
+        if name in out:
+            raise UserError(f"--label-column: two columns for field {name!r} ({out[name]!r}, {column!r})")
+        out[name] = column
+    return out

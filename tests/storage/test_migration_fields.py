@@ -46,7 +46,7 @@ def make_v3(url: str) -> dict:
 
     wrote = db.write(eng, fill)
     with eng.begin() as conn:
-        for table, column in (("label", "field"), ("dispute", "field"), ("prediction", "fields")):
+        for table, column in (("label", "field"), ("label", "source"), ("dispute", "field"), ("prediction", "fields")):
             conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value="3"))
     eng.dispose()
@@ -61,7 +61,7 @@ def test_a_single_field_project_opens_after_the_upgrade(store_url: str) -> None:
         assert s.get(Meta, "schema_version").value == str(SCHEMA_VERSION) == "4"
         rows = labels.for_items(s, ids)
         assert sum(len(g) for g in rows.values()) == 5
-        assert {r.field for g in rows.values() for r in g} == {DEFAULT_FIELD}
+        assert {(r.field, r.source) for g in rows.values() for r in g} == {(DEFAULT_FIELD, None)}
         cur = labels.current(s, ids)
         assert (cur[ids[0]].label, cur[ids[0]].imported, cur[ids[1]].label) == ("shirt", "dress", "dress")
         assert ids[2] not in cur  # the undone label still counts nowhere
