@@ -27,7 +27,8 @@ Jiang & Chuang, JAIR 2021), written here on numpy + scikit-learn:
    precision on photos whose classes look alike; weighing each disagreement by the estimated
    noise transition keeps the flagged set short enough for a reviewer.
 
-Disputes are only ever *suggestions* for human review: nothing here changes a label.
+Disputes are only ever *suggestions* for human review: nothing here changes a label. Each
+label field (`storage.fields`) is checked on its own: its labels, its classes, its disputes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from storage.enums import DisputeReason, Source, Split
+from storage.fields import DEFAULT_FIELD
 
 
 @dataclass(frozen=True)
@@ -331,11 +333,12 @@ def annotator_disagreements(votes: Iterable[tuple[int, str, str]]) -> list[Disag
 class RefreshReport:
     """What `refresh` found: counts per reason and the detector's own estimates."""
 
-    counts: dict[str, int]
+    counts: dict[str, int]  # per reason, all fields together
     checked: int
-    noise_rate: float | None
+    noise_rate: float | None  # the default field's
     version_id: int | None
     skipped: list[str]
+    by_field: dict[str, dict] = field(default_factory=dict)  # field -> counts, checked, noise_rate
 
 
 def _holdout_apart(by_reason: dict[str, list[tuple[int, float, dict]]],
@@ -380,13 +383,12 @@ def _model_rows(
 
 
 def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLDS, seed: int = 0) -> RefreshReport:  # noqa: ANN001
-    """Recompute the open disputes of every reason from the store and the version's cached
-    embeddings; resolved disputes are kept. Items whose current label came from a review are
-    not disputed again."""
+    """Recompute the open disputes of every reason and label field from the store and the
+    version's cached embeddings; resolved disputes are kept. Items whose current label of a field
+    came from a review are not disputed again in that field."""
     from active.errors import UserError
     from storage import db, items, labels, versions
     from storage import disputes as store
-    from storage.meaning import contradicts_import, is_human_class
 
     with db.session(project.engine) as s:
         rows = labels.for_items(s)
@@ -394,14 +396,52 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
         version = versions.get(s, version_id) if version_id is not None else versions.serving(s)
         if version_id is not None and version is None:
             raise UserError(f"no model version {version_id}")
+    emb_ids: np.ndarray | None = None
+    emb: np.ndarray | None = None
+    if version is not None:
+        from active.scoring import load_embeddings
+
+        emb_ids, emb = load_embeddings(project, version.id)
+    replaced: dict[str, dict[str, list[tuple[int, float, dict]]]] = {}
+    by_field: dict[str, dict] = {}
+    skipped: list[str] = []
+    for name in project.field_names:
+        replaced[name], by_field[name], why = _refresh_field(rows, split_of, list(project.classes_of(name)), name,
+                                                             version, emb_ids, emb, folds=folds, seed=seed)
+        skipped += [w for w in why if w not in skipped]
+
+    def write(s):  # noqa: ANN001, ANN202
+        return {name: {reason: store.replace_open(s, reason, found, field=name) for reason, found in per.items()}
+                for name, per in replaced.items()}
+
+    written = db.write(project.engine, write)
+    counts: dict[str, int] = {}
+    for name, per in written.items():
+        by_field[name]["counts"] = per
+        for reason, n in per.items():
+            counts[reason] = counts.get(reason, 0) + n
+    main = by_field[project.field_names[0]]
+    return RefreshReport(counts, main["checked"], main["noise_rate"], version.id if version else None, skipped,
+                         by_field)
+
+
+def _refresh_field(rows: dict, split_of: dict[int, str], classes: list[str], name: str, version,  # noqa: ANN001
+                   emb_ids: np.ndarray | None, emb: np.ndarray | None, *, folds: int,
+                   seed: int) -> tuple[dict[str, list[tuple[int, float, dict]]], dict, list[str]]:
+    """The disputes of one label field: (reason -> rows to open, {checked, noise_rate}, why a
+    check was skipped)."""
+    from storage import disputes as store
+    from storage import labels
+    from storage.meaning import contradicts_import, in_field, is_human_class
+
     votes = []
     current = {}
     for item_id, group in rows.items():
-        cur = labels.derive(group)
+        cur = labels.derive(group, name)
         if cur is None or cur.source == Source.REVIEW:
             continue
         current[item_id] = cur
-        votes += [(item_id, r.annotator, r.label) for r in labels.effective(group) if is_human_class(r)]
+        votes += [(item_id, r.annotator, r.label) for r in in_field(labels.effective(group), name) if is_human_class(r)]
     disagreements = annotator_disagreements(votes)
     replaced: dict[str, list[tuple[int, float, dict]]] = {
         DisputeReason.ANNOTATORS_DISAGREE: [(d.item_id, d.score, {"labels": d.labels}) for d in disagreements],
@@ -413,17 +453,14 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
     skipped: list[str] = []
     noise_rate = None
     checked = 0
-    if version is None:
+    what = "" if name == DEFAULT_FIELD else f" of field {name!r}"
+    if version is None or emb_ids is None or emb is None:
         skipped.append("no model version yet: run `active score` for the model-side checks")
     else:
-        from active.scoring import load_embeddings
-
-        emb_ids, emb = load_embeddings(project, version.id)
         row_of = {int(i): r for r, i in enumerate(np.asarray(emb_ids).tolist())}
-        classes = list(project.config.classes)
         keep = [i for i in sorted(current) if i in row_of and current[i].label in classes]
         if len(keep) < MIN_ITEMS or len({current[i].label for i in keep}) < 2:
-            skipped.append(f"model-side checks need at least {MIN_ITEMS} labelled items of 2 classes "
+            skipped.append(f"model-side checks{what} need at least {MIN_ITEMS} labelled items of 2 classes "
                            f"with embeddings (have {len(keep)})")
         else:
             y = np.array([classes.index(current[i].label) for i in keep])
@@ -433,11 +470,5 @@ def refresh(project, *, version_id: int | None = None, folds: int = DEFAULT_FOLD
                 replaced[reason] = replaced.get(reason, []) + found
             noise_rate = issues.noise_rate
             checked = len(keep)
+    return _holdout_apart(replaced, split_of), {"checked": checked, "noise_rate": noise_rate}, skipped
 
-    replaced = _holdout_apart(replaced, split_of)
-
-    def write(s):  # noqa: ANN001, ANN202
-        return {reason: store.replace_open(s, reason, rows) for reason, rows in replaced.items()}
-
-    counts = db.write(project.engine, write)
-    return RefreshReport(counts, checked, noise_rate, version.id if version else None, skipped)

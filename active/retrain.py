@@ -18,6 +18,14 @@ labels, the best we have until humans say otherwise, except those the latest out
 dispute check (`active disputes --refresh`) finds suspect: an open ``imported_label_suspect``
 dispute on the very label still current leaves that item out (`trust_weights`). The metrics of
 every version say what it trusted, how many labels it left out, and what it was calibrated on.
+
+Label fields (`storage.fields`): a ``head`` retrain fits one head per field on the same cached
+embeddings, each on that field's current labels with the same trust, calibration and holdout
+evaluation; the default field's head is the version's own (``classes``, ``head.npz``, the
+top-level metrics), another field's is ``artifacts["fields"][name]`` (its classes and head file)
+and ``metrics["fields"][name]`` (its figures, or why it was skipped: fewer than two classes
+labelled). A ``full`` fine-tune trains the default field's output only; the other fields get
+their heads at the next head retrain on its embeddings.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from active import modelstore, scoring
 from active.errors import UserError
 from storage import aliases, db, disputes, items, labels, versions
 from storage.enums import DisputeReason, Source, Split
+from storage.fields import DEFAULT_FIELD
 from storage.snapshots import labels_hash
 from storage.tables import ModelVersion
 
@@ -159,12 +168,12 @@ def stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(val), dtype=np.int64)
 
 
-def holdout_labels(project: Project) -> list[tuple[int, str]]:
+def holdout_labels(project: Project, field: str = DEFAULT_FIELD) -> list[tuple[int, str]]:
     """The holdout's (item id, class) pairs that a version is evaluated on: readable holdout items
-    whose current label is in the taxonomy (what `take_snapshot` puts in ``holdout_ids``)."""
-    classes = set(project.config.classes)
+    whose current label of ``field`` is in its classes (what `take_snapshot` puts in ``holdout_ids``)."""
+    classes = set(project.classes_of(field))
     with db.session(project.engine) as s:
-        current = labels.current(s, items.ids(s, split=Split.HOLDOUT))
+        current = labels.current(s, items.ids(s, split=Split.HOLDOUT), field=field)
     return sorted((i, c.label) for i, c in current.items() if c.label in classes)
 
 
@@ -239,16 +248,17 @@ def reproduce_snapshot(project: Project, version: ModelVersion) -> str | None:
     return labels_hash(_training_pairs(current, split, published.classes if published else []))
 
 
-def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
-    classes = project.config.classes
+def take_snapshot(project: Project, *, seed: int = 0, field: str = DEFAULT_FIELD) -> LabelledSet:
+    """The labels of ``field`` as they are now, split for training (see `LabelledSet`)."""
+    classes = project.classes_of(field)
     index = {c: k for k, c in enumerate(classes)}
     with db.session(project.engine) as s:
-        top, current = labels.snapshot(s)
+        top, current = labels.snapshot(s, field=field)
         top_alias = aliases.max_id(s)
         readable = set(items.ids(s))
         split = {i: sp for i, sp in items.splits(s).items() if i in readable}
         paths = {i: p for i, p in items.paths(s).items() if i in readable}
-        open_suspects = disputes.open_disputes(s, reason=DisputeReason.IMPORTED_LABEL_SUSPECT)
+        open_suspects = disputes.open_disputes(s, reason=DisputeReason.IMPORTED_LABEL_SUSPECT, field=field)
     pool = _training_pairs(current, split, index)
     skipped = sum(1 for i, c in current.items() if split.get(i) == Split.POOL and c.label not in index)
     hold = sorted((i, c.label) for i, c in current.items() if split.get(i) == Split.HOLDOUT and c.label in index)
@@ -256,7 +266,8 @@ def take_snapshot(project: Project, *, seed: int = 0) -> LabelledSet:
     y = np.array([index[c] for _, c in pool], dtype=np.int64)
     present = len(set(y.tolist()))
     if present < MIN_CLASSES:
-        raise UserError(f"need labelled pool items of at least {MIN_CLASSES} classes to train; "
+        what = "" if field == DEFAULT_FIELD else f" of field {field!r}"
+        raise UserError(f"need labelled pool items{what} of at least {MIN_CLASSES} classes to train; "
                         f"have {len(ids)} labels in {present} class(es): label more items first")
     tr, va = stratified_split(y, project.config.retrain.holdout_fraction_for_calibration,
                               np.random.default_rng(seed))
@@ -404,22 +415,49 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
         x = emb[[row_of[int(i)] for i in item_ids[keep].tolist()]].reshape(-1, emb.shape[1])
         return x, y[keep], item_ids[keep]
 
-    # Every labelled pool item trains (no slice held back): calibration uses out-of-fold logits.
-    pool_ids, pool_y = data.all_pool()
-    x_all, y_all, id_all = rows(pool_ids, pool_y)
-    fitted, metrics = fit_trusted_head(x_all, y_all, id_all, data, classes, seed=seed)
-    x_ho, y_ho, _ = rows(data.holdout_ids, data.holdout_y)
-    if len(y_ho):
-        metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, classes)
+    def fit(field_data: LabelledSet, field_classes: list[str]):  # noqa: ANN202 - (models.head.Head, dict)
+        # Every labelled pool item trains (no slice held back): calibration uses out-of-fold logits.
+        pool_ids, pool_y = field_data.all_pool()
+        x_all, y_all, id_all = rows(pool_ids, pool_y)
+        fitted, metrics = fit_trusted_head(x_all, y_all, id_all, field_data, field_classes, seed=seed)
+        x_ho, y_ho, _ = rows(field_data.holdout_ids, field_data.holdout_y)
+        if len(y_ho):
+            metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, field_classes)
+        return fitted, metrics
+
+    fitted, metrics = fit(data, classes)
     staging = modelstore.new_staging(project)
     np.savez(staging / modelstore.HEAD_FILE, **fitted.to_arrays())
+    field_artifacts: dict[str, dict] = {}
+    field_metrics: dict[str, dict] = {}
+    for name in project.field_names[1:]:
+        try:
+            field_data = take_snapshot(project, seed=seed, field=name)
+            field_classes = list(project.classes_of(name))
+            head, field_metrics[name] = fit(field_data, field_classes)
+        except UserError as exc:  # too few labels of this field yet: the other fields still train
+            field_metrics[name] = {"skipped": str(exc)}
+            continue
+        field_metrics[name].update({"label_snapshot_sha256": field_data.snapshot,
+                                    "holdout_labels_sha256": field_data.holdout_snapshot,
+                                    "n_labels": field_data.n_labels})
+        np.savez(staging / field_head_file(name), **head.to_arrays())
+        field_artifacts[name] = {"classes": field_classes, "head": field_head_file(name)}
+    if field_metrics:
+        metrics["fields"] = field_metrics
     image_size = int(source.artifacts.get("image_size", project.config.image_size))
-    version = ModelVersion(
-        backbone=source.backbone, weights=source.weights, mode="head", classes=classes, metrics=metrics,
-        artifacts={"head": modelstore.HEAD_FILE, "embeddings_from": source.id, "image_size": image_size,
-                   "init_weights": source.artifacts.get("init_weights", source.weights)},
-    )
+    artifacts = {"head": modelstore.HEAD_FILE, "embeddings_from": source.id, "image_size": image_size,
+                 "init_weights": source.artifacts.get("init_weights", source.weights)}
+    if field_artifacts:
+        artifacts["fields"] = field_artifacts
+    version = ModelVersion(backbone=source.backbone, weights=source.weights, mode="head", classes=classes,
+                           metrics=metrics, artifacts=artifacts)
     return version, staging
+
+
+def field_head_file(field: str) -> str:
+    """The head file of a label field other than the default one (its name is checked by storage.fields)."""
+    return f"head-{field}.npz"
 
 
 def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: LabelledSet, classes: list[str],

@@ -10,6 +10,8 @@ the next run continues with the items still unscored. Files that cannot be decod
 - A network version (pretrained, full) stores its own embeddings; Prediction.row indexes them.
 - A head version reuses the embeddings of the network version it sits on: scoring it is the
   head on cached embeddings; only items that version has not embedded yet run the network.
+  Its heads for label fields other than the default one score the same embeddings; their
+  outputs go in ``Prediction.fields`` (`storage.fields`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from active import modelstore
 from active.atomic import write_atomic
 from active.errors import UserError
 from storage import db, items, versions
+from storage.fields import DEFAULT_FIELD, field_classes, field_prediction
 from storage.tables import ModelVersion, Prediction
 
 if TYPE_CHECKING:
@@ -71,13 +74,22 @@ def uncertainty(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return pred, conf, margin, entropy
 
 
-def _prediction(item_id: int, version: ModelVersion, row: int, probs: np.ndarray | None) -> Prediction:
-    if probs is None or not version.classes:
-        return Prediction(item_id=item_id, model_version_id=version.id, row=row)
+def _scores(probs: np.ndarray, classes: list[str]) -> dict:
+    """One item's prediction of one field: probs (c,) -> pred, confidence, margin, entropy, probs."""
     pred, conf, margin, ent = uncertainty(probs[None, :])
-    return Prediction(item_id=item_id, model_version_id=version.id, row=row, pred=version.classes[int(pred[0])],
-                      confidence=float(conf[0]), margin=float(margin[0]), entropy=float(ent[0]),
-                      probs=[round(float(x), 6) for x in probs])
+    return {"pred": classes[int(pred[0])], "confidence": float(conf[0]), "margin": float(margin[0]),
+            "entropy": float(ent[0]), "probs": [round(float(x), 6) for x in probs]}
+
+
+def _prediction(item_id: int, version: ModelVersion, row: int, probs: np.ndarray | None,
+                others: dict[str, np.ndarray] | None = None) -> Prediction:
+    """The Prediction row of one item: the default field's ``probs`` (c,) in its columns, the
+    other fields' (field -> (c_f,)) under ``fields``."""
+    fields = {name: _scores(p, field_classes(version, name)) for name, p in (others or {}).items()} or None
+    if probs is None or not version.classes:
+        return Prediction(item_id=item_id, model_version_id=version.id, row=row, fields=fields)
+    return Prediction(item_id=item_id, model_version_id=version.id, row=row, fields=fields,
+                      **_scores(probs, version.classes))
 
 
 # ---------------------------------------------------------------- embedding arrays
@@ -137,17 +149,20 @@ def load_embeddings(project: Project, version_id: int) -> tuple[np.ndarray, np.n
     return ids, _read_rows(embeddings_dir(project, source), rows)
 
 
-def load_probs(project: Project, version_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(item_ids (n,) int64 ascending, probs (n, n_classes) float32, calibrated) of a version.
+def load_probs(project: Project, version_id: int, field: str = DEFAULT_FIELD) -> tuple[np.ndarray, np.ndarray]:
+    """(item_ids (n,) int64 ascending, probs (n, n_classes) float32, calibrated) of a version's
+    head for ``field``.
 
-    The pretrained version has no head: it returns (0,) ids and a (0, 0) array.
+    A version without a head for the field (the pretrained one has none) returns (0,) ids and a
+    (0, 0) array.
     """
     version = modelstore.get_version(project, version_id)
     with db.session(project.engine) as s:
         preds = versions.predictions(s, version_id)
-    pairs = sorted((i, p.probs) for i, p in preds.items() if p.probs is not None)
+    parts = {i: field_prediction(p, field) for i, p in preds.items()}
+    pairs = sorted((i, fp.probs) for i, fp in parts.items() if fp is not None and fp.probs is not None)
     ids = np.array([i for i, _ in pairs], dtype=np.int64)
-    n_classes = len(version.classes)
+    n_classes = len(field_classes(version, field))
     probs = np.array([p for _, p in pairs], dtype=np.float32).reshape(len(pairs), n_classes)
     return ids, probs
 
@@ -304,16 +319,20 @@ def _score_head(project: Project, version: ModelVersion, source: ModelVersion, r
         rows = {i: p.row for i, p in versions.predictions(s, source.id).items()}
     want = np.array([i in todo for i in ids.tolist()], dtype=bool)
     ids, emb = ids[want], emb[want]
-    with np.load(modelstore.version_dir(project, version) / version.artifacts.get("head", modelstore.HEAD_FILE)) as d:
-        head = Head.from_arrays({k: d[k] for k in d.files})
-    probs = head.predict_proba(emb).astype(np.float32) if len(ids) else np.zeros((0, head.num_classes))
+    def run_head(file: str) -> np.ndarray:
+        with np.load(modelstore.version_dir(project, version) / file) as d:
+            head = Head.from_arrays({k: d[k] for k in d.files})
+        return head.predict_proba(emb).astype(np.float32) if len(ids) else np.zeros((0, head.num_classes))
+
+    probs = run_head(version.artifacts.get("head", modelstore.HEAD_FILE))
+    others = {name: run_head(spec["head"]) for name, spec in (version.artifacts.get("fields") or {}).items()}
     for start in range(0, len(ids), HEAD_CHUNK):
         part = slice(start, start + HEAD_CHUNK)
 
         def fn(s, part=part) -> int:  # noqa: ANN001
             done = versions.predictions(s, version.id, ids[part].tolist())
-            new = [_prediction(i, version, rows[i], p) for i, p in zip(ids[part].tolist(), probs[part], strict=True)
-                   if i not in done]
+            new = [_prediction(i, version, rows[i], p, {name: o[part][k] for name, o in others.items()})
+                   for k, (i, p) in enumerate(zip(ids[part].tolist(), probs[part], strict=True)) if i not in done]
             versions.add_predictions(s, new)
             return len(new)
 

@@ -29,12 +29,13 @@ def add_label(project: Project, item_id: int, cls: str, *, kind: str = "imported
 
 
 def add_labels(project: Project, pairs: list[tuple[int, str]], *, kind: str = "imported",
-               annotator: str = "import") -> None:
+               annotator: str = "import", field: str = "category") -> None:
     decision = "given" if kind == "imported" else "corrected"
 
     def fn(s):  # noqa: ANN001, ANN202
         for item_id, cls in pairs:
-            labels.append(s, Label(item_id=item_id, annotator=annotator, label=cls, kind=kind, decision=decision))
+            labels.append(s, Label(item_id=item_id, field=field, annotator=annotator, label=cls, kind=kind,
+                                   decision=decision))
 
     db.write(project.engine, fn)
 
@@ -81,3 +82,33 @@ def catalogue_with_two_wrong(project: Project) -> tuple[list[int], np.ndarray]:
     given[[0, 21]] = [1, 2]
     add_labels(project, [(i, classes[c]) for i, c in zip(ids, given, strict=True)])
     return ids, x
+
+
+def two_field_catalogue(project: Project, *, n: int = 90, holdout: int = 30, flipped: int = 6,
+                        seed: int = 3) -> dict:
+    """Items whose embeddings carry two independent label fields: the first 8 dimensions the
+    category (3 classes, the project's), the last 8 a ``colour`` (black/white, added as a field).
+    Every item has imported labels of both fields; ``flipped`` pool items have a wrong colour.
+    Publishes a pretrained-like version with those embeddings. Returns ids, truths and the
+    flipped item ids."""
+    rng = np.random.default_rng(seed)
+    colours = ["black", "white"]
+    if "colour" not in project.field_names:
+        project.add_field("colour", colours)
+    total = n + holdout
+    cat = rng.integers(0, 3, total)
+    col = rng.integers(0, 2, total)
+    cat_centres, col_centres = rng.normal(0, 4, (3, 8)), rng.normal(0, 4, (2, 8))
+    x = np.concatenate([cat_centres[cat], col_centres[col]], axis=1) + rng.normal(0, 0.7, (total, 16))
+    pool = add_items(project, n)
+    hold = add_items(project, holdout, split="holdout")
+    ids = pool + hold
+    given = col.copy()
+    flip = rng.choice(n, flipped, replace=False)
+    given[flip] = 1 - given[flip]
+    classes = project.config.classes
+    add_labels(project, [(i, classes[c]) for i, c in zip(ids, cat, strict=True)])
+    add_labels(project, [(i, colours[c]) for i, c in zip(ids, given, strict=True)], field="colour")
+    vid = publish_version(project, ids, x)
+    return {"ids": ids, "pool": pool, "holdout": hold, "category": cat, "colour": col,
+            "flipped": sorted(int(pool[k]) for k in flip), "version": vid, "embeddings": x}

@@ -1,0 +1,67 @@
+"""One head per label field on the shared embeddings (issue 15): suggestions, holdout metrics and
+disputes per field, on synthetic embeddings whose two fields are independent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from activefixtures import two_field_catalogue
+
+from active import modelstore
+from active.disputes import refresh
+from active.retrain import retrain
+from active.scoring import load_probs
+from storage import db, disputes, versions
+from storage.fields import field_classes, field_prediction
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():  # noqa: ANN202
+    modelstore.clear_cache()
+    yield
+    modelstore.clear_cache()
+
+
+def test_head_retrain_fits_one_head_per_field(project, cli) -> None:  # noqa: ANN001
+    cat = two_field_catalogue(project)
+    v = retrain(project, mode="head")
+    assert field_classes(v, "colour") == ["black", "white"] and v.classes == ["dress", "shirt", "shoes"]
+    assert (project.artifacts / f"v{v.id}" / "head-colour.npz").is_file()
+    colour = v.metrics["fields"]["colour"]
+    assert colour["holdout"]["n"] == 30 and colour["holdout"]["accuracy"] >= 0.9
+    assert v.metrics["holdout"]["accuracy"] >= 0.9  # the default field's, where it always was
+    assert colour["n_labels"] == 90 and colour["temperature"] > 0
+    # Scored: each item has its calibrated suggestion per field, the colour from its own head.
+    ids, probs = load_probs(project, v.id, "colour")
+    assert len(ids) == 120 and probs.shape == (120, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    with db.session(project.engine) as s:
+        preds = versions.predictions(s, v.id)
+    truth = dict(zip(cat["ids"], cat["colour"], strict=True))
+    right = np.mean([field_prediction(preds[i], "colour").pred == ["black", "white"][truth[i]] for i in cat["holdout"]])
+    assert right >= 0.9
+    status = cli("--project", project.root, "status", "--json").data
+    assert status["current_version"] == v.id
+    assert status["fields"]["colour"]["holdout"]["accuracy"] == colour["holdout"]["accuracy"]
+    assert status["fields"]["category"]["holdout"]["accuracy"] == v.metrics["holdout"]["accuracy"]
+
+
+def test_a_field_without_enough_labels_is_skipped_not_fatal(project) -> None:  # noqa: ANN001
+    two_field_catalogue(project)
+    project.add_field("season", ["summer", "winter"])  # no labels at all
+    v = retrain(project, mode="head")
+    assert "at least 2 classes" in v.metrics["fields"]["season"]["skipped"]
+    assert set(v.artifacts.get("fields") or {}) == {"colour"}
+    assert load_probs(project, v.id, "season")[1].shape == (0, 0)
+
+
+def test_disputes_refresh_finds_flipped_labels_of_a_second_field(project, cli) -> None:  # noqa: ANN001
+    cat = two_field_catalogue(project, flipped=6)
+    rep = refresh(project)
+    assert rep.by_field["colour"]["checked"] == 120 - 30 + 30  # pool and holdout labels alike
+    with db.session(project.engine) as s:
+        found = {d.item_id for d in disputes.open_disputes(s, field="colour")}
+        cat_found = {d.item_id for d in disputes.open_disputes(s, field="category")}
+    assert len(found & set(cat["flipped"])) >= 5 and len(found) <= 9
+    assert not cat_found & set(cat["flipped"])  # the category labels are right: nothing there
+    listed = cli("--project", project.root, "disputes", "--field", "colour", "--json", "--limit", "50").data
+    assert {d["item_id"] for d in listed["disputes"]} == found and {d["field"] for d in listed["disputes"]} == {"colour"}
