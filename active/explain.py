@@ -28,6 +28,7 @@ from active import attribution_methods
 from active.atomic import write_atomic
 from active.attribution_methods import DEFAULT_METHOD
 from active.errors import UserError
+from storage.fields import DEFAULT_FIELD, field_classes, field_prediction
 
 if TYPE_CHECKING:
     from active.project import Project
@@ -64,11 +65,11 @@ def check_method(method: str) -> str:
         raise UserError(str(exc)) from None
 
 
-def _load_model(project: Project, version: ModelVersion) -> Any:
+def _load_model(project: Project, version: ModelVersion, field: str = DEFAULT_FIELD) -> Any:
     """`active.modelstore.load_model` (a seam the tests replace to avoid building versions)."""
     from active.modelstore import load_model
 
-    return load_model(project, version)
+    return load_model(project, version, field=field)
 
 
 def resolve_version(project: Project, version_id: int | None) -> ModelVersion:
@@ -84,14 +85,17 @@ def resolve_version(project: Project, version_id: int | None) -> ModelVersion:
     return version
 
 
-def _class_index(version: ModelVersion, cls: str) -> int:
-    if not version.classes:
+def _class_index(version: ModelVersion, cls: str, field: str = DEFAULT_FIELD) -> int:
+    classes = field_classes(version, field)
+    if not classes:
+        if field != DEFAULT_FIELD:
+            raise UserError(f"model version {version.id} has no head for field {field!r}: run `active retrain` first")
         raise UserError(f"model version {version.id} is the pretrained backbone and knows none of this "
                         f"project's classes: run `active retrain` first, or leave out the target")
-    if cls not in version.classes:
+    if cls not in classes:
         raise UserError(f"class {cls!r} is not one of model version {version.id}'s classes "
-                        f"({', '.join(version.classes)})")
-    return version.classes.index(cls)
+                        f"({', '.join(classes)})")
+    return classes.index(cls)
 
 
 def _version_dir(project: Project, version_id: int) -> Path:
@@ -126,10 +130,12 @@ def explain(
     version_id: int | None = None,
     method: str = DEFAULT_METHOD,
     target: str | None = None,
+    field: str = DEFAULT_FIELD,
 ) -> ItemExplanation:
     """The map of ``method`` for ``item_id`` under a model version (default: the current one),
-    for class ``target`` (default: that version's predicted class for the item), computed once
-    and cached. Raises `UserError` for an unknown item, class, method or version."""
+    for class ``target`` of label field ``field`` (default: that version's predicted class for
+    the item), computed once and cached. Raises `UserError` for an unknown item, class, method,
+    version or a field the version has no head for."""
     from storage import db, items, versions
 
     check_method(method)
@@ -141,10 +147,15 @@ def explain(
         raise UserError(f"no item {item_id} in this project")
     if item.error:
         raise UserError(f"item {item_id} ({item.path}) cannot be read: {item.error}")
-    if target is None and pred is not None and pred.pred in version.classes:
-        target = pred.pred
-    index = _class_index(version, target) if target is not None else None
+    guess = field_prediction(pred, field) if pred is not None else None
+    if target is None and guess is not None and guess.pred in field_classes(version, field):
+        target = guess.pred
+    if target is None and field != DEFAULT_FIELD:
+        _class_index(version, "", field)  # says there is no head for the field
+    index = _class_index(version, target, field) if target is not None else None
     stem = f"{item.id}-c{index}" if index is not None else f"{item.id}-top"
+    if field != DEFAULT_FIELD:
+        stem = f"{item.id}-{field}-c{index}"
     png = _version_dir(project, version.id) / method / f"{stem}.png"
     npy = png.with_suffix(".npy")
     if png.is_file() and npy.is_file():
@@ -152,7 +163,7 @@ def explain(
 
     from models import explain as mx
 
-    loaded = _load_model(project, version)
+    loaded = _load_model(project, version, field)
     photo = _load_photo(item)
     size = project.config.image_size
     result = mx.explain(loaded.model, photo, method, index, size=size,

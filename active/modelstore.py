@@ -37,6 +37,7 @@ from active.atomic import write_atomic
 from active.errors import UserError
 from active.tempdirs import make_owned_dir, remove_orphans
 from storage import db, versions
+from storage.fields import DEFAULT_FIELD, field_classes
 from storage.tables import ModelVersion
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ STAGING_PREFIX = ".staging-"
 # files at the end, so this must exceed the longest training).
 STALE_STAGING_S = 7 * 24 * 3600
 
-_cache: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+_cache: OrderedDict[tuple[str, int, str], LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -224,7 +225,7 @@ def head_to_linear(head_arrays: dict[str, np.ndarray]):  # noqa: ANN201
     return linear
 
 
-def _network_of(project: Project, version: ModelVersion) -> nn.Module:
+def _network_of(project: Project, version: ModelVersion, field: str = DEFAULT_FIELD) -> nn.Module:
     if version.mode == "pretrained" and "checkpoint" not in version.artifacts:
         return build_network(version.backbone, None, version.weights)
     if version.mode in ("pretrained", "full"):
@@ -237,32 +238,41 @@ def _network_of(project: Project, version: ModelVersion) -> nn.Module:
 
         source = embedding_source(project, version)
         net = _network_of(project, source)
-        path = version_dir(project, version) / version.artifacts.get("head", HEAD_FILE)
+        if field == DEFAULT_FIELD:
+            path = version_dir(project, version) / version.artifacts.get("head", HEAD_FILE)
+        else:  # a label field's own head on the same network (`active.retrain`)
+            path = version_dir(project, version) / version.artifacts["fields"][field]["head"]
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
         return replace_final_linear(net, head_to_linear(arrays))
     raise UserError(f"model version {version.id} has unknown mode {version.mode!r}")
 
 
-def load_model(project: Project, version: ModelVersion | int | None = None) -> LoadedModel:
+def load_model(project: Project, version: ModelVersion | int | None = None, *,
+               field: str = DEFAULT_FIELD) -> LoadedModel:
     """The network of ``version`` (default: the current one) in eval mode, cached per process
-    (the last `CACHE_SIZE` versions). Checkpoints load with ``torch.load(weights_only=True)``."""
+    (the last `CACHE_SIZE` versions). Checkpoints load with ``torch.load(weights_only=True)``.
+    With another ``field`` than the default, the network ends in that field's head (a head
+    version only: fine-tuned networks have the default field's output alone)."""
     if version is None:
         version = current_version(project)
         if version is None:
             raise UserError("this project has no model version yet: run `active score` first")
     elif isinstance(version, int):
         version = get_version(project, version)
-    key = (str(project.root), int(version.id))
+    if field != DEFAULT_FIELD and not field_classes(version, field):
+        raise UserError(f"model version {version.id} has no head for field {field!r}: run `active retrain --mode head` "
+                        "once the field has labels of two classes")
+    key = (str(project.root), int(version.id), field)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
     image_size = int(version.artifacts.get("image_size", project.config.image_size))
     init_weights = version.artifacts.get("init_weights", version.weights)
-    net = _network_of(project, version)
+    net = _network_of(project, version, field)
     net.eval()
-    loaded = LoadedModel(net, list(version.classes), make_transform(version.backbone, init_weights, image_size),
+    loaded = LoadedModel(net, field_classes(version, field), make_transform(version.backbone, init_weights, image_size),
                          int(version.id), version.mode, version.backbone)
     with _cache_lock:
         _cache[key] = loaded

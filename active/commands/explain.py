@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"attribution method (default: {DEFAULT_METHOD})")
     p.add_argument("--target", metavar="CLASS", help="class to explain (default: the predicted class)")
     p.add_argument("--version", type=int, metavar="N", help="model version (default: the current one)")
+    p.add_argument("--field", help="the label field whose head to explain (default: category; one item only)")
     p.add_argument("--class-average", metavar="CLASS",
                    help="instead of one item: the mean map of the items predicted as CLASS")
     p.add_argument("--limit", type=int, default=CLASS_AVERAGE_LIMIT,
@@ -42,10 +43,11 @@ def run(args: argparse.Namespace) -> Result:
         data = {"class": args.class_average, "method": args.method, "path": str(png)}
         what = f"class average of {args.class_average!r} ({args.method})"
     else:
+        field = project.check_field(args.field) if args.field else project.field_names[0]
         done = explain.explain(project, args.item, version_id=args.version, method=args.method,
-                               target=args.target)
+                               target=args.target, field=field)
         png = done.png
-        data = {"item": done.item_id, "version": done.version_id, "method": done.method,
+        data = {"item": done.item_id, "field": field, "version": done.version_id, "method": done.method,
                 "target": done.target, "path": str(png), "heatmap": str(done.heatmap), "cached": done.cached}
         what = (f"item {done.item_id}, model v{done.version_id}, {done.method}, "
                 f"class {done.target if done.target is not None else '(top output)'}")

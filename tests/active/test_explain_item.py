@@ -79,7 +79,7 @@ def explained(project_dir: Path, tmp_path: Path, shared_dataset: Path, networks,
     v1, v2 = db.write(project.engine, publish)
     calls: list[int] = []
 
-    def load(project, version):
+    def load(project, version, field="category"):
         calls.append(version.id)
         return SimpleNamespace(model=networks[version.mode], classes=list(version.classes), transform=None)
 

@@ -65,3 +65,36 @@ def test_disputes_refresh_finds_flipped_labels_of_a_second_field(project, cli) -
     assert not cat_found & set(cat["flipped"])  # the category labels are right: nothing there
     listed = cli("--project", project.root, "disputes", "--field", "colour", "--json", "--limit", "50").data
     assert {d["item_id"] for d in listed["disputes"]} == found and {d["field"] for d in listed["disputes"]} == {"colour"}
+
+
+def test_attribution_for_the_field_being_labelled(tmp_path, make_image) -> None:  # noqa: ANN001
+    """The network ending in a field's head gives that field's stored probabilities, and its map
+    explains a class of that field."""
+    import torch
+    from modelfixtures import make_tiny_project
+
+    from active.explain import explain
+    from models.images import load_rgb
+    from storage import items, labels
+    from storage.tables import Label
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4)
+    project.add_field("colour", ["dark", "light"])
+    with db.session(project.engine) as s:
+        ids = items.ids(s)
+    db.write(project.engine, lambda s: labels.append_many(s, [
+        Label(item_id=i, field="colour", annotator="ann", label=["dark", "light"][k % 2], kind="human",
+              decision="corrected") for k, i in enumerate(ids)]))
+    v = retrain(project, mode="head", num_workers=0)
+    loaded = modelstore.load_model(project, v, field="colour")
+    assert loaded.classes == ["dark", "light"]
+    with db.session(project.engine) as s:
+        item = items.get(s, ids[0])
+        stored = field_prediction(versions.predictions(s, v.id, [ids[0]])[ids[0]], "colour").probs
+    with torch.no_grad():
+        probs = torch.softmax(loaded.model(loaded.transform(load_rgb(item.path))[None]), dim=1)[0].numpy()
+    assert np.allclose(probs, stored, atol=1e-3)
+    done = explain(project, ids[0], field="colour")
+    assert done.target in ("dark", "light") and done.png.is_file() and "-colour-" in done.png.name
+    default = explain(project, ids[0])
+    assert default.target in ("dress", "shirt", "shoes") and default.png != done.png
