@@ -11,6 +11,13 @@ Formats (DESIGN.md, flow 7):
   named ``validation``), one ``metadata.parquet`` per split folder whose ``file_name`` is relative to
   it, and a ``README.md`` whose YAML ``configs`` declare every split (``holdout`` included).
 
+Label fields (`storage.fields`): the export is *by* one field (``by``, the default field unless
+given): its current label decides which items are exported, their ImageFolder folders, the split
+stratification and the ``label``/``source``/... provenance columns. A project with several fields
+gets, per field, a column named after it (its current label) and ``<field>_source``,
+``_agreement``, ``_imported_label``, ``_annotator``, ``_predicted``, ``_confidence`` and
+``_disputed`` (its open dispute reasons): the provenance of every field's label.
+
 Every export writes ``OUT/export.json`` (the manifest: command, time, options, counts per
 split and class, model version, the sha256 of the label snapshot, the class -> folder mapping).
 An export is built in a hidden temp folder beside OUT and renamed into place, so a crash never
@@ -43,6 +50,7 @@ from active.tempdirs import make_owned_dir, orphans, remove_orphans
 from storage import db, items, labels, pages, versions
 from storage import disputes as store_disputes
 from storage.enums import Decision, Source, Split
+from storage.fields import DEFAULT_FIELD, field_prediction
 from storage.labels import CurrentLabel
 from storage.snapshots import export_hash
 from storage.tables import Item, ModelVersion, Prediction, utcnow
@@ -128,6 +136,7 @@ class ExportOptions:
     overwrite: bool = False
     copy: bool = False
     progress: bool = True
+    by: str = DEFAULT_FIELD  # the label field that decides what is exported and where (`--by`)
 
     def check(self) -> None:
         if self.format not in FORMATS:
@@ -143,7 +152,7 @@ class ExportOptions:
         return {
             "format": self.format, "out": str(self.out), "splits": dict(self.splits) if self.splits else None,
             "seed": self.seed, "include": self.include, "min_agreement": self.min_agreement,
-            "only_human": self.only_human, "overwrite": self.overwrite, "copy": self.copy,
+            "only_human": self.only_human, "overwrite": self.overwrite, "copy": self.copy, "by": self.by,
         }
 
     def command(self, project: Path) -> str:
@@ -155,6 +164,8 @@ class ExportOptions:
         if self.min_agreement is not None:
             argv += ["--min-agreement", f"{self.min_agreement:g}"]
         argv += ["--only-human"] * self.only_human + ["--overwrite"] * self.overwrite + ["--copy"] * self.copy
+        if self.by != DEFAULT_FIELD:
+            argv += ["--by", self.by]
         return shlex.join(argv)
 
 
@@ -363,6 +374,9 @@ class Row:
     disputes: list[str]
     passes: Mapping[str, int]  # effective skipped / unsure decisions on the item
     page: int | None = None  # the page (Grid tab) the deciding label was given on
+    by: str = DEFAULT_FIELD  # the field ``cur`` is of
+    # every field of a project with several: field -> (current label or None, open dispute reasons)
+    fields: Mapping[str, tuple[CurrentLabel | None, list[str]]] | None = None
     split: str = ""
     folder: str = ""
     file_name: str = ""
@@ -386,12 +400,16 @@ class Collected:
 def collect(project: Project, opts: ExportOptions) -> Collected:
     """Read the store once and decide what is exported, where, and why the rest is not."""
     excluded: Counter = Counter()
+    by = project.check_field(opts.by)
+    several = len(project.field_names) > 1
     with db.session(project.engine) as s:
         all_items = {i.id: i for i in items.all_items(s)}
-        max_label_id, current = labels.snapshot(s)
+        max_label_id, by_field = labels.current_by_field(s, project.field_names)
+        current = by_field[by]
         version = versions.serving(s)
         preds = versions.predictions(s, version.id) if version is not None else {}
-        disputes = store_disputes.open_reasons(s)
+        field_disputes = {f: store_disputes.open_reasons(s, field=f) for f in project.field_names}
+        disputes = field_disputes[by]
         passes = labels.passes_by_item(s)
         on_pages = pages.page_ids(s, (c.round_id for c in current.values()))
     sha_of = {i: it.sha256 for i, it in all_items.items()}
@@ -416,8 +434,10 @@ def collect(project: Project, opts: ExportOptions) -> Collected:
         if reasons and opts.include == "exclude":
             excluded["open_dispute"] += 1
             continue
+        fields = ({f: (by_field[f].get(item_id), field_disputes[f].get(item_id, [])) for f in project.field_names}
+                  if several else None)
         rows.append(Row(item, cur, preds.get(item_id), reasons, passes.get(item_id, {}),
-                        cur.round_id if cur.round_id in on_pages else None))
+                        cur.round_id if cur.round_id in on_pages else None, by=by, fields=fields))
 
     folders = class_folders(r.cur.label for r in rows)
     split_of = assign_splits([(r.item.sha256, r.cur.label, r.item.split) for r in rows], opts.splits,
@@ -444,8 +464,10 @@ def _flatten(meta: Mapping[str, Any], prefix: str = "meta_") -> dict[str, Any]:
 
 
 def record(row: Row, *, flag: bool) -> dict[str, Any]:
-    """One table row: the columns of `BASE_COLUMNS`, ``disputed`` when flagged, then ``meta_*``."""
+    """One table row: the columns of `BASE_COLUMNS`, ``disputed`` when flagged, the per-field
+    columns of a project with several fields, then ``meta_*``."""
     cur, pred = row.cur, row.pred
+    guess = field_prediction(pred, row.by) if pred is not None else None
     rec: dict[str, Any] = {
         "item_id": row.item.id,
         "sha256": row.item.sha256,
@@ -460,8 +482,8 @@ def record(row: Row, *, flag: bool) -> dict[str, Any]:
         "n_skipped": row.passes.get(Decision.SKIPPED, 0),
         "n_unsure": row.passes.get(Decision.UNSURE, 0),
         "model_version": pred.model_version_id if pred is not None else None,
-        "predicted": pred.pred if pred is not None else None,
-        "confidence": pred.confidence if pred is not None else None,
+        "predicted": guess.pred if guess is not None else None,
+        "confidence": guess.confidence if guess is not None else None,
         "round": cur.round_id,
         "page": row.page,
         "annotator": cur.annotator,
@@ -469,6 +491,19 @@ def record(row: Row, *, flag: bool) -> dict[str, Any]:
     }
     if flag:
         rec["disputed"] = ";".join(row.disputes)
+    for name, (fcur, reasons) in (row.fields or {}).items():
+        col = name if name not in rec else f"field_{name}"  # a field named like a base column
+        fguess = field_prediction(pred, name) if pred is not None else None
+        rec.update({
+            col: fcur.label if fcur else None,
+            f"{col}_source": fcur.source if fcur else None,
+            f"{col}_agreement": fcur.agreement if fcur else None,
+            f"{col}_imported_label": fcur.imported if fcur else None,
+            f"{col}_annotator": fcur.annotator if fcur else None,
+            f"{col}_predicted": fguess.pred if fguess is not None else None,
+            f"{col}_confidence": fguess.confidence if fguess is not None else None,
+            f"{col}_disputed": ";".join(reasons),
+        })
     rec.update(_flatten(row.item.meta or {}))
     return rec
 
@@ -758,8 +793,10 @@ def export(project: Project, opts: ExportOptions) -> dict[str, Any]:
             "label_snapshot": {"sha256": collected.snapshot_sha256, "labelled_items": collected.n_labelled,
                                "max_label_id": collected.max_label_id},
             "class_folders": collected.class_folders,
+            "by": opts.by,
+            "fields": project.field_names,
         }
-        rows = _write_tree(tmp, collected, opts, manifest, classes=project.config.classes)
+        rows = _write_tree(tmp, collected, opts, manifest, classes=project.classes_of(opts.by))
         by_split: dict[str, Counter] = defaultdict(Counter)
         for r in rows:
             by_split[r.split][r.cur.label] += 1

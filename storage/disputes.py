@@ -80,10 +80,15 @@ def count_open_by_field(session: Session) -> dict[str, dict[str, int]]:
     return out
 
 
-def open_reasons(session: Session, item_ids: Iterable[int] | None = None) -> dict[int, list[str]]:
-    """item -> its open dispute reasons (sorted, unique), for ``item_ids`` or every item."""
+def open_reasons(session: Session, item_ids: Iterable[int] | None = None, *,
+                 field: str | None = None) -> dict[int, list[str]]:
+    """item -> its open dispute reasons (sorted, unique), for ``item_ids`` or every item; only
+    those about ``field`` when given."""
     out: dict[int, set[str]] = defaultdict(set)
-    for item_id, reason in session.exec(select(Dispute.item_id, Dispute.reason).where(Dispute.status == OPEN)):
+    query = select(Dispute.item_id, Dispute.reason).where(Dispute.status == OPEN)
+    if field is not None:
+        query = query.where(Dispute.field == field)
+    for item_id, reason in session.exec(query):
         out[item_id].add(reason)
     wanted = None if item_ids is None else set(item_ids)
     return {i: sorted(r) for i, r in out.items() if wanted is None or i in wanted}

@@ -62,7 +62,7 @@ def field_classes(version: Any, field: str = DEFAULT_FIELD) -> list[str]:  # noq
 def field_prediction(row: PredictionLike, field: str = DEFAULT_FIELD) -> FieldPrediction | None:
     """The prediction of ``field`` in a Prediction row; None when the version has no head for it."""
     if field == DEFAULT_FIELD:
-        if row.probs is None:
+        if row.probs is None and row.pred is None:
             return None
         return FieldPrediction(row.pred, row.confidence, row.margin, row.entropy, row.probs)
     got = (row.fields or {}).get(field)

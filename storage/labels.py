@@ -34,7 +34,8 @@ from storage.meaning import (
 from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 
 __all__ = [
-    "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current", "decisions_by_annotator",
+    "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current",
+    "current_by_field", "decisions_by_annotator",
     "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human", "latest_given",
     "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
@@ -237,6 +238,20 @@ def uses_by_class(session: Session, field: str = DEFAULT_FIELD) -> dict[str, int
     for label_id, name in session.exec(select(Label.id, Label.label).where(*named)):
         out[resolve_class(name, aliases, label_id=label_id)] += 1
     return dict(out)
+
+
+def current_by_field(session: Session, fields: Sequence[str]) -> tuple[int, dict[str, dict[int, CurrentLabel]]]:
+    """(highest label id, field -> current labels keyed by item id) for every item, the label
+    rows read once for all ``fields``."""
+    rows = for_items(session)
+    top = max((r.id or 0 for group in rows.values() for r in group), default=0)
+    out: dict[str, dict[int, CurrentLabel]] = {f: {} for f in fields}
+    for item_id, group in rows.items():
+        for f in fields:
+            cur = derive(group, f)
+            if cur is not None:
+                out[f][item_id] = cur
+    return top, out
 
 
 def snapshot(session: Session, *, upto_label_id: int | None = None, upto_alias_id: int | None = None,

@@ -101,7 +101,8 @@ def serving_prediction(session: Session, item_id: int, *,
         return None
     pred = session.exec(select(Prediction).where(Prediction.item_id == item_id,
                                                  Prediction.model_version_id == version.id)).first()
-    if pred is None or field_prediction(pred, field) is None:
+    part = field_prediction(pred, field) if pred is not None else None
+    if part is None or part.probs is None:
         return None
     return _named(session, [pred])[0], version
 

@@ -10,6 +10,9 @@ Splits: without --splits, pool items are exported as `train` and holdout items a
 With --splits train=0.8,val=0.1,test=0.1 the pool is split per class, deterministically from
 --seed and the image bytes (not the database order); holdout items always stay in `holdout`.
 
+A project with several label fields: --by FIELD exports by that field (its folders, its `label`
+column); the table has a column per field with its provenance (`colour`, `colour_source`, ...).
+
 Items without a label are not exported (counted in the manifest). The export is built beside OUT
 and renamed into place, so a crash never leaves half an export; a non-empty OUT is refused unless
 --overwrite is given and OUT is an earlier export."""
@@ -43,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="leave out items whose label comes only from import")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
     p.add_argument("--copy", action="store_true", help="copy images instead of hard-linking them (a hard link shares the file: editing one edits both)")
+    p.add_argument("--by", metavar="FIELD",
+                   help="the label field whose labels pick the items, name the folders and the `label` column "
+                        "(default: category); every field gets its own columns in the table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -62,6 +68,7 @@ def run(args: argparse.Namespace) -> Result:
         overwrite=args.overwrite,
         copy=args.copy,
         progress=not args.no_progress,
+        **({"by": args.by} if args.by else {}),
     )
     manifest = export(project, opts)
     return Result(manifest, summary(manifest))
