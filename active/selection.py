@@ -6,11 +6,21 @@ round has queued yet. Scores come from the current model version's cached arrays
 (`active.scoring.load_probs` / `load_embeddings`). A version without a head for our classes
 (the pretrained backbone) has no probabilities: then the round is ``kcenter`` on its
 embeddings, or ``random`` when there are none (no model at all).
+
+Label fields (`storage.fields`): a round targets one field (``field``: candidates are items not
+labelled in it, scored by its head) or all of them (``field=None``, the default: candidates are
+items not *done*, i.e. not labelled in every field). Across fields an item's uncertainty is that
+of its most uncertain undecided field (the max of the per-field uncertainties, 1 - margin): the
+labeller asks every field of an item it serves, so one hard field makes the whole item worth a
+person's look, and a mean would let an easy field hide a hard one. The probability strategies
+then see, per item, the probabilities of that field (zero-padded to the widest field, which
+changes neither the top two, the maximum nor the entropy). With one field this is exactly the
+single-field round.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -28,30 +38,61 @@ SELECTION_SEED = 0
 
 @dataclass
 class Pool:
-    """What a strategy may choose from: candidate ids (n,) and the labelled pool's ids."""
+    """What a strategy may choose from: candidate ids (n,) and the labelled pool's ids;
+    ``undecided``: per candidate, the fields it is not labelled in yet (the targeted ones)."""
 
     candidates: np.ndarray
     labelled: np.ndarray
     version_id: int | None
+    undecided: dict[int, list[str]] = field(default_factory=dict)
 
 
-def candidate_pool(project: Project) -> Pool:
-    """Readable pool items that are not labelled (`storage.meaning.is_labelled`: an imported label
-    alone does not count), not queued in an open round; and the labelled pool items. Scores come
-    from the serving version."""
+def candidate_pool(project: Project, fields: list[str] | None = None) -> Pool:
+    """Readable pool items not labelled in every one of ``fields`` (`storage.meaning.is_labelled`:
+    an imported label alone does not count; default: the project's fields), not queued in an
+    open round; and the pool items labelled in all of them. Scores come from the serving version."""
     from storage import db, items, labels, versions, work
     from storage.enums import Split
     from storage.meaning import is_labelled
 
+    fields = fields or project.field_names
     with db.session(project.engine) as s:
         pool = items.ids(s, split=Split.POOL)
         rows = labels.for_items(s, pool)
         queued = work.queued_in_open_rounds(s)
         version = versions.serving(s)
-    confirmed = {i for i, group in rows.items() if is_labelled(group)}
+    undecided = {i: [f for f in fields if not is_labelled(rows.get(i, []), f)] for i in pool}
+    confirmed = {i for i in pool if not undecided[i]}
     candidates = np.array([i for i in pool if i not in confirmed and i not in queued], dtype=np.int64)
     labelled = np.array(sorted(confirmed), dtype=np.int64)
-    return Pool(candidates, labelled, version.id if version is not None else None)
+    return Pool(candidates, labelled, version.id if version is not None else None,
+                {int(i): undecided[int(i)] for i in candidates.tolist()})
+
+
+def combined_probs(per_field: dict[str, tuple[np.ndarray, np.ndarray]],
+                   undecided: dict[int, list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """One probability row per item from several fields' heads: the row of its most uncertain
+    undecided field (highest 1 - margin; ties: the earlier field), zero-padded to the widest.
+
+    per_field: field -> (item ids (n_f,), probs (n_f, c_f)); undecided: item -> fields to weigh.
+    Returns (item ids (n,) ascending, probs (n, max c_f)); items with no such row are left out."""
+    from active.strategies import margin_scores
+
+    width = max((p.shape[1] for _, p in per_field.values()), default=0)
+    best: dict[int, tuple[float, np.ndarray]] = {}
+    for name, (ids, probs) in per_field.items():
+        if probs.size == 0:
+            continue
+        unsure = 1.0 - margin_scores(probs)
+        for k, i in enumerate(ids.tolist()):
+            if name in undecided.get(i, ()) and (i not in best or unsure[k] > best[i][0]):
+                best[i] = (float(unsure[k]), probs[k])
+    ids = np.array(sorted(best), dtype=np.int64)
+    out = np.zeros((len(ids), width), dtype=np.float32)
+    for r, i in enumerate(ids.tolist()):
+        row = best[i][1]
+        out[r, : row.shape[0]] = row
+    return ids, out
 
 
 def _rows(ids: np.ndarray, array_ids: np.ndarray, array: np.ndarray) -> np.ndarray:
@@ -60,8 +101,10 @@ def _rows(ids: np.ndarray, array_ids: np.ndarray, array: np.ndarray) -> np.ndarr
     return array[[row_of[int(i)] for i in ids]]
 
 
-def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Selection, str, int | None]:
-    """Choose the batch without writing anything: (selection, strategy actually used, version)."""
+def plan(project: Project, *, strategy: str, batch: int,
+         field: str | None = None) -> tuple[strategies.Selection, str, int | None]:
+    """Choose the batch without writing anything: (selection, strategy actually used, version).
+    ``field``: the label field to target (None: every field, see the module docstring)."""
     from active.scoring import load_embeddings, load_probs
 
     if batch < 1:
@@ -70,12 +113,14 @@ def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Sel
         wanted = strategies.get(strategy)
     except strategies.UnknownStrategyError as exc:
         raise UserError(str(exc)) from None
-    pool = candidate_pool(project)
+    fields = [project.check_field(field)] if field is not None else project.field_names
+    pool = candidate_pool(project, fields)
     if pool.candidates.size == 0:
         raise UserError("every pool item has a human label or is queued in an open round already")
     probs_ids = probs = emb_ids = emb = None
     if pool.version_id is not None:
-        probs_ids, probs = load_probs(project, pool.version_id)
+        probs_ids, probs = combined_probs({f: load_probs(project, pool.version_id, f) for f in fields},
+                                          pool.undecided)
         emb_ids, emb = load_embeddings(project, pool.version_id)
         if probs.size == 0:
             probs_ids = probs = None
@@ -113,7 +158,7 @@ def plan(project: Project, *, strategy: str, batch: int) -> tuple[strategies.Sel
 
 
 def select_round(project: Project, *, strategy: str = strategies.DEFAULT_STRATEGY, batch: int,
-                 force: bool = False, close_open: bool = False) -> Round:
+                 force: bool = False, close_open: bool = False, field: str | None = None) -> Round:
     """Open a Round that queues the chosen batch in priority order with the score that picked
     each item. Returns the Round (its ``strategy`` is the one actually used).
 
@@ -131,7 +176,7 @@ def select_round(project: Project, *, strategy: str = strategies.DEFAULT_STRATEG
         raise UserError(f"round {r.id} is still open ({p.labelled} / {p.total} labelled, {p.skipped} skipped, "
                         f"{p.unsure} unsure): label it first, pass --close-open to close it, or --force to open "
                         "another beside it")
-    sel, name, version_id = plan(project, strategy=strategy, batch=batch)
+    sel, name, version_id = plan(project, strategy=strategy, batch=batch, field=field)
 
     def write(s):  # noqa: ANN001, ANN202
         return work.open_round(s, strategy=name, model_version_id=version_id, item_ids=sel.ids.tolist(),

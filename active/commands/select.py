@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{s.name} = {s.help}" for s in REGISTRY.values())
                    + f" (default: {DEFAULT_STRATEGY})")
     p.add_argument("--batch", type=int, default=50, metavar="N", help="items to queue (default: 50)")
+    p.add_argument("--field", help="target one label field (default: all; an item's uncertainty is its most "
+                                   "uncertain undecided field's)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--force", action="store_true", help="open a round even while another is open")
     what.add_argument("--close-open", action="store_true",
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> Result:
     from active.selection import select_round
 
     project = Project.load(args.project)
-    rnd = select_round(project, strategy=args.strategy, batch=args.batch, force=args.force,
+    rnd = select_round(project, strategy=args.strategy, batch=args.batch, force=args.force, field=args.field,
                        close_open=args.close_open)
     data, text = describe(rnd, project)
     if rnd.strategy != args.strategy:

@@ -98,3 +98,51 @@ def test_attribution_for_the_field_being_labelled(tmp_path, make_image) -> None:
     assert done.target in ("dark", "light") and done.png.is_file() and "-colour-" in done.png.name
     default = explain(project, ids[0])
     assert default.target in ("dress", "shirt", "shoes") and default.png != done.png
+
+
+def test_combined_probs_take_the_most_uncertain_undecided_field() -> None:
+    from active.selection import combined_probs
+
+    per_field = {"category": (np.array([1, 2, 3]), np.array([[0.9, 0.05, 0.05], [0.5, 0.4, 0.1], [0.98, 0.01, 0.01]])),
+                 "colour": (np.array([1, 2, 3]), np.array([[0.5, 0.5], [0.99, 0.01], [0.6, 0.4]]))}
+    undecided = {1: ["category", "colour"], 2: ["category", "colour"], 3: ["category"]}
+    ids, probs = combined_probs(per_field, undecided)
+    assert ids.tolist() == [1, 2, 3]
+    assert np.allclose(probs, [[0.5, 0.5, 0.0], [0.5, 0.4, 0.1], [0.98, 0.01, 0.01]])
+    # Item 3's colour is decided already: its confident category is all that counts.
+
+
+def test_select_targets_one_field_or_all(project) -> None:  # noqa: ANN001
+    from active.selection import plan
+    from storage import labels
+    from storage.tables import Label
+
+    cat = two_field_catalogue(project)
+    # People have labelled the colour of half the pool: those items are candidates for the
+    # category alone when every field is targeted, and not at all when only colour is.
+    half = cat["pool"][:45]
+    db.write(project.engine, lambda s: labels.append_many(s, [
+        Label(item_id=i, field="colour", annotator="ann", label="black", kind="human", decision="corrected")
+        for i in half]))
+    retrain(project, mode="head")
+    colour_only, _, _ = plan(project, strategy="margin", batch=10, field="colour")
+    assert not set(colour_only.ids.tolist()) & set(half)
+    every, _, _ = plan(project, strategy="margin", batch=90)
+    assert sorted(every.ids.tolist()) == sorted(cat["pool"])  # no item is labelled in every field
+    # Each item's margin is its most uncertain undecided field's: the category alone where the
+    # colour is decided.
+    with db.session(project.engine) as s:
+        v = versions.serving(s)
+    margins = {}
+    for name in ("category", "colour"):
+        ids, probs = load_probs(project, v.id, name)
+        top = np.sort(probs, axis=1)
+        margins[name] = dict(zip(ids.tolist(), (top[:, -1] - top[:, -2]).tolist(), strict=True))
+    got = dict(zip(every.ids.tolist(), every.scores.tolist(), strict=True))
+    for i in cat["pool"]:
+        want = margins["category"][i] if i in half else min(margins["category"][i], margins["colour"][i])
+        assert got[i] == pytest.approx(want, abs=1e-5)
+    category_only, _, _ = plan(project, strategy="margin", batch=90, field="category")
+    assert len(category_only.ids) == 90  # nobody labelled a category: every pool item
+    with pytest.raises(Exception, match="no label field 'season'"):
+        plan(project, strategy="margin", batch=5, field="season")
