@@ -3,6 +3,11 @@ suggestions, record a decision, undo, and the figures around it (progress, simil
 
 Every call is a short unit of work with targeted queries (one item, one annotator), never a scan
 of all labels, so the cost of serving the next item does not grow with the size of the project.
+
+Label fields (`storage.fields`): a task is about one field of its item (``Task.field``, the
+default field first) with that field's suggestions. In a project with several fields a decision
+on one field keeps the item leased and serves its next field the annotator has not decided yet;
+the item is released after its last field. `switch_field` moves to the next field undecided.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from active.similarity import SimilarityIndex
 from storage import db, items, labels, versions, work
 from storage import disputes as store_disputes
 from storage.enums import CLASS_DECISIONS, SEEN_DECISIONS, Decision, Kind
+from storage.fields import DEFAULT_FIELD, field_classes, field_prediction
 from storage.tables import Label
 
 HUMAN = Kind.HUMAN
@@ -40,6 +46,7 @@ class Task:
     version_id: int | None  # the model version whose suggestions are shown (None: no suggestions)
     ranked: tuple[tuple[str, float], ...] = ()  # every class by calibrated probability, best first
     meta: dict[str, Any] = field(default_factory=dict)
+    field: str = DEFAULT_FIELD  # the label field this task decides (``ranked`` are its classes)
 
     @property
     def top(self) -> tuple[str, float] | None:
@@ -55,12 +62,13 @@ class Task:
     def to_state(self) -> dict[str, Any]:
         return {"item_id": self.item_id, "path": self.path, "round_id": self.round_id, "score": self.score,
                 "score_name": self.score_name, "strategy": self.strategy, "version_id": self.version_id,
-                "ranked": [list(r) for r in self.ranked], "meta": self.meta}
+                "ranked": [list(r) for r in self.ranked], "meta": self.meta, "field": self.field}
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> Task:
         return cls(d["item_id"], d["path"], d["round_id"], d["score"], d["score_name"], d["strategy"],
-                   d["version_id"], tuple((c, float(p)) for c, p in d["ranked"]), d.get("meta") or {})
+                   d["version_id"], tuple((c, float(p)) for c, p in d["ranked"]), d.get("meta") or {},
+                   d.get("field") or DEFAULT_FIELD)
 
 
 def _ttl(project: Project) -> timedelta:
@@ -76,20 +84,41 @@ def merged_probs(classes: list[str], probs: Any) -> dict[str, float]:
     return merged
 
 
-def _task(session: Session, q: work.Queued) -> Task:
+def _task(session: Session, q: work.Queued, label_field: str = DEFAULT_FIELD) -> Task:
     item = items.get(session, q.item_id)
     if item is None:
         raise UserError(f"item {q.item_id} is queued but missing from the store")
     ranked: tuple[tuple[str, float], ...] = ()
     version_id = None
-    found = versions.serving_prediction(session, q.item_id)
+    found = versions.serving_prediction(session, q.item_id, field=label_field)
     if found is not None:
         pred, version = found
-        merged = merged_probs(version.classes, pred.probs)
+        merged = merged_probs(field_classes(version, label_field), field_prediction(pred, label_field).probs)
         ranked = tuple(sorted(merged.items(), key=lambda cp: -cp[1]))  # stable: ties keep class order
         version_id = version.id
     return Task(q.item_id, item.path, q.round_id or None, q.score, q.score_name, q.strategy, version_id,
-                ranked, dict(item.meta or {}))
+                ranked, dict(item.meta or {}), label_field)
+
+
+def _fields_left(s: Session, project: Project, annotator: str, item_id: int) -> list[str]:
+    """The fields of the project this annotator has not decided on the item yet, in order."""
+    return [f for f in project.field_names if not labels.has_seen(s, annotator, item_id, field=f)]
+
+
+def switch_field(project: Project, annotator: str, task: Task) -> Task:
+    """The same item's task for the next field (after ``task.field``, wrapping round) that the
+    annotator has not decided yet; ``task`` again when there is no other."""
+    names = project.field_names
+    if len(names) < 2:
+        return task
+    with db.session(project.engine) as s:
+        left = set(_fields_left(s, project, annotator, task.item_id))
+        start = names.index(task.field) if task.field in names else 0
+        nxt = next((f for f in names[start + 1:] + names[:start] if f in left), None)
+        if nxt is None:
+            return task
+        q = work.Queued(task.item_id, task.round_id or 0, 0, task.score, task.score_name, task.strategy)
+        return _task(s, q, nxt)
 
 
 def _lease(s: Session, project: Project, annotator: str) -> work.Queued | None:
@@ -97,13 +126,20 @@ def _lease(s: Session, project: Project, annotator: str) -> work.Queued | None:
     return work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
 
 
-def _task_of(s: Session, q: work.Queued | None) -> Task | None:
-    return None if q is None else _task(s, q)
+def _task_of(s: Session, q: work.Queued | None, project: Project, annotator: str) -> Task | None:
+    """The task of a leased item: its first field the annotator has not decided (with one field,
+    the default field without asking)."""
+    if q is None:
+        return None
+    if len(project.field_names) < 2:
+        return _task(s, q)
+    left = _fields_left(s, project, annotator, q.item_id)
+    return _task(s, q, left[0] if left else DEFAULT_FIELD)
 
 
 def next_task(project: Project, annotator: str) -> Task | None:
     """Lease (or keep) the annotator's next item; None when the open rounds hold nothing for them."""
-    return db.write(project.engine, lambda s: _task_of(s, _lease(s, project, annotator)))
+    return db.write(project.engine, lambda s: _task_of(s, _lease(s, project, annotator), project, annotator))
 
 
 
@@ -136,24 +172,32 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
     if decision in CLASS_DECISIONS:
         if not label:
             raise UserError(f"a {decision} label needs a class")
-        project.check_class(label)
+        project.check_class(label, task.field)
     else:
         label = None
     top = task.top
+    several = len(project.field_names) > 1
+    # One field: the item is seen once anything was decided on it (the hand-out's rule).
+    seen_field = task.field if several else None
 
     def fn(s: Session) -> tuple[Label | None, Task | None]:
         work.lock_annotator(s, annotator)  # a second tab's submit waits, then sees this label
         cur = _lease(s, project, annotator)
-        if cur is None or cur.item_id != task.item_id or labels.has_seen(s, annotator, task.item_id):
-            return None, _task_of(s, cur)
+        if cur is None or cur.item_id != task.item_id or labels.has_seen(s, annotator, task.item_id,
+                                                                         field=seen_field):
+            return None, _task_of(s, cur, project, annotator)
         row = labels.append(s, Label(
-            item_id=task.item_id, annotator=annotator, label=label, kind=HUMAN, decision=decision,
+            item_id=task.item_id, field=task.field, annotator=annotator, label=label, kind=HUMAN, decision=decision,
             suggestion=top[0] if top else None, confidence=top[1] if top else None,
             model_version_id=task.version_id, round_id=task.round_id,
         ))
         store_disputes.follow_label(s, row)  # a confirmed given label is no longer suspect
+        if several:
+            left = _fields_left(s, project, annotator, task.item_id)
+            if left:  # the item's next field: it stays leased to this annotator
+                return row, _task(s, cur, left[0])
         work.release(s, annotator)
-        return row, _task_of(s, _lease(s, project, annotator))
+        return row, _task_of(s, _lease(s, project, annotator), project, annotator)
 
     return db.write(project.engine, fn)
 
@@ -189,17 +233,20 @@ def undo_last(project: Project, annotator: str, *, shown: int | None) -> tuple[L
         work.lock_annotator(s, annotator)  # two undos at once undo two labels, not one twice
         cur = _lease(s, project, annotator)
         if (cur.item_id if cur else None) != shown:
-            return False, None, _task_of(s, cur)  # committed: the lease the page is sent to is held
+            return False, None, _task_of(s, cur, project, annotator)  # committed: the lease the page is sent to is held
         last = labels.last_human(s, annotator)
         if last is None:
-            return True, None, _task_of(s, cur)
+            return True, None, _task_of(s, cur, project, annotator)
         labels.append(s, Label(item_id=last.item_id, annotator=annotator, kind=HUMAN, decision=Decision.UNDO,
                                undoes_id=last.id, model_version_id=last.model_version_id,
                                round_id=last.round_id))
         store_disputes.reopen(s, last.id)  # a suspicion the undone label settled is open again
-        q = (work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=project.config.labeling.overlap)
-             or _lease(s, project, annotator))
-        return True, last, _task_of(s, q)
+        q = work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+        if q is None and len(project.field_names) > 1 and labels.has_seen(s, annotator, last.item_id):
+            # Midway through the item's fields: it is still this annotator's to finish.
+            q = work.lease_again(s, annotator, last.item_id, ttl=_ttl(project))
+        q = q or _lease(s, project, annotator)
+        return True, last, _task_of(s, q, project, annotator)
 
     ok, undone, task = db.write(project.engine, fn)
     if not ok:

@@ -29,7 +29,7 @@ from active.labeling import Task
 from active.project import Project
 from labeler import dashboard
 from labeler.grid import GRID_CSS, GRID_JS, GridTab
-from labeler.prefetch import Prefetcher
+from labeler.prefetch import Prefetcher, map_key
 from labeler.security import is_loopback
 from labeler.server import serve_blocks
 from labeler.services import Services, default_services
@@ -60,6 +60,7 @@ def esc(text: object) -> str:
 SHORTCUTS = """**Keys** · `Enter` accept the top suggestion · `1`–`9` pick the n-th suggestion ·
 `/` search all classes · `s` skip · `u` unsure · `Backspace` undo the last label ·
 `a` attention map on/off · `c` next attribution method · `l` more like this (Grid tab) ·
+`f` next label field (projects with several fields: each decision acts on the field shown) ·
 Review tab: `g` keep the given label, `m` take the model's suggestion, `n` next, `/` another class,
 `Backspace` undo the last review · keys wait while the next photo loads"""
 
@@ -79,7 +80,7 @@ KEYS_JS = """
   const GIVE_UP_MS = 30000;  // a response that never comes (network gone) unlocks the page again
   const PANES = [
     {name: "label", photo: "photo", text: "why", token: "served", item: "item-id", picker: "class-picker",
-     targets: ["#btn-accept", "#btn-skip", "#btn-unsure", "#btn-undo", ".pick-btn"]},
+     targets: ["#btn-accept", "#btn-skip", "#btn-unsure", "#btn-undo", ".pick-btn", "#btn-next-field"]},
     {name: "review", photo: "rphoto", text: "rinfo", token: "rserved", item: "review-item-id",
      picker: "review-picker",
      targets: ["#btn-keep", "#btn-model", "#btn-next-dispute", "#btn-review-undo", "#review-table td",
@@ -88,7 +89,7 @@ KEYS_JS = """
   const byKey = {"Enter": ["btn-accept"], "s": ["btn-skip"], "u": ["btn-unsure"],
                  "Backspace": ["btn-undo", "btn-review-undo"], "g": ["btn-keep"], "m": ["btn-model"],
                  "n": ["btn-next-dispute"], "c": ["btn-cycle-method"],
-                 "l": ["btn-more", "btn-more-review"]};
+                 "l": ["btn-more", "btn-more-review"], "f": ["btn-next-field"]};
   const locks = {};
   function visible(el) { return el && el.offsetParent !== null && !el.disabled; }
   function target(id) {
@@ -310,13 +311,17 @@ class LabelerApp:
                 picks.append(gr.Button(value=f"{i + 1}", visible="hidden"))
         model = f"model v{task.version_id}" if task.version_id else "no model suggestions yet"
         why = f"**Why this item:** {esc(task.why())} · {esc(model)} · item #{task.item_id}"
+        picker = gr.Dropdown(value=None)
+        if len(self.project.field_names) > 1:  # the decision is about this field (f: the next one)
+            why = f"Field **{esc(task.field)}** · " + why
+            picker = gr.Dropdown(choices=self.project.classes_of(task.field), value=None)
         attr_img, attr_text = None, ""
         show_attr, method = view
         if show_attr and task.version_id is not None and task.top is not None:
-            ready = self.prefetch.ready(("map", task.item_id, task.version_id, method, task.top[0]))
+            ready = self.prefetch.ready(map_key(task.item_id, task.version_id, method, task.top[0], task.field))
             if ready is not None:
                 attr_img, attr_text = str(ready), self._map_note(method, task.top[0])
-        return [task.to_state(), task.item_id, served, str(photo), bars, why, *picks, note, gr.Dropdown(value=None),
+        return [task.to_state(), task.item_id, served, str(photo), bars, why, *picks, note, picker,
                 attr_img, attr_text]
 
     @staticmethod
@@ -425,6 +430,15 @@ class LabelerApp:
                request: gr.Request) -> list[Any]:
         return self._label(state, item_id, (show_attr, method), request, decision=Decision.UNSURE)
 
+    def next_field(self, state: dict | None, item_id: int | None, show_attr: bool, method: str,
+                   request: gr.Request) -> list[Any]:
+        """Key `f`: the same item, its next label field not decided yet (nothing is recorded)."""
+        annotator = self.user(request)
+        shown = Task.from_state(state) if state else None
+        if shown is None or self._named(item_id) != shown.item_id:
+            return self._current(annotator, "", (show_attr, method), request)
+        return self.show(labeling.switch_field(self.project, annotator, shown), "", (show_attr, method), request)
+
     def undo(self, state: dict | None, item_id: int | None, show_attr: bool, method: str,
              request: gr.Request) -> list[Any]:
         annotator = self.user(request)
@@ -449,7 +463,7 @@ class LabelerApp:
             return None, "no attention map: this model version has no classifier head yet"
         try:
             path = self.prefetch.attribution(self.project, task.item_id, task.version_id, method=method,
-                                             target=task.top[0])
+                                             target=task.top[0], field=task.field)
         except Exception as exc:  # show the reason on the page; labelling goes on
             log.exception("attribution failed")
             return None, f"attention map failed: {esc(exc)}"
@@ -685,6 +699,8 @@ class LabelerApp:
                                 unsure = gr.Button("Unsure (u)", elem_id="btn-unsure")
                                 undo = gr.Button("Undo (⌫)", elem_id="btn-undo")
                                 more = gr.Button("More like this (l)", elem_id="btn-more")
+                                next_field = gr.Button("Next field (f)", elem_id="btn-next-field",
+                                                       visible=len(self.project.field_names) > 1)
                             note = gr.Markdown(elem_id="note")
                             progress = gr.Markdown(elem_id="progress")
                         with gr.Column(scale=4):
@@ -774,6 +790,7 @@ class LabelerApp:
             chain(skip.click(self.skip, named, item_out, api_name="skip", **fast))
             chain(unsure.click(self.unsure, named, item_out, api_name="unsure", **fast))
             chain(undo.click(self.undo, named, item_out, api_name="undo", **fast))
+            chain(next_field.click(self.next_field, named, item_out, api_name="next_field", **fast))
             for ctl in (show_attr, method):
                 ctl.input(self.attribution, [state, show_attr, method], [attr, attr_note], api_name=False,
                           concurrency_limit=2, concurrency_id="attribution", trigger_mode="always_last")

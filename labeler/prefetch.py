@@ -22,6 +22,7 @@ from PIL import Image
 from active.atomic import write_atomic
 from active.attribution_methods import DEFAULT_METHOD
 from models.images import load_rgb
+from storage.fields import DEFAULT_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ KEEP = 512  # finished futures remembered (LRU); files stay on disk in the temp 
 # it far slower: a mobilenet_v2 forward measured 40 ms with 1 thread and 2,105 ms with 2 on this
 # busy 2-core machine.
 ATTRIBUTION_THREADS = 1
+
+
+def map_key(item_id: int, version_id: int, method: str, target: str | None, field: str = DEFAULT_FIELD) -> tuple:
+    """The cache key of an attribution map (what `Prefetcher.ready` is asked with)."""
+    return ("map", item_id, version_id, method, target, field)
 
 
 def _one_thread() -> None:
@@ -109,19 +115,24 @@ class Prefetcher:
         return done if done is not None else self._make_display(item_id, path)
 
     # -- attribution maps --------------------------------------------------------------------
-    def _make_map(self, project: Any, item_id: int, version_id: int, method: str, target: str | None) -> Path:
-        src = Path(self._explain(project, item_id, version_id=version_id, method=method, target=target))
+    def _make_map(self, project: Any, item_id: int, version_id: int, method: str, target: str | None,
+                  field: str = DEFAULT_FIELD) -> Path:
+        # Another label field's head is asked for by name; the default field's call is unchanged.
+        extra = {} if field == DEFAULT_FIELD else {"field": field}
+        src = Path(self._explain(project, item_id, version_id=version_id, method=method, target=target, **extra))
         # A copy in our temp folder, so Gradio can serve it wherever the project lies.
-        out = self.folder / f"map-{item_id}-v{version_id}-{method}-{abs(hash(target)) % 10**8}.png"
+        out = self.folder / f"map-{item_id}-v{version_id}-{method}-{abs(hash((field, target))) % 10**8}.png"
         if not out.exists():
             write_atomic(out, src.read_bytes(), fsync=False)
         return out
 
     def attribution(self, project: Any, item_id: int, version_id: int, *, method: str = DEFAULT_METHOD,
-                    target: str | None = None, wait: bool = True, ahead: bool = False) -> Path | Future:
-        key = ("map", item_id, version_id, method, target)
+                    target: str | None = None, wait: bool = True, ahead: bool = False,
+                    field: str = DEFAULT_FIELD) -> Path | Future:
+        key = map_key(item_id, version_id, method, target, field)
         pool = self._ahead if ahead or method == DEFAULT_METHOD else self._demand
-        fut = self._future(key, lambda: self._make_map(project, item_id, version_id, method, target), pool=pool)
+        fut = self._future(key, lambda: self._make_map(project, item_id, version_id, method, target, field),
+                           pool=pool)
         return fut.result() if wait else fut
 
     def warm(self, project: Any, tasks: list[Any]) -> None:
@@ -129,7 +140,8 @@ class Prefetcher:
         for t in tasks:
             self.photo(t.item_id, t.path, wait=False)
             if t.version_id is not None and t.top is not None:
-                self.attribution(project, t.item_id, t.version_id, target=t.top[0], wait=False, ahead=True)
+                self.attribution(project, t.item_id, t.version_id, target=t.top[0], wait=False, ahead=True,
+                                 field=t.field)
 
     def later(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on the prefetch thread (after what is queued there already)."""

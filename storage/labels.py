@@ -145,10 +145,11 @@ def last_human(session: Session, annotator: str, *, kind: str = Kind.HUMAN) -> L
     return kept[-1] if kept else None
 
 
-def has_seen(session: Session, annotator: str, item_id: int) -> bool:
-    """Whether ``annotator`` has already dealt with ``item_id`` (`storage.meaning.seen_by`)."""
+def has_seen(session: Session, annotator: str, item_id: int, *, field: str | None = None) -> bool:
+    """Whether ``annotator`` has already dealt with ``item_id`` (`storage.meaning.seen_by`), in
+    ``field`` when given (any field when None)."""
     rows = session.exec(select(Label).where(Label.item_id == item_id).order_by(Label.id)).all()
-    return seen_by(rows, annotator)
+    return seen_by(rows, annotator, field)
 
 
 def _effective_rows():  # noqa: ANN202

@@ -161,10 +161,12 @@ def sql_reviewed(item_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
 
 # ---------------------------------------------------------------- the hand-out
 
-def seen_by(rows: Sequence[Label], annotator: str) -> bool:
-    """Whether ``annotator`` has dealt with the item of these rows (it is not served to them again)."""
+def seen_by(rows: Sequence[Label], annotator: str, field: str | None = None) -> bool:
+    """Whether ``annotator`` has dealt with the item of these rows (it is not served to them
+    again), in ``field`` when given. The hand-out (`sql_seen_by`) asks about any field: an item
+    is served once per annotator, who then decides its fields one after the other."""
     return any(r.annotator == annotator and r.kind == Kind.HUMAN and r.decision in SEEN_DECISIONS
-               for r in effective(rows))
+               for r in in_field(effective(rows), field))
 
 
 def sql_seen_by(item_id: Any, annotator: str) -> ColumnElement[bool]:  # noqa: ANN401

@@ -217,6 +217,24 @@ def lease_item(session: Session, annotator: str, item_id: int, *, ttl: timedelta
     return _queued(session, item_id, row.round_id)
 
 
+def lease_again(session: Session, annotator: str, item_id: int, *, ttl: timedelta = DEFAULT_LEASE_TTL,
+                now: datetime | None = None) -> Queued | None:
+    """Give ``annotator`` back a lease on an item they are midway through whatever `lease_next`'s
+    rules say (several label fields: they decided some fields of it and undid another, so the item
+    counts as seen by them), dropping their other leases. None when no open round queues it."""
+    now = now or utcnow()
+    round_id = session.execute(
+        select(QueueEntry.round_id).join(Round, Round.id == QueueEntry.round_id)
+        .where(QueueEntry.item_id == item_id, Round.closed_at.is_(None)).order_by(QueueEntry.round_id.desc()).limit(1)
+    ).scalar()
+    if round_id is None:
+        return None
+    release(session, annotator)
+    session.add(Lease(item_id=item_id, annotator=annotator, round_id=round_id, expires_at=now + ttl))
+    session.flush()
+    return _queued(session, item_id, round_id)
+
+
 def _queued(session: Session, item_id: int, round_id: int | None) -> Queued:
     row = session.execute(
         select(QueueEntry, Round.strategy)

@@ -1,0 +1,59 @@
+"""The Label tab's side of several label fields (active.labeling): a task is about one field with
+that field's suggestions; a decision serves the same item's next field, the last one the next
+item; `switch_field` moves between fields; undo serves the undone field again."""
+
+from __future__ import annotations
+
+import pytest
+from activefixtures import two_field_catalogue
+
+from active import labeling, modelstore
+from active.errors import UserError
+from active.retrain import retrain
+from storage import db, labels, work
+
+
+@pytest.fixture
+def queued(project):  # noqa: ANN001, ANN201
+    cat = two_field_catalogue(project, n=30, holdout=12)
+    modelstore.clear_cache()
+    v = retrain(project, mode="head")
+    first = cat["pool"][:3]
+    db.write(project.engine, lambda s: work.open_round(s, strategy="margin", model_version_id=v.id, item_ids=first,
+                                                       scores=[0.1, 0.2, 0.3], score_name="margin"))
+    yield project, first
+    modelstore.clear_cache()
+
+
+def test_fields_one_after_the_other(queued) -> None:  # noqa: ANN001
+    project, first = queued
+    task = labeling.next_task(project, "ann")
+    assert (task.item_id, task.field) == (first[0], "category")
+    assert {c for c, _ in task.ranked} == {"dress", "shirt", "shoes"}
+    with pytest.raises(UserError, match="not in the taxonomy"):
+        labeling.record(project, "ann", task, decision="corrected", label="black")
+    row, nxt = labeling.record(project, "ann", task, decision=labeling.decide(task, "shirt"), label="shirt")
+    assert (row.field, nxt.item_id, nxt.field) == ("category", first[0], "colour")
+    assert {c for c, _ in nxt.ranked} == {"black", "white"} and nxt.version_id == task.version_id
+    assert labeling.next_task(project, "ann").field == "colour"  # a reload shows the same field
+    row, after = labeling.record(project, "ann", nxt, decision="corrected", label="white")
+    assert (row.field, after.item_id, after.field) == ("colour", first[1], "category")
+    with db.session(project.engine) as s:
+        group = labels.for_items(s, [first[0]])[first[0]]
+    assert labels.derive(group).label == "shirt" and labels.derive(group, "colour").label == "white"
+    # Undo takes back the colour and serves that very field again.
+    undone, again = labeling.undo_last(project, "ann", shown=first[1])
+    assert (undone.field, again.item_id, again.field) == ("colour", first[0], "colour")
+
+
+def test_switch_field_and_a_stale_field(queued) -> None:  # noqa: ANN001
+    project, first = queued
+    task = labeling.next_task(project, "ann")
+    other = labeling.switch_field(project, "ann", task)
+    assert (other.item_id, other.field) == (task.item_id, "colour")
+    assert labeling.switch_field(project, "ann", other).field == "category"  # wraps round
+    row, nxt = labeling.record(project, "ann", other, decision="skipped")
+    assert (row.field, nxt.item_id, nxt.field) == ("colour", task.item_id, "category")
+    assert labeling.switch_field(project, "ann", nxt) == nxt  # colour is decided: nowhere else to go
+    stale, shown = labeling.record(project, "ann", other, decision="corrected", label="black")
+    assert stale is None and (shown.item_id, shown.field) == (task.item_id, "category")  # nothing written
