@@ -670,7 +670,9 @@ class LabelerApp:
         return gr.Tab(visible=role == "reviewer"), who
 
     def build(self) -> gr.Blocks:
-        classes = list(self.project.config.classes)
+        # Every field's classes: the server checks a pick against these, and each item's update
+        # narrows the list to its field's (the class is then checked against that field).
+        classes = list(dict.fromkeys(c for f in self.project.field_names for c in self.project.classes_of(f)))
         with gr.Blocks(title="active-labeler") as demo:
             with gr.Row():
                 who = gr.Markdown()
