@@ -11,10 +11,12 @@ says what "labelled" or "current" is.
   *labelled* in that field. An imported (given) label alone does not make an item labelled: it is
   what the tool checks. An item is *done* when it is labelled in every field of the project.
 - seen by an annotator: an effective human decision of theirs on the item (any of
-  ``SEEN_DECISIONS``); it is not served to them again.
+  ``SEEN_DECISIONS``, about any field); it is not served to them again (they decide its fields
+  one after the other while they hold its lease).
 - done for a round's hand-out: an effective human decision in ``DONE_DECISIONS`` (a skip
   leaves the item to others); with ``overlap`` such annotators the item is no longer served.
-- round state of a queued item: labelled, else unsure, else skipped, else unreadable, else open.
+- round state of a queued item: labelled (in the default field), else unsure, else skipped (in
+  any field), else unreadable, else open.
 - current label: the latest review label, else the majority of human class labels (a tie goes
   to the latest of the tied classes), else the latest imported label (``derive``).
 - class aliases: a renamed or merged class reads under its new name in the rows stored before
