@@ -24,8 +24,8 @@ embeddings, each on that field's current labels with the same trust, calibration
 evaluation; the default field's head is the version's own (``classes``, ``head.npz``, the
 top-level metrics), another field's is ``artifacts["fields"][name]`` (its classes and head file)
 and ``metrics["fields"][name]`` (its figures, or why it was skipped: fewer than two classes
-labelled). A ``full`` fine-tune trains the default field's output only; the other fields get
-their heads at the next head retrain on its embeddings.
+labelled). A ``full`` fine-tune trains the default field's output only; in a project with
+several fields a head version on its embeddings follows at once, with every field's head.
 """
 
 from __future__ import annotations
@@ -371,8 +371,9 @@ def _after_fine_tune(project: Project, version: ModelVersion, *, score: bool, ba
     """A published fine-tune: held back, it stays unscored (so it never serves) and says so;
     otherwise the pool is scored with the new network, and only then does it serve
     (`storage.versions.serving`: the newest version covering the pool). When a head refreshed
-    meanwhile is newer and serves instead, a head is fitted on the new network's embeddings at
-    once so that the fine-tune reaches the labeller."""
+    meanwhile is newer and serves instead, or the project has several label fields, a head is
+    fitted on the new network's embeddings at once so that the fine-tune reaches the labeller
+    (with every field's head)."""
     from active import policy
 
     reporter = policy.ProgressWriter(project, resume=True)
@@ -387,7 +388,9 @@ def _after_fine_tune(project: Project, version: ModelVersion, *, score: bool, ba
     scoring.score(project, version_id=version.id, batch_size=batch_size, num_workers=num_workers, device=device,
                   progress=progress)
     serving = modelstore.serving_version(project)
-    if serving is not None and serving.id != version.id:
+    # Several label fields: the fine-tune has the default field's output only, so a head version
+    # on its embeddings brings every field's head along (suggestions for each field at once).
+    if serving is not None and (serving.id != version.id or len(project.field_names) > 1):
         reporter.phase("fitting a head on the new network", version=version.id)
         retrain(project, mode="head", batch_size=batch_size, num_workers=num_workers, device=device,
                 progress=progress)

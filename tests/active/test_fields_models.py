@@ -146,3 +146,26 @@ def test_select_targets_one_field_or_all(project) -> None:  # noqa: ANN001
     assert len(category_only.ids) == 90  # nobody labelled a category: every pool item
     with pytest.raises(Exception, match="no label field 'season'"):
         plan(project, strategy="margin", batch=5, field="season")
+
+
+def test_a_fine_tune_brings_every_fields_head_along(tmp_path, make_image) -> None:  # noqa: ANN001
+    """The fine-tuned network has the default field's output; a head version on its embeddings
+    follows at once so that the other fields keep their suggestions."""
+    from modelfixtures import make_tiny_project
+
+    from storage import items, labels
+    from storage.tables import Label
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4)
+    project.add_field("colour", ["dark", "light"])
+    with db.session(project.engine) as s:
+        ids = items.ids(s)
+    db.write(project.engine, lambda s: labels.append_many(s, [
+        Label(item_id=i, field="colour", annotator="ann", label=["dark", "light"][k % 2], kind="human",
+              decision="corrected") for k, i in enumerate(ids)]))
+    full = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0)
+    assert full.mode == "full" and field_classes(full, "colour") == []
+    serving = modelstore.serving_version(project)
+    assert serving.mode == "head" and serving.artifacts["embeddings_from"] == full.id
+    assert field_classes(serving, "colour") == ["dark", "light"]
+    assert load_probs(project, serving.id, "colour")[1].shape == (len(ids), 2)
