@@ -67,14 +67,10 @@ def test_disputes_refresh_finds_flipped_labels_of_a_second_field(project, cli) -
     assert {d["item_id"] for d in listed["disputes"]} == found and {d["field"] for d in listed["disputes"]} == {"colour"}
 
 
-def test_attribution_for_the_field_being_labelled(tmp_path, make_image) -> None:  # noqa: ANN001
-    """The network ending in a field's head gives that field's stored probabilities, and its map
-    explains a class of that field."""
-    import torch
+def _tiny_with_colour(tmp_path, make_image):  # noqa: ANN001, ANN202
+    """A tiny-network project (modelfixtures) with a colour field every item has a human label of."""
     from modelfixtures import make_tiny_project
 
-    from active.explain import explain
-    from models.images import load_rgb
     from storage import items, labels
     from storage.tables import Label
 
@@ -85,6 +81,19 @@ def test_attribution_for_the_field_being_labelled(tmp_path, make_image) -> None:
     db.write(project.engine, lambda s: labels.append_many(s, [
         Label(item_id=i, field="colour", annotator="ann", label=["dark", "light"][k % 2], kind="human",
               decision="corrected") for k, i in enumerate(ids)]))
+    return project, ids
+
+
+def test_attribution_for_the_field_being_labelled(tmp_path, make_image) -> None:  # noqa: ANN001
+    """The network ending in a field's head gives that field's stored probabilities, and its map
+    explains a class of that field."""
+    import torch
+
+    from active.explain import explain
+    from models.images import load_rgb
+    from storage import items
+
+    project, ids = _tiny_with_colour(tmp_path, make_image)
     v = retrain(project, mode="head", num_workers=0)
     loaded = modelstore.load_model(project, v, field="colour")
     assert loaded.classes == ["dark", "light"]
@@ -151,18 +160,7 @@ def test_select_targets_one_field_or_all(project) -> None:  # noqa: ANN001
 def test_a_fine_tune_brings_every_fields_head_along(tmp_path, make_image) -> None:  # noqa: ANN001
     """The fine-tuned network has the default field's output; a head version on its embeddings
     follows at once so that the other fields keep their suggestions."""
-    from modelfixtures import make_tiny_project
-
-    from storage import items, labels
-    from storage.tables import Label
-
-    project = make_tiny_project(tmp_path, make_image, per_class=4)
-    project.add_field("colour", ["dark", "light"])
-    with db.session(project.engine) as s:
-        ids = items.ids(s)
-    db.write(project.engine, lambda s: labels.append_many(s, [
-        Label(item_id=i, field="colour", annotator="ann", label=["dark", "light"][k % 2], kind="human",
-              decision="corrected") for k, i in enumerate(ids)]))
+    project, ids = _tiny_with_colour(tmp_path, make_image)
     full = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0)
     assert full.mode == "full" and field_classes(full, "colour") == []
     serving = modelstore.serving_version(project)
