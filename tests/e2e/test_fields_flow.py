@@ -3,13 +3,11 @@ screen, the keys act on the field shown, the next item comes after the item's la
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.e2e.browser import CHROMIUM, signed_in_page
-from tests.e2e.test_label_flow import PHOTO_READY, current_item
-from tests.labeler.conftest import PASSWORD, labeller  # noqa: F401  (the running-app fixture)
+from tests.e2e.browser import CHROMIUM
+from tests.e2e.test_label_flow import PHOTO_READY, current_item, page  # noqa: F401  (the signed-in page)
+from tests.labeler.conftest import labeller  # noqa: F401  (the running-app fixture)
 from tests.labeler.test_label_tab import human_labels
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at "
@@ -22,19 +20,7 @@ def project(project):  # noqa: ANN001, ANN201 - the conftest project with a seco
     return project
 
 
-@pytest.fixture
-def page(labeller) -> Iterator:  # noqa: F811
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
-    with sync_api.sync_playwright() as pw:
-        browser, page = signed_in_page(pw, labeller.url, "ann", PASSWORD)
-        try:
-            page.wait_for_function(PHOTO_READY, timeout=30_000)
-            yield page
-        finally:
-            browser.close()
-
-
-def _field_shown(page, name: str) -> None:  # noqa: ANN001
+def _field_shown(page, name: str) -> None:  # noqa: ANN001, F811
     page.wait_for_function(f"() => (document.querySelector('#why')?.innerText || '').includes('Field {name}')",
                            timeout=30_000)
     page.wait_for_function(PHOTO_READY, timeout=30_000)
