@@ -138,8 +138,16 @@ def _task_of(s: Session, q: work.Queued | None, project: Project, annotator: str
 
 
 def next_task(project: Project, annotator: str) -> Task | None:
-    """Lease (or keep) the annotator's next item; None when the open rounds hold nothing for them."""
-    return db.write(project.engine, lambda s: _task_of(s, _lease(s, project, annotator), project, annotator))
+    """Lease (or keep) the annotator's next item; None when the open rounds hold nothing for them.
+    With several label fields an item they left midway (its lease ran out) comes back to them first."""
+    def fn(s: Session) -> Task | None:
+        if len(project.field_names) > 1:
+            left = work.unfinished(s, annotator, project.field_names)
+            if left is not None:
+                return _task_of(s, work.lease_again(s, annotator, left, ttl=_ttl(project)), project, annotator)
+        return _task_of(s, _lease(s, project, annotator), project, annotator)
+
+    return db.write(project.engine, fn)
 
 
 

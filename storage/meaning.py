@@ -171,11 +171,13 @@ def seen_by(rows: Sequence[Label], annotator: str, field: str | None = None) -> 
                for r in in_field(effective(rows), field))
 
 
-def sql_seen_by(item_id: Any, annotator: str) -> ColumnElement[bool]:  # noqa: ANN401
+def sql_seen_by(item_id: Any, annotator: str, field: str | None = None) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of `seen_by`."""
     lab = label_table("seen")
+    also = () if field is None else (lab.c.field == field,)  # the hand-out's own query stays as it was
     return exists(select(literal(1)).where(
         lab.c.item_id == item_id, lab.c.annotator == annotator, lab.c.kind == Kind.HUMAN.value,
-        lab.c.decision.in_([d.value for d in SEEN_DECISIONS]), sql_effective(lab)))
+        lab.c.decision.in_([d.value for d in SEEN_DECISIONS]), *also, sql_effective(lab)))
 
 
 def done_by(rows: Sequence[Label]) -> set[str]:

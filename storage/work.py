@@ -235,6 +235,20 @@ def lease_again(session: Session, annotator: str, item_id: int, *, ttl: timedelt
     return _queued(session, item_id, round_id)
 
 
+def unfinished(session: Session, annotator: str, fields: Sequence[str]) -> int | None:
+    """An item queued in an open round that ``annotator`` decided some but not all ``fields`` of
+    (several label fields: they left it midway, and the hand-out counts it as seen by them), the
+    earliest queued first; None when there is none."""
+    q = QueueEntry.__table__.alias("uq")
+    r = Round.__table__.alias("ur")
+    every = and_(*[sql_seen_by(q.c.item_id, annotator, f) for f in fields])
+    return session.execute(
+        select(q.c.item_id).select_from(q.join(r, r.c.id == q.c.round_id))
+        .where(r.c.closed_at.is_(None), sql_seen_by(q.c.item_id, annotator), ~every)
+        .order_by(q.c.round_id, q.c.priority).limit(1)
+    ).scalar()
+
+
 def _queued(session: Session, item_id: int, round_id: int | None) -> Queued:
     row = session.execute(
         select(QueueEntry, Round.strategy)

@@ -57,3 +57,16 @@ def test_switch_field_and_a_stale_field(queued) -> None:  # noqa: ANN001
     assert labeling.switch_field(project, "ann", nxt) == nxt  # colour is decided: nowhere else to go
     stale, shown = labeling.record(project, "ann", other, decision="corrected", label="black")
     assert stale is None and (shown.item_id, shown.field) == (task.item_id, "category")  # nothing written
+
+
+def test_an_item_left_midway_comes_back_to_its_annotator(queued) -> None:  # noqa: ANN001
+    project, first = queued
+    task = labeling.next_task(project, "ann")
+    _row, colour = labeling.record(project, "ann", task, decision="corrected", label="shoes")
+    assert (colour.item_id, colour.field) == (first[0], "colour")
+    db.write(project.engine, lambda s: work.release(s, "ann"))  # the lease ran out (the page was closed)
+    back = labeling.next_task(project, "ann")
+    assert (back.item_id, back.field) == (first[0], "colour")
+    _row, nxt = labeling.record(project, "ann", back, decision="corrected", label="black")
+    assert (nxt.item_id, nxt.field) == (first[1], "category")
+    assert labeling.next_task(project, "ann").item_id == first[1]  # nothing left midway now

@@ -136,3 +136,23 @@ def test_field_prediction_reads_every_field_alike() -> None:
     assert field_prediction(row, "colour").probs == [0.4, 0.6]
     assert field_prediction(row, "season") is None
     assert field_prediction(Prediction(item_id=1, model_version_id=1, row=0)) is None
+
+
+def test_unfinished_items_of_an_annotator(engine, add_items) -> None:  # noqa: ANN001
+    from storage import work
+
+    a, b, c = add_items(engine, 3)
+
+    def seed(s):  # noqa: ANN001, ANN202
+        work.open_round(s, strategy="margin", model_version_id=None, item_ids=[a, b, c], scores=[0.1, 0.2, 0.3],
+                        score_name="margin")
+        for item, fields in ((a, FIELDS), (b, FIELDS[:1]), (c, ())):
+            for f in fields:
+                labels.append(s, Label(item_id=item, field=f, annotator="ann", label=CLASSES[f][0], kind=Kind.HUMAN,
+                                       decision=Decision.ACCEPTED))
+
+    db.write(engine, seed)
+    with db.session(engine) as s:
+        assert work.unfinished(s, "ann", FIELDS) == b  # a is done, c not started
+        assert work.unfinished(s, "bob", FIELDS) is None
+        assert work.unfinished(s, "ann", FIELDS[:1]) is None  # one field: nothing is ever midway
