@@ -13,7 +13,9 @@ from active.errors import UserError
 from active.project import Project
 from storage import db, items, labels, pages
 from storage.enums import Decision
+from storage.fields import DEFAULT_FIELD
 from storage.labels import CurrentLabel
+from storage.meaning import in_field
 from storage.tables import Item, Label
 
 _HEX = re.compile(r"[0-9a-f]+")
@@ -106,8 +108,8 @@ class Change:
                 "after": _current_dict(self.after), "changed_at": self.changed_at.isoformat(), "by": self.by}
 
 
-def changes(project: Project, since: datetime) -> list[Change]:
-    """Items whose current label (class) differs between the store as of ``since`` and now.
+def changes(project: Project, since: datetime, *, field: str = DEFAULT_FIELD) -> list[Change]:
+    """Items whose current label (class) of ``field`` differs between the store as of ``since`` and now.
 
     The label as of ``since`` is derived from the rows created before it, so a label that was
     changed and changed back is not listed, and an undo counts from when it was written.
@@ -119,10 +121,11 @@ def changes(project: Project, since: datetime) -> list[Change]:
     out: list[Change] = []
     for item_id in sorted(grouped):
         rows: Sequence[Label] = grouped[item_id]
-        before = labels.derive([r for r in rows if r.created_at < since])
-        after = labels.derive(rows)
+        before = labels.derive([r for r in rows if r.created_at < since], field)
+        after = labels.derive(rows, field)
         if (before.label if before else None) == (after.label if after else None):
             continue
-        newest = max((r for r in rows if r.created_at >= since), key=lambda r: (r.created_at, r.id or 0))
+        newest = max((r for r in in_field(rows, field) if r.created_at >= since),
+                     key=lambda r: (r.created_at, r.id or 0))
         out.append(Change(item_id, paths.get(item_id, ""), before, after, newest.created_at, newest.annotator))
     return out

@@ -27,6 +27,7 @@ from labeler.services import Services
 from storage import db, disputes, items, labels, versions
 from storage.enums import Decision, Kind, Split
 from storage.fields import DEFAULT_FIELD, field_classes, field_prediction
+from storage.meaning import in_field
 from storage.tables import DISPUTE_REASONS, Label
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ def next_dispute(project: Project, services: Services, *, skip: list[int], dispu
     undone = {r.undoes_id for r in history if r.decision == Decision.UNDO}
     # Every row of the item, undone ones too (marked), so the reviewer sees the whole story.
     people = [(r.annotator, r.kind, r.decision, r.label, r.created_at.strftime("%Y-%m-%d %H:%M"), r.id in undone)
-              for r in history if r.decision != Decision.UNDO and r.field == d.field]
+              for r in in_field(history, d.field) if r.decision != Decision.UNDO]
     return {"dispute_id": d.id, "item_id": d.item_id, "path": item.path, "split": item.split, "reason": d.reason,
             "field": d.field,
             "score": d.score, "given": cur.label if cur else None, "given_source": cur.source if cur else None,

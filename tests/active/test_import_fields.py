@@ -5,6 +5,7 @@ independent fields."""
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,7 @@ def test_reimport_appends_changed_given_labels(cli, project_dir: Path, catalogue
     for n in (0, 1, 2, 4):
         rows[n]["tone"] = TONES[(TONES.index(rows[n]["tone"]) + 1) % 3]
     write_catalogue(manifest.parent, rows)
+    since = datetime.now(UTC).isoformat()
     d = cli(*p, "import", manifest, *args).data
     assert (d["added"], d["already_imported"], d["changed"]) == (0, N, 10)
     assert d["changed_by_field"] == {"category": 6, "colour": 4}
@@ -83,6 +85,9 @@ def test_reimport_appends_changed_given_labels(cli, project_dir: Path, catalogue
     text = cli(*p, "history", str(manifest.parent / "images" / "0.png")).out
     assert "colour: green (imported)" in text
     assert cli(*p, "import", manifest, *args).data["changed"] == 0  # the new labels are the latest now
+    changed = cli(*p, "changes", "--since", since, "--field", "colour", "--json").data
+    assert changed["field"] == "colour" and len(changed["changed"]) == 4
+    assert len(cli(*p, "changes", "--since", since, "--json").data["changed"]) == 6
 
 
 @pytest.mark.parametrize("argv, message", [
