@@ -43,12 +43,19 @@ def test_head_retrain_fits_one_head_per_field(project, cli) -> None:  # noqa: AN
     assert status["current_version"] == v.id
     assert status["fields"]["colour"]["holdout"]["accuracy"] == colour["holdout"]["accuracy"]
     assert status["fields"]["category"]["holdout"]["accuracy"] == v.metrics["holdout"]["accuracy"]
+    text = cli("--project", project.root, "status").out
+    assert "done (labelled in every field): 0" in text and "colour" in text
 
 
-def test_a_field_without_enough_labels_is_skipped_not_fatal(project) -> None:  # noqa: ANN001
+def test_a_field_without_enough_labels_is_skipped_not_fatal(project, cli) -> None:  # noqa: ANN001
     two_field_catalogue(project)
     project.add_field("season", ["summer", "winter"])  # no labels at all
-    v = retrain(project, mode="head")
+    out = cli("--project", project.root, "retrain", "--mode", "head", "--no-progress")
+    assert out.code == 0, out.err
+    assert "field season: no head (need labelled pool items of field 'season'" in out.out
+    assert "field colour: holdout (30 items) accuracy" in out.out
+    with db.session(project.engine) as s:
+        v = versions.serving(s)
     assert "at least 2 classes" in v.metrics["fields"]["season"]["skipped"]
     assert set(v.artifacts.get("fields") or {}) == {"colour"}
     assert load_probs(project, v.id, "season")[1].shape == (0, 0)
@@ -63,6 +70,8 @@ def test_disputes_refresh_finds_flipped_labels_of_a_second_field(project, cli) -
         cat_found = {d.item_id for d in disputes.open_disputes(s, field="category")}
     assert len(found & set(cat["flipped"])) >= 5 and len(found) <= 9
     assert not cat_found & set(cat["flipped"])  # the category labels are right: nothing there
+    text = cli("--project", project.root, "disputes", "--refresh").out
+    assert "field colour: " in text and "model checked 120 labels" in text
     listed = cli("--project", project.root, "disputes", "--field", "colour", "--json", "--limit", "50").data
     assert {d["item_id"] for d in listed["disputes"]} == found and {d["field"] for d in listed["disputes"]} == {"colour"}
 
