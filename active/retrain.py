@@ -55,6 +55,12 @@ LEAVE_OUT_POSTERIOR = 0.5
 # (a one-parameter fit, but on fewer it follows a handful of hard items); else on the
 # out-of-fold predictions of every label kept, weighted by trust.
 MIN_TRUSTED_FOR_CALIBRATION = 100
+# A head refresh every few dozen labels reuses the L2 strength that the last cross-validation
+# chose while fewer label rows than this share of the labels it was chosen on have been added
+# since (human decisions, re-imports, flips; any of them may move the choice), on the same
+# classes, class aliases and embeddings. Walking the whole grid costs ~10x the refit, and on a
+# small shared machine that CPU is taken from the annotators' requests.
+REUSE_STRENGTH_CHANGE = 0.05
 
 
 @dataclass
@@ -407,7 +413,10 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     # Every labelled pool item trains (no slice held back): calibration uses out-of-fold logits.
     pool_ids, pool_y = data.all_pool()
     x_all, y_all, id_all = rows(pool_ids, pool_y)
-    fitted, metrics = fit_trusted_head(x_all, y_all, id_all, data, classes, seed=seed)
+    with db.session(project.engine) as s:
+        earlier = versions.all_versions(s)
+    fitted, metrics = fit_trusted_head(x_all, y_all, id_all, data, classes, seed=seed,
+                                       earlier=(earlier, source.id))
     x_ho, y_ho, _ = rows(data.holdout_ids, data.holdout_y)
     if len(y_ho):
         metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, classes)
@@ -422,10 +431,33 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     return version, staging
 
 
+def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: list[str], embeddings_from: int,
+                      n_kept: int) -> dict | None:
+    """The "regularisation" metrics of the newest head version whose cross-validated L2 strength
+    still holds for ``data`` with ``n_kept`` labels trained on (see `REUSE_STRENGTH_CHANGE`), or
+    None: cross-validate again."""
+    for v in reversed(earlier):
+        reg = (v.metrics or {}).get("regularisation", {})
+        if v.mode != "head" or "chosen_at_label_id" not in reg:
+            continue
+        if (list(v.classes) != classes or v.artifacts.get("embeddings_from") != embeddings_from
+                or reg.get("chosen_alias_max_id") != data.max_alias_id):
+            return None
+        added = data.max_label_id - int(reg["chosen_at_label_id"])
+        # Labels left out or taken back in (a dispute check) change the set without a label row.
+        moved = abs(n_kept - int(reg["chosen_on_n"]))
+        if added >= 0 and added + moved <= REUSE_STRENGTH_CHANGE * int(reg["chosen_on_n"]):
+            return {**reg, "chosen_in_version": reg.get("chosen_in_version", v.id)}
+        return None
+    return None
+
+
 def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: LabelledSet, classes: list[str],
-                     *, seed: int = 0):  # noqa: ANN201 - models.head.Head, imported lazily
-    """The head of a `head` retrain and its metrics: trust weights, CV-chosen L2 strength,
-    temperature on trusted out-of-fold predictions.
+                     *, seed: int = 0, earlier: tuple[list[ModelVersion], int] | None = None):  # noqa: ANN201
+    """The head of a `head` retrain and its metrics: trust weights, CV-chosen L2 strength (or the
+    one an earlier head chose, when it still holds: ``earlier`` = (the versions, the id of the
+    network whose embeddings ``x`` are), see `strength_to_reuse`), temperature on trusted
+    out-of-fold predictions.
 
     x: (n, dim) embeddings of the labelled pool items ``item_ids`` (n,) with classes y (n,).
     Returns (head with its temperature, metrics dict with "train", "trust", "regularisation",
@@ -440,13 +472,22 @@ def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: L
         raise UserError(f"after leaving out {trust.summary['left_out_suspect_imported']} suspect imported labels, "
                         f"fewer than {MIN_CLASSES} classes remain: review the disputes first (`active disputes`)")
     x_k, y_k, w_k, src_k = x[kept], y[kept], trust.weight[kept], trust.sources[kept]
+    reuse = strength_to_reuse(earlier[0], data, classes, earlier[1], len(y_k)) if earlier else None
     fit_started = time.perf_counter()
-    cv = fit_head_cv(x_k, y_k, len(classes), sample_weight=w_k, seed=seed)
+    cv = fit_head_cv(x_k, y_k, len(classes), sample_weight=w_k, seed=seed,
+                     scaled_c=float(reuse["scaled_c"]) if reuse else None)
     head = cv.head
+    if reuse:
+        chosen = {**reuse, "chosen": "reused"}
+    elif cv.folds == 0:  # too few labels per class to cross-validate: nothing to reuse later
+        chosen = {"chosen": "fallback"}
+    else:
+        chosen = {"chosen": "cross_validation", "chosen_at_label_id": data.max_label_id,
+                  "chosen_on_n": int(len(y_k)), "chosen_alias_max_id": data.max_alias_id,
+                  "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}
     metrics: dict = {"train": {"n": int(len(y_k)), "per_class": _class_counts(y_k, classes)},
                      "trust": trust.summary,
-                     "regularisation": {"C": cv.C, "scaled_c": cv.scaled_c, "folds": cv.folds,
-                                        "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}}
+                     "regularisation": {**chosen, "C": cv.C, "scaled_c": cv.scaled_c, "folds": cv.folds}}
     calibration: dict = {"on": "none", "n": 0, "temperature": 1.0}
     if cv.oof_logits is not None:
         head.temperature, calibration, metrics["validation"] = calibrate(

@@ -245,3 +245,27 @@ def test_a_rename_keeps_old_label_snapshots_reproducible(tmp_path: Path, make_im
     assert take_snapshot(project).snapshot != v.snapshot  # today's labels read under the new name
     with db.session(project.engine) as s:
         assert versions.get(s, v.id).classes[0] == "renamed"
+
+
+def test_a_refresh_reuses_the_cross_validated_strength_until_the_labels_move(project, monkeypatch) -> None:  # noqa: ANN001
+    ids, x = catalogue_with_two_wrong(project)  # 60 imported labels: 5% of them is 3 label rows
+    publish_version(project, ids, x)
+    first = retrain(project, mode="head", score_after=False)
+    assert first.metrics["regularisation"]["chosen"] == "cross_validation"
+    assert first.metrics["regularisation"]["chosen_on_n"] == 60
+    add_label(project, ids[3], "dress", kind="human", annotator="ann")
+    second = retrain(project, mode="head", score_after=False)
+    reg = second.metrics["regularisation"]
+    assert reg["chosen"] == "reused" and reg["chosen_in_version"] == first.id
+    assert reg["scaled_c"] == pytest.approx(first.metrics["regularisation"]["scaled_c"])
+    assert "validation" in second.metrics  # out-of-fold logits all the same: the temperature still has them
+    for i in ids[4:7]:  # 4 rows since the choice: more than 5% of 60
+        add_label(project, i, "dress", kind="human", annotator="ann")
+    third = retrain(project, mode="head", score_after=False)
+    assert third.metrics["regularisation"]["chosen"] == "cross_validation"
+    # Other classes: the earlier strength says nothing about them.
+    monkeypatch.setattr(project.config, "classes", [*project.config.classes, "hat"])
+    add_label(project, ids[8], "hat", kind="human", annotator="ann")
+    add_label(project, ids[9], "hat", kind="human", annotator="ann")
+    fourth = retrain(project, mode="head", score_after=False)
+    assert fourth.metrics["regularisation"]["chosen"] == "cross_validation"
