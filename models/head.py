@@ -64,6 +64,13 @@ class Head:
         """Calibrated probabilities: (n, n_classes), rows sum to 1."""
         return softmax(self.logits(embeddings), self.temperature)
 
+    def as_linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (n_classes, dim), bias (n_classes,)) of one Linear layer on raw embeddings
+        giving the same logits (the standardisation folded in; before temperature): how a
+        network's final layer starts from this head before fine-tuning."""
+        weight = self.weight / self.scale
+        return weight.astype(np.float32), (self.bias - weight @ self.mean).astype(np.float32)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale,
                 "temperature": np.array(self.temperature, dtype=np.float64)}

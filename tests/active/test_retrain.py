@@ -70,6 +70,7 @@ def test_full_retrain_one_epoch(tmp_path: Path, make_image) -> None:  # noqa: AN
     project = make_tiny_project(tmp_path, make_image, per_class=4, holdout_per_class=1)
     v = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0)
     assert v.mode == "full" and v.id == 1 and v.parent_id is None
+    assert v.metrics["train"]["init_head"]["from"] == "random"  # nothing embedded by the pretrained network yet
     assert v.metrics["train"]["epochs"] == 1 and len(v.metrics["train"]["history"]) == 1
     assert v.metrics["holdout"]["n"] == 3
     assert (project.artifacts / "v1" / "model.pth").is_file()
@@ -83,6 +84,16 @@ def test_full_retrain_one_epoch(tmp_path: Path, make_image) -> None:  # noqa: AN
         paths = [s.get(Item, int(i)).path for i in ids[:3]]
     direct = embed_and_predict(lm.model, paths, transform=lm.transform, num_workers=0)
     np.testing.assert_allclose(direct.probs, probs[:3], atol=1e-4)
+
+
+def test_a_fine_tune_starts_from_a_linear_probe_on_the_pretrained_embeddings(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    from active.scoring import score
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4, holdout_per_class=1)
+    score(project, num_workers=0)  # the pretrained version 1 embeds every item
+    v = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0, score_after=False)
+    init = v.metrics["train"]["init_head"]
+    assert init["from"] == "linear_probe" and init["embeddings_of"] == 1 and init["n"] == v.metrics["train"]["n"]
 
 
 def test_crash_before_the_row_keeps_the_previous_version(tmp_path: Path, make_image, monkeypatch) -> None:  # noqa: ANN001
