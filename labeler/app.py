@@ -291,9 +291,9 @@ class LabelerApp:
         served = f"{task.item_id if task else ''}:{next(self._served)}"
         if task is None:
             self._shown_by(request, None)
-            picks = [gr.Button(value=f"{i + 1}", visible="hidden") for i in range(N_PICKS)]
+            picks = [gr.update(value=f"{i + 1}", visible="hidden") for i in range(N_PICKS)]
             done = "**Nothing left to label** in the open rounds. Open a new round with `active select`."
-            return [None, None, served, None, None, done, *picks, note, gr.Dropdown(value=None), None, ""]
+            return [None, None, served, None, None, done, *picks, note, gr.update(value=None), None, ""]
         try:
             photo = self.prefetch.photo(task.item_id, task.path)
         except ImageError as exc:  # a file that vanished or broke since import: set it aside, go on
@@ -306,21 +306,23 @@ class LabelerApp:
         for i in range(N_PICKS):
             if i < len(task.ranked):
                 c, p = task.ranked[i]
-                picks.append(gr.Button(value=f"{i + 1} · {c} {p:.0%}", visible=True))
+                picks.append(gr.update(value=f"{i + 1} · {c} {p:.0%}", visible=True))
             else:
-                picks.append(gr.Button(value=f"{i + 1}", visible="hidden"))
+                picks.append(gr.update(value=f"{i + 1}", visible="hidden"))
         model = f"model v{task.version_id}" if task.version_id else "no model suggestions yet"
         why = f"**Why this item:** {esc(task.why())} · {esc(model)} · item #{task.item_id}"
-        picker = gr.Dropdown(value=None)
+        picker = gr.update(value=None)
         if len(self.project.field_names) > 1:  # the decision is about this field (f: the next one)
             why = f"Field **{esc(task.field)}** · " + why
-            picker = gr.Dropdown(choices=self.project.classes_of(task.field), value=None)
+            picker = gr.update(choices=self.project.classes_of(task.field), value=None)
         attr_img, attr_text = None, ""
         show_attr, method = view
         if show_attr and task.version_id is not None and task.top is not None:
             ready = self.prefetch.ready(map_key(task.item_id, task.version_id, method, task.top[0], task.field))
             if ready is not None:
                 attr_img, attr_text = str(ready), self._map_note(method, task.top[0])
+        # gr.update, not gr.Button(...)/gr.Dropdown(...): a component built per reply inspects its
+        # constructor's signature each time, a sizeable share of every label's server time.
         return [task.to_state(), task.item_id, served, str(photo), bars, why, *picks, note, picker,
                 attr_img, attr_text]
 
@@ -582,7 +584,7 @@ class LabelerApp:
         photo = str(self.prefetch.photo(d["item_id"], d["path"]))
         d["labels"] = [list(r) for r in d["labels"]]
         return [d, d["item_id"], served, photo, dashboard.dispute_markdown(d, esc), given_map, suggested_map,
-                pool, holdout, counts, gr.Dropdown(choices=self.project.classes_of(d["field"]), value=None), note]
+                pool, holdout, counts, gr.update(choices=self.project.classes_of(d["field"]), value=None), note]
 
     def _review_mismatch(self, state: dict | None, item_id: Any, request: gr.Request) -> list[Any] | None:
         """The page named another item than the dispute this session was sent: refuse, re-show."""
