@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> Result:
     from storage.db import StoreError, create_schema, describe_error, make_engine, safe_url
 
     root = (args.dir or args.project).absolute()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} exists and is not a folder: choose another project folder")
     if (root / CONFIG_NAME).exists():
         raise UserError(f"{root / CONFIG_NAME} already exists: this folder is a project already")
     if args.image_size < 32:
