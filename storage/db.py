@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select, text
 
-from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Meta
+from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Job, Meta
 
 T = TypeVar("T")
 
@@ -155,8 +155,13 @@ def _v2_user_sessions(conn: Any) -> None:  # noqa: ANN401
         conn.execute(text('ALTER TABLE "user" ADD COLUMN generation INTEGER NOT NULL DEFAULT 0'))
 
 
+def _add_job_table(conn: Any) -> None:  # noqa: ANN401
+    # Background jobs in the store (storage.jobs): a new table and its indexes, nothing else touched.
+    SQLModel.metadata.create_all(conn, tables=[Job.__table__], checkfirst=True)
+
+
 # version -> the step that upgrades a database of that version to the next one, in place.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions, 3: _add_job_table}
 
 
 def migrate(engine: Engine) -> int | None:
