@@ -179,6 +179,16 @@ def describe(job: Any) -> str:  # noqa: ANN401 - a storage Job row
     return f"{name}: {phase}{done}"
 
 
+def status_line(project: Project) -> str:
+    """The queued and running jobs in one line for the labeller (empty when there are none)."""
+    from storage import db
+    from storage import jobs as store
+
+    with db.session(project.engine) as s:
+        active = store.active(s)
+    return " · ".join(describe(j) for j in active)
+
+
 # --------------------------------------------------------------------------- the runner
 
 class JobContext:

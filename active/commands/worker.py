@@ -9,9 +9,14 @@ hand is queued again for another worker."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import threading
 from datetime import timedelta
 
 from active.commands import Result
+
+PARENT_CHECK_S = 2.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +30,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stale-after", type=float, default=STALE_AFTER.total_seconds(), metavar="S",
                    help="a running job whose worker was silent this long is taken back "
                         f"(default {STALE_AFTER.total_seconds():g})")
+    p.add_argument("--parent", type=int, metavar="PID", help=argparse.SUPPRESS)  # `active serve`: stop with it
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ANN001
+    # SIGTERM stops the worker like Ctrl-C: the job in hand is queued again for another worker.
+    raise KeyboardInterrupt
+
+
+def _stop_with(parent: int, stop: threading.Event) -> None:
+    """Set ``stop`` once ``parent`` has gone (this worker was started by `active serve`)."""
+    while not stop.wait(PARENT_CHECK_S):
+        if os.getppid() != parent:
+            stop.set()
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -43,8 +61,15 @@ def run(args: argparse.Namespace) -> Result:
     if not args.json:
         print(f"worker {name}: waiting for jobs ({', '.join(kinds) if kinds else 'any kind'}"
               f"{', GPU work only' if args.gpu else ''}); Ctrl-C stops", flush=True)
-    ran = work(project, name=name, kinds=kinds, gpu_only=args.gpu, once=args.once, poll_s=args.poll,
-               stale_after=timedelta(seconds=args.stale_after))
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop = threading.Event()
+    if args.parent:
+        threading.Thread(target=_stop_with, args=(args.parent, stop), daemon=True).start()
+    try:
+        ran = work(project, name=name, kinds=kinds, gpu_only=args.gpu, once=args.once, poll_s=args.poll,
+                   stale_after=timedelta(seconds=args.stale_after), stop=stop)
+    finally:
+        stop.set()
     lines = [f"job {j}: {state}" for j, state in ran] or ["no job was queued"]
     return Result({"worker": name, "jobs": [{"id": j, "state": state} for j, state in ran]}, "\n".join(lines),
                   exit_code=0 if all(state == "done" for _, state in ran) else 1)

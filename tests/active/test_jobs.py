@@ -130,3 +130,25 @@ def test_the_fine_tune_progress_is_its_jobs(project) -> None:  # noqa: ANN001
         "fine-tune: epoch 1/3, batch 5/10, 50.0 img/s, about 2 min left")
     db.write(project.engine, lambda s: store.fail(s, job.id, "gpu-box", "CUDA out of memory"))
     assert policy.describe_progress(policy.fine_tune_progress(project)) == "last fine-tune: failed (CUDA out of memory)"
+
+
+def test_serve_starts_a_local_worker_that_runs_queued_jobs_and_stops_with_it(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    from active.commands.serve import WORKER_LOG, start_worker, stop_worker
+
+    project = make_tiny_project(tmp_path, make_image, per_class=2)
+    out = tmp_path / "exported"
+    job, _ = jobs.enqueue(project, "export", {"format": "csv", "out": str(out)})
+    proc = start_worker(project)
+    try:
+        deadline = time.monotonic() + 120
+        while _job(project, job.id).state in ("queued", "running") and time.monotonic() < deadline:
+            assert proc.poll() is None, (project.artifacts / WORKER_LOG).read_text()
+            time.sleep(0.1)
+        row = _job(project, job.id)
+        assert row.state == JobState.DONE, row.reason
+        assert row.worker.endswith(":local") and row.result["counts"]["exported"] == 6
+        assert (out / "labels.csv").is_file()
+    finally:
+        stop_worker(proc)
+    assert proc.returncode is not None
+    assert "claimed by" in (project.artifacts / WORKER_LOG).read_text()
