@@ -135,7 +135,8 @@ def finish(session: Session, job_id: int, worker: str, *, state: JobState = JobS
     job.state = state
     job.finished_at = job.heartbeat_at = utcnow()
     job.result = result
-    job.reason = reason
+    if reason is not None:  # else the reason it was retried for stays on record
+        job.reason = reason
     if log_tail is not None:
         job.log_tail = _tail(log_tail)
     if progress is not None:
