@@ -413,9 +413,15 @@ def work(project: Project, *, name: str | None = None, kinds: Sequence[str] | No
     done: list[tuple[int, str]] = []
     stop = stop or threading.Event()
     while not stop.is_set():
-        for j in db.write(project.engine, lambda s: jobs.reclaim(s, stale_after=stale_after)):
-            log.warning("job %s (%s): %s", j.id, j.kind, j.reason)
-        job = db.write(project.engine, lambda s: jobs.claim(s, name, kinds=kinds, gpu_only=gpu_only))
+        # Reads first: an idle worker must not take the store's write lock every second.
+        with db.session(project.engine) as s:
+            stale = jobs.stale_running(s, stale_after=stale_after)
+            queued = jobs.has_queued(s, kinds=kinds, gpu_only=gpu_only)
+        if stale:
+            for j in db.write(project.engine, lambda s: jobs.reclaim(s, stale_after=stale_after)):
+                log.warning("job %s (%s): %s", j.id, j.kind, j.reason)
+        job = db.write(project.engine, lambda s: jobs.claim(s, name, kinds=kinds, gpu_only=gpu_only)) if (
+            queued or stale) else None
         if job is None:
             if once:
                 break

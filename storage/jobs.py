@@ -93,6 +93,25 @@ def claim(session: Session, worker: str, *, kinds: Sequence[str] | None = None, 
     return job
 
 
+def has_queued(session: Session, *, kinds: Sequence[str] | None = None, gpu_only: bool = False) -> bool:
+    """Whether a job this worker could claim is queued: a read, so an idle worker looks without
+    taking SQLite's write lock (which every label waits for)."""
+    query = select(Job.id).where(Job.state == JobState.QUEUED)
+    if kinds is not None:
+        query = query.where(Job.kind.in_(list(kinds)))
+    if gpu_only:
+        query = query.where(Job.gpu.is_(True))
+    return session.exec(query.limit(1)).first() is not None
+
+
+def stale_running(session: Session, *, stale_after: timedelta, now: datetime | None = None) -> bool:
+    """Whether `reclaim` would find anything (a read, for the same reason as `has_queued`)."""
+    cutoff = (now or utcnow()) - stale_after
+    query = select(Job.id).where(Job.state == JobState.RUNNING,
+                                 or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff))
+    return session.exec(query.limit(1)).first() is not None
+
+
 def _held(session: Session, job_id: int, worker: str) -> Job | None:
     """The job when it is running under ``worker`` (locked for this transaction), else None."""
     job = session.exec(select(Job).where(Job.id == job_id).with_for_update()).first()

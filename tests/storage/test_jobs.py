@@ -39,7 +39,12 @@ def test_claim_takes_the_oldest_matching_job(engine) -> None:  # noqa: ANN001
     ids = {}
     for kind, gpu in (("score", False), ("full", True), ("export", False)):
         ids[kind] = db.write(engine, lambda s, k=kind, g=gpu: jobs.enqueue(s, k, gpu=g))[0].id
+    with db.session(engine) as s:
+        assert jobs.has_queued(s, gpu_only=True) and jobs.has_queued(s, kinds=["export"])
+        assert not jobs.has_queued(s, kinds=["head"])
     assert db.write(engine, lambda s: jobs.claim(s, "g", gpu_only=True)).id == ids["full"]
+    with db.session(engine) as s:
+        assert not jobs.has_queued(s, gpu_only=True)
     assert db.write(engine, lambda s: jobs.claim(s, "e", kinds=["export"])).id == ids["export"]
     got = db.write(engine, lambda s: jobs.claim(s, "any"))
     assert got.id == ids["score"] and got.worker == "any" and got.attempts == 1 and got.state == JobState.RUNNING
@@ -86,6 +91,8 @@ def test_reclaim_requeues_then_fails_with_the_reason(engine) -> None:  # noqa: A
     stale = timedelta(seconds=30)
     assert db.write(engine, lambda s: jobs.reclaim(s, stale_after=stale)) == []  # it just heartbeat
     later = jobs.utc(db.write(engine, lambda s: jobs.get(s, job.id)).heartbeat_at) + timedelta(seconds=31)
+    with db.session(engine) as s:
+        assert not jobs.stale_running(s, stale_after=stale) and jobs.stale_running(s, stale_after=stale, now=later)
     assert [j.id for j in db.write(engine, lambda s: jobs.reclaim(s, stale_after=stale, now=later))] == [job.id]
     with db.session(engine) as s:
         row = jobs.get(s, job.id)
