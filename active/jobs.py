@@ -194,8 +194,12 @@ def status_line(project: Project) -> str:
 class JobContext:
     """A job this process runs: what its heartbeat thread writes, and what it has heard back."""
 
-    def __init__(self, project: Project, job_id: int, worker: str, *, heartbeat_s: float = HEARTBEAT_S) -> None:
+    def __init__(self, project: Project, job_id: int, worker: str, *, heartbeat_s: float = HEARTBEAT_S,
+                 stop_when_lost: bool = True) -> None:
+        """``stop_when_lost``: stop the work once the job was taken from this worker (a command in
+        the foreground finishes its work regardless: its row is only a record)."""
         self.project, self.job_id, self.worker = project, job_id, worker
+        self.stop_when_lost = stop_when_lost
         self.heartbeat_s = heartbeat_s
         self.info: dict[str, Any] = {}
         self.lines: deque[str] = deque(maxlen=LOG_LINES)
@@ -210,7 +214,7 @@ class JobContext:
     def report(self, info: dict[str, Any]) -> None:
         with self._lock:
             self.info.update(info)
-        if self.lost.is_set():
+        if self.lost.is_set() and self.stop_when_lost:
             raise Lost(f"job {self.job_id} is no longer this worker's")
         if self.cancelled.is_set():
             raise Cancelled(f"job {self.job_id} was cancelled")
@@ -379,7 +383,7 @@ def foreground(project: Project, name: str, args: dict[str, Any] | None = None) 
         return jobs.claim(s, worker, job_id=job.id)
 
     job = db.write(project.engine, start)
-    ctx = JobContext(project, int(job.id), worker)
+    ctx = JobContext(project, int(job.id), worker, stop_when_lost=False)
     with _running(ctx):
         try:
             yield ctx
