@@ -55,6 +55,12 @@ LEAVE_OUT_POSTERIOR = 0.5
 # (a one-parameter fit, but on fewer it follows a handful of hard items); else on the
 # out-of-fold predictions of every label kept, weighted by trust.
 MIN_TRUSTED_FOR_CALIBRATION = 100
+# A head refresh every few dozen labels reuses the L2 strength that the last cross-validation
+# chose while fewer label rows than this share of the labels it was chosen on have been added
+# since (human decisions, re-imports, flips; any of them may move the choice), on the same
+# classes, class aliases and embeddings. Walking the whole grid costs ~10x the refit, and on a
+# small shared machine that CPU is taken from the annotators' requests.
+REUSE_STRENGTH_CHANGE = 0.05
 
 
 @dataclass
@@ -418,7 +424,10 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     # Every labelled pool item trains (no slice held back): calibration uses out-of-fold logits.
     pool_ids, pool_y = data.all_pool()
     x_all, y_all, id_all = rows(pool_ids, pool_y)
-    fitted, metrics = fit_trusted_head(x_all, y_all, id_all, data, classes, seed=seed)
+    with db.session(project.engine) as s:
+        earlier = versions.all_versions(s)
+    fitted, metrics = fit_trusted_head(x_all, y_all, id_all, data, classes, seed=seed,
+                                       earlier=(earlier, source.id))
     x_ho, y_ho, _ = rows(data.holdout_ids, data.holdout_y)
     if len(y_ho):
         metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, classes)
@@ -433,10 +442,33 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     return version, staging
 
 
+def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: list[str], embeddings_from: int,
+                      n_kept: int) -> dict | None:
+    """The "regularisation" metrics of the newest head version whose cross-validated L2 strength
+    still holds for ``data`` with ``n_kept`` labels trained on (see `REUSE_STRENGTH_CHANGE`), or
+    None: cross-validate again."""
+    for v in reversed(earlier):
+        reg = (v.metrics or {}).get("regularisation", {})
+        if v.mode != "head" or "chosen_at_label_id" not in reg:
+            continue
+        if (list(v.classes) != classes or v.artifacts.get("embeddings_from") != embeddings_from
+                or reg.get("chosen_alias_max_id") != data.max_alias_id):
+            return None
+        added = data.max_label_id - int(reg["chosen_at_label_id"])
+        # Labels left out or taken back in (a dispute check) change the set without a label row.
+        moved = abs(n_kept - int(reg["chosen_on_n"]))
+        if added >= 0 and added + moved <= REUSE_STRENGTH_CHANGE * int(reg["chosen_on_n"]):
+            return {**reg, "chosen_in_version": reg.get("chosen_in_version", v.id)}
+        return None
+    return None
+
+
 def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: LabelledSet, classes: list[str],
-                     *, seed: int = 0):  # noqa: ANN201 - models.head.Head, imported lazily
-    """The head of a `head` retrain and its metrics: trust weights, CV-chosen L2 strength,
-    temperature on trusted out-of-fold predictions.
+                     *, seed: int = 0, earlier: tuple[list[ModelVersion], int] | None = None):  # noqa: ANN201
+    """The head of a `head` retrain and its metrics: trust weights, CV-chosen L2 strength (or the
+    one an earlier head chose, when it still holds: ``earlier`` = (the versions, the id of the
+    network whose embeddings ``x`` are), see `strength_to_reuse`), temperature on trusted
+    out-of-fold predictions.
 
     x: (n, dim) embeddings of the labelled pool items ``item_ids`` (n,) with classes y (n,).
     Returns (head with its temperature, metrics dict with "train", "trust", "regularisation",
@@ -451,13 +483,22 @@ def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: L
         raise UserError(f"after leaving out {trust.summary['left_out_suspect_imported']} suspect imported labels, "
                         f"fewer than {MIN_CLASSES} classes remain: review the disputes first (`active disputes`)")
     x_k, y_k, w_k, src_k = x[kept], y[kept], trust.weight[kept], trust.sources[kept]
+    reuse = strength_to_reuse(earlier[0], data, classes, earlier[1], len(y_k)) if earlier else None
     fit_started = time.perf_counter()
-    cv = fit_head_cv(x_k, y_k, len(classes), sample_weight=w_k, seed=seed)
+    cv = fit_head_cv(x_k, y_k, len(classes), sample_weight=w_k, seed=seed,
+                     scaled_c=float(reuse["scaled_c"]) if reuse else None)
     head = cv.head
+    if reuse:
+        chosen = {**reuse, "chosen": "reused"}
+    elif cv.folds == 0:  # too few labels per class to cross-validate: nothing to reuse later
+        chosen = {"chosen": "fallback"}
+    else:
+        chosen = {"chosen": "cross_validation", "chosen_at_label_id": data.max_label_id,
+                  "chosen_on_n": int(len(y_k)), "chosen_alias_max_id": data.max_alias_id,
+                  "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}
     metrics: dict = {"train": {"n": int(len(y_k)), "per_class": _class_counts(y_k, classes)},
                      "trust": trust.summary,
-                     "regularisation": {"C": cv.C, "scaled_c": cv.scaled_c, "folds": cv.folds,
-                                        "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}}
+                     "regularisation": {**chosen, "C": cv.C, "scaled_c": cv.scaled_c, "folds": cv.folds}}
     calibration: dict = {"on": "none", "n": 0, "temperature": 1.0}
     if cv.oof_logits is not None:
         head.temperature, calibration, metrics["validation"] = calibrate(
@@ -497,7 +538,7 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
     from active import policy
     from models.backbones import eval_transform, train_transform
     from models.infer import embed_and_predict
-    from models.train import fine_tune, fold_temperature
+    from models.train import LR_BACKBONE, LR_HEAD, fine_tune, fold_temperature
 
     cfg = project.config
     classes = list(cfg.classes)
@@ -512,13 +553,17 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
     va_ids, va_y = data.val_ids[va.kept], data.val_y[va.kept]
     torch.manual_seed(seed)
     model = modelstore.build_network(cfg.backbone, len(classes), cfg.weights)  # fresh, from the factory
-    t_eval = eval_transform(spec, image_size=cfg.image_size)
     reporter = policy.ProgressWriter(project)
+    reporter.phase("fitting a linear probe to start from")
+    init_head = _start_from_linear_probe(project, model, spec.name, tr_ids, tr_y, tr_w, classes, seed=seed)
+    t_eval = eval_transform(spec, image_size=cfg.image_size)
     result = fine_tune(
         model, [data.paths[i] for i in tr_ids.tolist()], tr_y, [data.paths[i] for i in va_ids.tolist()], va_y,
         train_transform=train_transform(spec, image_size=cfg.image_size), eval_transform=t_eval,
         epochs=epochs, batch_size=batch_size, device=device, num_workers=num_workers, seed=seed, progress=progress,
         train_weights=tr_w, balanced=True, patience=cfg.retrain.full_patience, on_progress=reporter,
+        # A final layer that starts from the probe already sees well: one small rate for all.
+        lr_head=LR_BACKBONE if init_head["from"] == "linear_probe" else LR_HEAD,
     )
     reporter.phase("evaluating")
     trust = {**tr.summary, "left_out_suspect_imported": tr.summary["left_out_suspect_imported"]
@@ -526,7 +571,7 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
              "left_out_items": sorted(tr.summary["left_out_items"] + va.summary["left_out_items"])}
     metrics: dict = {"train": {"n": int(len(tr_y)), "per_class": _class_counts(tr_y, classes), "epochs": epochs,
                                "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                               "history": result.history, "balanced_sampling": True},
+                               "history": result.history, "balanced_sampling": True, "init_head": init_head},
                      "trust": trust}
     temperature = 1.0
     metrics["calibration"] = {"on": "none", "n": 0, "temperature": 1.0}
@@ -550,6 +595,38 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
                    "image_size": cfg.image_size, "init_weights": spec.name},
     )
     return version, staging
+
+
+def _start_from_linear_probe(project: Project, model: object, weights: str, ids: np.ndarray, y: np.ndarray,
+                             w: np.ndarray, classes: list[str], *, seed: int) -> dict:
+    """Start the network's new final layer from a linear probe (LP-FT, Kumar et al. 2022, "Fine-
+    Tuning can Distort Pretrained Features"): a head fitted as in `head` mode on the pretrained
+    network's stored embeddings of the training items, folded into one Linear. A randomly
+    started layer sends large, wrong gradients into the pretrained features for the first
+    epochs; started from the probe, the fine-tune begins at the head's accuracy and only
+    improves on it, which matters on a CPU that affords two or three epochs.
+
+    Returns what the metrics record: {"from": "linear_probe", ...} or {"from": "random", "why": ...}.
+    """
+    from models.backbones import set_final_linear
+    from models.head import fit_head_cv
+
+    cfg = project.config
+    with db.session(project.engine) as s:
+        nets = [v for v in versions.all_versions(s) if v.mode == "pretrained" and v.backbone == cfg.backbone
+                and v.weights == weights and int(v.artifacts.get("image_size", cfg.image_size)) == cfg.image_size]
+    if not nets:
+        return {"from": "random", "why": "no scored pretrained version of this backbone and weights"}
+    source = nets[-1]
+    stored, emb = scoring.load_embeddings(project, source.id)
+    row_of = {int(i): k for k, i in enumerate(stored.tolist())}
+    have = np.array([int(i) in row_of for i in ids.tolist()], dtype=bool)
+    if len(set(y[have].tolist())) < MIN_CLASSES:
+        return {"from": "random", "why": f"version {source.id} has embedded too few training items"}
+    x = emb[[row_of[int(i)] for i in ids[have].tolist()]]
+    probe = fit_head_cv(x, y[have], len(classes), sample_weight=w[have], seed=seed)
+    set_final_linear(model, *probe.head.as_linear())
+    return {"from": "linear_probe", "embeddings_of": source.id, "n": int(have.sum()), "scaled_c": probe.scaled_c}
 
 
 def serving_decision(new_holdout: dict | None, serving: ModelVersion | None) -> dict:

@@ -25,7 +25,7 @@ from active import modelstore
 from active.atomic import write_atomic
 from active.errors import UserError
 from storage import db, items, versions
-from storage.tables import ModelVersion, Prediction
+from storage.tables import ModelVersion
 
 if TYPE_CHECKING:
     from active.project import Project
@@ -71,13 +71,19 @@ def uncertainty(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return pred, conf, margin, entropy
 
 
-def _prediction(item_id: int, version: ModelVersion, row: int, probs: np.ndarray | None) -> Prediction:
-    if probs is None or not version.classes:
-        return Prediction(item_id=item_id, model_version_id=version.id, row=row)
-    pred, conf, margin, ent = uncertainty(probs[None, :])
-    return Prediction(item_id=item_id, model_version_id=version.id, row=row, pred=version.classes[int(pred[0])],
-                      confidence=float(conf[0]), margin=float(margin[0]), entropy=float(ent[0]),
-                      probs=[round(float(x), 6) for x in probs])
+def _predictions(version: ModelVersion, item_ids: list[int], rows: list[int], probs: np.ndarray | None) -> list[dict]:
+    """Column values of the predictions of ``item_ids`` (n,) at embedding ``rows`` (n,), with
+    their uncertainty when the version has a head (``probs``: (n, c)), computed for all at once."""
+    base = [{"item_id": i, "model_version_id": version.id, "row": r} for i, r in zip(item_ids, rows, strict=True)]
+    if probs is None or not version.classes or not base:
+        return base
+    probs = np.asarray(probs)
+    pred, conf, margin, ent = uncertainty(probs)
+    rounded = np.round(probs.astype(np.float64), 6).tolist()
+    for k, row in enumerate(base):
+        row.update(pred=version.classes[int(pred[k])], confidence=float(conf[k]), margin=float(margin[k]),
+                   entropy=float(ent[k]), probs=rounded[k])
+    return base
 
 
 # ---------------------------------------------------------------- embedding arrays
@@ -287,15 +293,14 @@ def _write_chunk(project: Project, version: ModelVersion, folder: Path, item_ids
     rows and the unreadable marks. Returns the number of predictions written."""
 
     def fn(s) -> int:  # noqa: ANN001
-        done = versions.predictions(s, version.id, item_ids.tolist())  # a concurrent run got there
+        done = versions.scored_ids(s, version.id, item_ids.tolist())  # a concurrent run got there
         keep = np.array([i not in done for i in item_ids.tolist()], dtype=bool)
         row0 = versions.next_row(s, version.id)
         if keep.any():
             _save_chunk(folder, row0, embeddings[keep])
-        rows = []
-        for k, (item_id, ok) in enumerate(zip(item_ids.tolist(), keep, strict=True)):
-            if ok:
-                rows.append(_prediction(item_id, version, row0 + len(rows), None if probs is None else probs[k]))
+        n = int(keep.sum())
+        rows = _predictions(version, item_ids[keep].tolist(), list(range(row0, row0 + n)),
+                            None if probs is None else probs[keep])
         versions.add_predictions(s, rows)
         for item_id, reason in errors.items():
             items.mark_unreadable(s, item_id, reason)
@@ -313,7 +318,7 @@ def _score_head(project: Project, version: ModelVersion, source: ModelVersion, r
         return
     ids, emb = load_embeddings(project, source.id)
     with db.session(project.engine) as s:
-        rows = {i: p.row for i, p in versions.predictions(s, source.id).items()}
+        rows = versions.embedding_rows(s, source.id)
     want = np.array([i in todo for i in ids.tolist()], dtype=bool)
     ids, emb = ids[want], emb[want]
     with np.load(modelstore.version_dir(project, version) / version.artifacts.get("head", modelstore.HEAD_FILE)) as d:
@@ -323,11 +328,11 @@ def _score_head(project: Project, version: ModelVersion, source: ModelVersion, r
         part = slice(start, start + HEAD_CHUNK)
 
         def fn(s, part=part) -> int:  # noqa: ANN001
-            done = versions.predictions(s, version.id, ids[part].tolist())
-            new = [_prediction(i, version, rows[i], p) for i, p in zip(ids[part].tolist(), probs[part], strict=True)
-                   if i not in done]
-            versions.add_predictions(s, new)
-            return len(new)
+            done = versions.scored_ids(s, version.id, ids[part].tolist())
+            new = np.array([i not in done for i in ids[part].tolist()], dtype=bool)
+            chunk = ids[part][new].tolist()
+            versions.add_predictions(s, _predictions(version, chunk, [rows[i] for i in chunk], probs[part][new]))
+            return len(chunk)
 
         report.scored += db.write(project.engine, fn)
 

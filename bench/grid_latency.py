@@ -37,6 +37,7 @@ from _common import (
     labeller_server,
     latency_parser,
     small_and_large,
+    ui_client,
 )
 
 USER, PASSWORD = "bench", "bench-password"
@@ -77,7 +78,6 @@ def build_small(root: Path) -> None:
 
 def measure(root: Path, *, pages: int, warmup: int, think_s: float) -> list[float]:
     """Milliseconds from confirming a page to the next page of 48 arriving, per page."""
-    from gradio_client import Client
 
     from active.project import Project
     from storage import db, users
@@ -85,7 +85,7 @@ def measure(root: Path, *, pages: int, warmup: int, think_s: float) -> list[floa
     project = Project.load(root)
     db.write(project.engine, lambda s: users.get(s, USER) or users.add(s, USER, PASSWORD, role="annotator"))
     with labeller_server(root) as port:
-        client = Client(f"http://127.0.0.1:{port}/", auth=(USER, PASSWORD), verbose=False)
+        client = ui_client(f"http://127.0.0.1:{port}/", USER, PASSWORD)
         out = client.predict("(next class)", api_name="/grid_open")
         times: list[float] = []
         seen = 0

@@ -58,7 +58,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import DEFAULT_DATA, add_synthetic_items, cli, free_port  # noqa: E402
+from _common import DEFAULT_DATA, add_synthetic_items, cli, free_port, ui_client  # noqa: E402
 
 DATASET = DEFAULT_DATA
 SPLIT_FOLDERS = ("train", "validation", "test")
@@ -260,7 +260,6 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us; Ctrl-C goes to it
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gradio_client import Client
 
     rng = random.Random(seed)
     fh = open(out, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
@@ -271,8 +270,8 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
     client = None
     for attempt in range(10):
         try:
-            client = Client(url, auth=(name, PASSWORD), verbose=False, download_files=False,
-                            analytics_enabled=False, httpx_kwargs={"timeout": 120})
+            client = ui_client(url, name, PASSWORD, download_files=False, analytics_enabled=False,
+                               httpx_kwargs={"timeout": 120})
             break
         except Exception as exc:  # noqa: BLE001
             emit(t="error", api="/login", msg=f"{type(exc).__name__}: {exc}")

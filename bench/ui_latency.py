@@ -94,7 +94,6 @@ def model_only_ms(root: Path, n: int = 10) -> float:
 
 def measure(root: Path, *, n: int, think_s: float, warmup: int) -> tuple[list[float], list[float]]:
     """(next item + Grad-CAM round trips, no-op round trips) in ms, ``n`` of each after warm-up."""
-    from gradio_client import Client
 
     from active.project import Project
     from storage import db, users
@@ -102,7 +101,7 @@ def measure(root: Path, *, n: int, think_s: float, warmup: int) -> tuple[list[fl
     project = Project.load(root)
     db.write(project.engine, lambda s: users.add(s, USER, PASSWORD, role="annotator"))
     with common.labeller_server(root) as port:
-        client = Client(f"http://127.0.0.1:{port}/", auth=(USER, PASSWORD), verbose=False)
+        client = common.ui_client(f"http://127.0.0.1:{port}/", USER, PASSWORD)
         item = client.predict(True, "gradcam", api_name="/start")[0]
         client.predict(True, "gradcam", api_name="/attribution")
         times, noops, hits = [], [], 0

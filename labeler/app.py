@@ -289,9 +289,9 @@ class LabelerApp:
         served = f"{task.item_id if task else ''}:{next(self._served)}"
         if task is None:
             self._shown_by(request, None)
-            picks = [gr.Button(value=f"{i + 1}", visible="hidden") for i in range(N_PICKS)]
+            picks = [gr.update(value=f"{i + 1}", visible="hidden") for i in range(N_PICKS)]
             done = "**Nothing left to label** in the open rounds. Open a new round with `active select`."
-            return [None, None, served, None, None, done, *picks, note, gr.Dropdown(value=None), None, ""]
+            return [None, None, served, None, None, done, *picks, note, gr.update(value=None), None, ""]
         try:
             photo = self.prefetch.photo(task.item_id, task.path)
         except ImageError as exc:  # a file that vanished or broke since import: set it aside, go on
@@ -304,9 +304,9 @@ class LabelerApp:
         for i in range(N_PICKS):
             if i < len(task.ranked):
                 c, p = task.ranked[i]
-                picks.append(gr.Button(value=f"{i + 1} · {c} {p:.0%}", visible=True))
+                picks.append(gr.update(value=f"{i + 1} · {c} {p:.0%}", visible=True))
             else:
-                picks.append(gr.Button(value=f"{i + 1}", visible="hidden"))
+                picks.append(gr.update(value=f"{i + 1}", visible="hidden"))
         model = f"model v{task.version_id}" if task.version_id else "no model suggestions yet"
         why = f"**Why this item:** {esc(task.why())} · {esc(model)} · item #{task.item_id}"
         attr_img, attr_text = None, ""
@@ -315,7 +315,9 @@ class LabelerApp:
             ready = self.prefetch.ready(("map", task.item_id, task.version_id, method, task.top[0]))
             if ready is not None:
                 attr_img, attr_text = str(ready), self._map_note(method, task.top[0])
-        return [task.to_state(), task.item_id, served, str(photo), bars, why, *picks, note, gr.Dropdown(value=None),
+        # gr.update, not gr.Button(...)/gr.Dropdown(...): a component built per reply inspects its
+        # constructor's signature each time, a sizeable share of every label's server time.
+        return [task.to_state(), task.item_id, served, str(photo), bars, why, *picks, note, gr.update(value=None),
                 attr_img, attr_text]
 
     @staticmethod

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -158,6 +159,17 @@ def replace_final_linear(model: nn.Module, new: nn.Module) -> nn.Module:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+    return model
+
+
+def set_final_linear(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> nn.Module:
+    """Start the final Linear from ``weight`` (out, in) and ``bias`` (out,) (in place); returns ``model``."""
+    _, linear = find_final_linear(model)
+    if tuple(weight.shape) != tuple(linear.weight.shape) or linear.bias is None or bias.shape != (weight.shape[0],):
+        raise ValueError(f"a final Linear of {tuple(linear.weight.shape)} cannot start from {weight.shape}, {bias.shape}")
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
     return model
 
 

@@ -64,6 +64,13 @@ class Head:
         """Calibrated probabilities: (n, n_classes), rows sum to 1."""
         return softmax(self.logits(embeddings), self.temperature)
 
+    def as_linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight (n_classes, dim), bias (n_classes,)) of one Linear layer on raw embeddings
+        giving the same logits (the standardisation folded in; before temperature): how a
+        network's final layer starts from this head before fine-tuning."""
+        weight = self.weight / self.scale
+        return weight.astype(np.float32), (self.bias - weight @ self.mean).astype(np.float32)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias, "mean": self.mean, "scale": self.scale,
                 "temperature": np.array(self.temperature, dtype=np.float64)}
@@ -143,12 +150,16 @@ def fit_head_cv(
     folds: int = CV_FOLDS,
     grid: tuple[float, ...] = SCALED_C_GRID,
     seed: int = 0,
+    scaled_c: float | None = None,
 ) -> CVHead:
     """A head whose L2 strength is chosen by stratified K-fold cross-validation.
 
     embeddings: (n, dim); labels: (n,) ints in [0, num_classes); sample_weight: (n,) > 0, how
     much each label is trusted (it weighs both the fit and the CV score, so distrusted labels
     neither pull the head nor judge the strength). Items a caller wants left out are not passed.
+    scaled_c: a strength chosen by an earlier cross-validation on (nearly) the same labels, to
+    reuse instead of walking the grid again (K + 1 fits instead of K x grid + K + 1; `scores`
+    is then empty); the out-of-fold logits are computed at it all the same.
     """
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from threadpoolctl import threadpool_limits
@@ -166,31 +177,35 @@ def fit_head_cv(
         return CVHead(head, c, FALLBACK_SCALED_C, {}, None, 0)
     mean, scale, z = _standardise(x)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    cs = [r / total for r in grid]
     class_weight = "balanced" if balanced else None
+    scores: dict[float, float] = {}
     # Small BLAS calls on a shared machine: one thread each (see `active.disputes`).
     with threadpool_limits(limits=1), warnings.catch_warnings():
         # lbfgs may stop short of full convergence at the weakest penalties of the grid on
         # separable sets; the log-loss there is already near its floor, so the choice stands.
         warnings.filterwarnings("ignore", category=UserWarning, message=".*converge")
         warnings.filterwarnings("ignore", message=".*lbfgs failed to converge")
-        cv = LogisticRegressionCV(Cs=cs, cv=splitter, scoring=CV_SCORING, class_weight=class_weight,
-                                  max_iter=MAX_ITER, random_state=seed, l1_ratios=(0.0,),
-                                  use_legacy_attributes=False)
-        cv.fit(z, y, sample_weight=w)  # refits on every item at the chosen strength
-        c = float(cv.C_)
-        scores = cv.scores_.mean(axis=0)[0]  # (n_folds, 1, n_Cs) -> (n_Cs,)
+        if scaled_c is None:
+            fitted: LogisticRegression | LogisticRegressionCV = LogisticRegressionCV(
+                Cs=[r / total for r in grid], cv=splitter, scoring=CV_SCORING, class_weight=class_weight,
+                max_iter=MAX_ITER, random_state=seed, l1_ratios=(0.0,), use_legacy_attributes=False)
+            fitted.fit(z, y, sample_weight=w)  # refits on every item at the chosen strength
+            c = float(fitted.C_)
+            mean_scores = fitted.scores_.mean(axis=0)[0]  # (n_folds, 1, n_Cs) -> (n_Cs,)
+            scores = {round(r, 4): float(sc) for r, sc in zip(grid, mean_scores, strict=True)}
+        else:
+            c = scaled_c / total
+            fitted = LogisticRegression(C=c, max_iter=MAX_ITER, class_weight=class_weight, random_state=seed)
+            fitted.fit(z, y, sample_weight=w)
         at_c = LogisticRegression(C=c, max_iter=MAX_ITER, class_weight=class_weight, random_state=seed)
         log_p = cross_val_predict(at_c, z, y, cv=splitter, method="predict_log_proba",
                                   params={"sample_weight": w})
-    weight, bias = _expand(cv, num_classes)
+    weight, bias = _expand(fitted, num_classes)
     oof = np.full((len(y), num_classes), ABSENT_LOGIT, dtype=np.float32)
     # Log-probabilities are logits up to a per-row constant, which softmax and temperature
     # scaling both ignore; classes a fold never saw come back as -inf.
     oof[:, present] = np.maximum(log_p, ABSENT_LOGIT)
-    scaled_c = c * total
-    return CVHead(Head(weight, bias, mean, scale), c, scaled_c,
-                  {round(r, 4): float(sc) for r, sc in zip(grid, scores, strict=True)}, oof, k)
+    return CVHead(Head(weight, bias, mean, scale), c, c * total, scores, oof, k)
 
 
 def _check(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

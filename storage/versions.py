@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, literal
+from sqlalchemy import func, insert, literal
 from sqlmodel import Session, select
 
 from storage.aliases import all_aliases
@@ -111,9 +111,12 @@ def all_versions(session: Session) -> list[ModelVersion]:
     return _named(session, list(session.exec(select(ModelVersion).order_by(ModelVersion.id))))
 
 
-def add_predictions(session: Session, rows: Sequence[Prediction]) -> None:
-    session.add_all(rows)
-    session.flush()
+def add_predictions(session: Session, rows: Sequence[Prediction | Mapping[str, Any]]) -> None:
+    """Insert predictions (rows or their column values) in one executemany: a head refresh
+    writes one per pool item, and building ORM objects for them cost more than the SQL."""
+    values = [r if isinstance(r, Mapping) else r.model_dump(exclude={"id"}) for r in rows]
+    if values:
+        session.execute(insert(Prediction), values)
 
 
 def predictions(
@@ -123,6 +126,18 @@ def predictions(
     query = select(Prediction).where(Prediction.model_version_id == version_id)
     rows = session.exec(query) if item_ids is None else in_chunks(session, query, Prediction.item_id, item_ids)
     return {p.item_id: p for p in _named(session, list(rows))}
+
+
+def scored_ids(session: Session, version_id: int, item_ids: Iterable[int]) -> set[int]:
+    """Those of ``item_ids`` that this version has scored (without loading their rows)."""
+    query = select(Prediction.item_id).where(Prediction.model_version_id == version_id)
+    return set(in_chunks(session, query, Prediction.item_id, item_ids))
+
+
+def embedding_rows(session: Session, version_id: int) -> dict[int, int]:
+    """item id -> its row in the version's embedding array."""
+    query = select(Prediction.item_id, Prediction.row).where(Prediction.model_version_id == version_id)
+    return {int(i): int(r) for i, r in session.execute(query)}
 
 
 def unscored_ids(session: Session, version_id: int) -> list[int]:

@@ -9,11 +9,24 @@ pick the same row).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text
+from sqlalchemy import (
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+)
 from sqlmodel import Session
 
 from storage.enums import RoundState
@@ -140,35 +153,30 @@ def lease_next(
     now = now or utcnow()
     begin_handout(session, now)
 
-    own = session.execute(
-        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator, _single_lease())
-        .order_by(Lease.id.desc()).limit(1)
-    ).first()
+    params = {"who": annotator, "overlap": overlap, "expires": now + ttl}
+    own = session.execute(_own_lease(), params).first()
     if own is not None:
-        session.execute(
-            Lease.__table__.update().where(Lease.annotator == annotator, _single_lease()).values(expires_at=now + ttl)
-        )
+        session.execute(_renew_own_lease(), params)
         return _queued(session, own.item_id, own.round_id)
-
-    base = _candidates(annotator, overlap)
-    item_col, round_col = base.selected_columns
-    candidate = base.with_only_columns(item_col, literal(annotator), round_col, literal(now + ttl)).limit(1)
-    session.execute(
-        insert(Lease).from_select(["item_id", "annotator", "round_id", "expires_at"], candidate)
-    )
-    got = session.execute(
-        select(Lease.item_id, Lease.round_id).where(Lease.annotator == annotator, _single_lease())
-        .order_by(Lease.id.desc()).limit(1)
-    ).first()
+    session.execute(_lease_first_candidate(), params)
+    got = session.execute(_own_lease(), params).first()
     return None if got is None else _queued(session, got.item_id, got.round_id)
 
 
-def _candidates(annotator: str, overlap: int):  # noqa: ANN202
-    """SELECT item_id, round_id of the items ``annotator`` may be served next, best first."""
+# The hand-out's statements are built once, with bound parameters (:who, :overlap,
+# :expires, :n), and reused: building and cache-keying these nested selects anew cost several
+# times the SQL itself on every label.
+_ANNOTATOR = bindparam("who", type_=String)  # not "annotator": a column of lease
+
+
+@functools.cache
+def _candidates():  # noqa: ANN202
+    """SELECT item_id, round_id of the items annotator :who may be served next, best first, while
+    fewer than :overlap annotators have labelled or leased them."""
     q = QueueEntry.__table__.alias("q")
     r = Round.__table__.alias("r")
     lease = Lease.__table__.alias("l")
-    seen_by_me = sql_seen_by(q.c.item_id, annotator)
+    seen_by_me = sql_seen_by(q.c.item_id, _ANNOTATOR)
     reviewed = sql_reviewed(q.c.item_id)
     done_count = sql_done_count(q.c.item_id)
     lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
@@ -181,10 +189,37 @@ def _candidates(annotator: str, overlap: int):  # noqa: ANN202
             item.c.error.is_(None),  # unreadable files are never served
             ~seen_by_me,
             ~reviewed,
-            done_count + lease_count < overlap,
+            done_count + lease_count < bindparam("overlap", type_=Integer),
         )
         .order_by(r.c.id, q.c.priority)
     )
+
+
+@functools.cache
+def _lease_first_candidate():  # noqa: ANN202
+    base = _candidates()
+    item_col, round_col = base.selected_columns
+    expires = bindparam("expires", type_=Lease.__table__.c.expires_at.type)
+    candidate = base.with_only_columns(item_col, _ANNOTATOR, round_col, expires).limit(1)
+    # The Table, not the class: with parameters, an ORM insert would mean "these rows, in bulk".
+    return insert(Lease.__table__).from_select(["item_id", "annotator", "round_id", "expires_at"], candidate)
+
+
+@functools.cache
+def _own_lease():  # noqa: ANN202
+    return (select(Lease.item_id, Lease.round_id).where(Lease.annotator == _ANNOTATOR, _single_lease())
+            .order_by(Lease.id.desc()).limit(1))
+
+
+@functools.cache
+def _renew_own_lease():  # noqa: ANN202
+    expires = bindparam("expires", type_=Lease.__table__.c.expires_at.type)
+    return Lease.__table__.update().where(Lease.annotator == _ANNOTATOR, _single_lease()).values(expires_at=expires)
+
+
+@functools.cache
+def _peek():  # noqa: ANN202
+    return _candidates().limit(bindparam("n", type_=Integer))
 
 
 def peek_next(session: Session, annotator: str, *, n: int = 1, overlap: int = 1) -> list[int]:
@@ -193,7 +228,7 @@ def peek_next(session: Session, annotator: str, *, n: int = 1, overlap: int = 1)
     Items leased by anyone (including the annotator's own current lease) are not counted, so
     with overlap 1 this is what comes after the current item. Used to prefetch.
     """
-    rows = session.execute(_candidates(annotator, overlap).limit(n)).all()
+    rows = session.execute(_peek(), {"who": annotator, "overlap": overlap, "n": n}).all()
     return [int(r.item_id) for r in rows]
 
 
@@ -208,8 +243,9 @@ def lease_item(session: Session, annotator: str, item_id: int, *, ttl: timedelta
     now = now or utcnow()
     begin_handout(session, now)
     release(session, annotator)
-    cand = _candidates(annotator, overlap).subquery()
-    row = session.execute(select(cand.c.item_id, cand.c.round_id).where(cand.c.item_id == item_id).limit(1)).first()
+    cand = _candidates().subquery()
+    row = session.execute(select(cand.c.item_id, cand.c.round_id).where(cand.c.item_id == item_id).limit(1),
+                          {"who": annotator, "overlap": overlap}).first()
     if row is None:
         return None
     session.add(Lease(item_id=item_id, annotator=annotator, round_id=row.round_id, expires_at=now + ttl))

@@ -70,6 +70,7 @@ def test_full_retrain_one_epoch(tmp_path: Path, make_image) -> None:  # noqa: AN
     project = make_tiny_project(tmp_path, make_image, per_class=4, holdout_per_class=1)
     v = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0)
     assert v.mode == "full" and v.id == 1 and v.parent_id is None
+    assert v.metrics["train"]["init_head"]["from"] == "random"  # nothing embedded by the pretrained network yet
     assert v.metrics["train"]["epochs"] == 1 and len(v.metrics["train"]["history"]) == 1
     assert v.metrics["holdout"]["n"] == 3
     assert (project.artifacts / "v1" / "model.pth").is_file()
@@ -83,6 +84,16 @@ def test_full_retrain_one_epoch(tmp_path: Path, make_image) -> None:  # noqa: AN
         paths = [s.get(Item, int(i)).path for i in ids[:3]]
     direct = embed_and_predict(lm.model, paths, transform=lm.transform, num_workers=0)
     np.testing.assert_allclose(direct.probs, probs[:3], atol=1e-4)
+
+
+def test_a_fine_tune_starts_from_a_linear_probe_on_the_pretrained_embeddings(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    from active.scoring import score
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4, holdout_per_class=1)
+    score(project, num_workers=0)  # the pretrained version 1 embeds every item
+    v = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0, score_after=False)
+    init = v.metrics["train"]["init_head"]
+    assert init["from"] == "linear_probe" and init["embeddings_of"] == 1 and init["n"] == v.metrics["train"]["n"]
 
 
 def test_crash_before_the_row_keeps_the_previous_version(tmp_path: Path, make_image, monkeypatch) -> None:  # noqa: ANN001
@@ -245,3 +256,27 @@ def test_a_rename_keeps_old_label_snapshots_reproducible(tmp_path: Path, make_im
     assert take_snapshot(project).snapshot != v.snapshot  # today's labels read under the new name
     with db.session(project.engine) as s:
         assert versions.get(s, v.id).classes[0] == "renamed"
+
+
+def test_a_refresh_reuses_the_cross_validated_strength_until_the_labels_move(project, monkeypatch) -> None:  # noqa: ANN001
+    ids, x = catalogue_with_two_wrong(project)  # 60 imported labels: 5% of them is 3 label rows
+    publish_version(project, ids, x)
+    first = retrain(project, mode="head", score_after=False)
+    assert first.metrics["regularisation"]["chosen"] == "cross_validation"
+    assert first.metrics["regularisation"]["chosen_on_n"] == 60
+    add_label(project, ids[3], "dress", kind="human", annotator="ann")
+    second = retrain(project, mode="head", score_after=False)
+    reg = second.metrics["regularisation"]
+    assert reg["chosen"] == "reused" and reg["chosen_in_version"] == first.id
+    assert reg["scaled_c"] == pytest.approx(first.metrics["regularisation"]["scaled_c"])
+    assert "validation" in second.metrics  # out-of-fold logits all the same: the temperature still has them
+    for i in ids[4:7]:  # 4 rows since the choice: more than 5% of 60
+        add_label(project, i, "dress", kind="human", annotator="ann")
+    third = retrain(project, mode="head", score_after=False)
+    assert third.metrics["regularisation"]["chosen"] == "cross_validation"
+    # Other classes: the earlier strength says nothing about them.
+    monkeypatch.setattr(project.config, "classes", [*project.config.classes, "hat"])
+    add_label(project, ids[8], "hat", kind="human", annotator="ann")
+    add_label(project, ids[9], "hat", kind="human", annotator="ann")
+    fourth = retrain(project, mode="head", score_after=False)
+    assert fourth.metrics["regularisation"]["chosen"] == "cross_validation"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -183,3 +184,21 @@ def test_enum_weights_load_from_cache_with_their_preset(mobilenet_weights: Path)
     assert model.features[0][0].weight.abs().sum() > 0
     im = Image.new("RGB", (300, 400), (200, 10, 10))
     assert eval_transform(spec)(im).shape == (3, 224, 224)
+
+
+def test_a_network_starts_from_a_linear_probe_with_its_logits() -> None:
+    from models.backbones import set_final_linear
+    from models.head import fit_head_cv
+
+    rng = np.random.default_rng(0)
+    model = build("mobilenet_v2", 3, "none")
+    dim = find_final_linear(model)[1].in_features
+    x = rng.normal(2.0, 3.0, (60, dim)).astype(np.float32)  # not standardised: the fold must undo it
+    y = np.repeat(np.arange(3), 20)
+    head = fit_head_cv(x, y, 3).head
+    set_final_linear(model, *head.as_linear())
+    with torch.no_grad():
+        got = find_final_linear(model)[1](torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(got, head.logits(x), rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="cannot start from"):
+        set_final_linear(model, np.zeros((4, dim), np.float32), np.zeros(4, np.float32))
