@@ -39,6 +39,8 @@ COMMANDS: dict[str, str] = {
     "loop": "one loop step for cron: score the pool, then open a round when the queue runs low",
     "disputes": "disputed labels for review: annotators disagree, the model disagrees (--refresh)",
     "simulate": "replay an imported labelled dataset to compare strategies (learning curves)",
+    "worker": "run background jobs (scoring, retrains, disputes, exports) queued in the store",
+    "jobs": "list, follow, cancel or queue background jobs",
 }
 
 

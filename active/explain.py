@@ -194,10 +194,12 @@ def class_average(
     method: str = DEFAULT_METHOD,
     limit: int = CLASS_AVERAGE_LIMIT,
     progress: bool = False,
-) -> Path:
+    cached_only: bool = False,
+) -> Path | None:
     """Overlay PNG of the mean map of the ``limit`` most confident items predicted as ``cls``,
     on their mean photo: what the model looks at for that class. Cached per (version, method,
-    class, items). Items whose photo cannot be read are left out and listed in the ``.json``."""
+    class, items). Items whose photo cannot be read are left out and listed in the ``.json``.
+    ``cached_only``: None instead of making it (the labeller leaves that to a worker's job)."""
     from storage import attributions, db
 
     check_method(method)
@@ -215,6 +217,8 @@ def class_average(
     png = _version_dir(project, version.id) / CLASS_AVERAGE_DIR / method / f"c{index}-n{len(ids)}-{key}.png"
     if png.is_file():
         return png
+    if cached_only:
+        return None
 
     from tqdm import tqdm
 

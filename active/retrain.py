@@ -336,6 +336,17 @@ def retrain(
     accuracy, macro_f1, ece, per_class_recall, confusion when the project has a labelled holdout)."""
     if mode not in MODES:
         raise UserError(f"unknown retrain mode {mode!r}: use one of {', '.join(MODES)}")
+    from active import jobs
+
+    # Run by a worker, this is part of its job; called directly (the CLI), it is recorded as a
+    # job of this process, so `active jobs` and the labeller see where it stands.
+    with jobs.foreground(project, mode, {"epochs": epochs, "seed": seed, "score_after": score_after}):
+        return _retrain(project, mode=mode, epochs=epochs, batch_size=batch_size, device=device,
+                        num_workers=num_workers, seed=seed, score_after=score_after, progress=progress)
+
+
+def _retrain(project: Project, *, mode: str, epochs: int | None, batch_size: int | None, device: str | None,
+             num_workers: int | None, seed: int, score_after: bool, progress: bool) -> ModelVersion:
     started = time.perf_counter()
     modelstore.clear_stale_staging(project)
     data = take_snapshot(project, seed=seed)

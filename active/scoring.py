@@ -228,6 +228,16 @@ def score(
 ) -> ScoreReport:
     """Score every readable item not yet scored by the version (default: the current one,
     publishing the pretrained version 1 first when the project has none)."""
+    from active import jobs
+
+    # Inside a worker's job this is part of it; called directly, it is recorded as a job of this process.
+    with jobs.foreground(project, "score", {"version_id": version_id}):
+        return _score(project, version_id=version_id, batch_size=batch_size, num_workers=num_workers, device=device,
+                      chunk_size=chunk_size, progress=progress)
+
+
+def _score(project: Project, *, version_id: int | None, batch_size: int | None, num_workers: int | None,
+           device: str | None, chunk_size: int, progress: bool) -> ScoreReport:
     started = time.perf_counter()
     if version_id is None:
         version, published = ensure_version(project)
@@ -245,6 +255,7 @@ def score(
 
 def _score_network(project: Project, version: ModelVersion, report: ScoreReport, *, batch_size: int | None,
                    num_workers: int | None, device: str | None, chunk_size: int, progress: bool) -> None:
+    from active import jobs
     from models.head import softmax
     from models.infer import iter_batches
 
@@ -273,6 +284,7 @@ def _score_network(project: Project, version: ModelVersion, report: ScoreReport,
         report.scored += n
         report.embedded += n
         report.failed.update(pending_err)
+        jobs.report(scored=report.embedded + len(report.failed), to_score=len(todo), version=int(version.id))
         pending_ids.clear()
         pending_emb.clear()
         pending_logits.clear()

@@ -1,32 +1,36 @@
-"""Many annotators at once: N simulated annotators label through the real server while a head
-retrain and a pool scoring run write to the same store.
+"""Many annotators at once: N simulated annotators label through the real labeller processes
+while background jobs (a pool scoring run, head retrains) run in a separate worker.
 
 Builds a project of M pool items from ../shared (the shared photos; above 3,781 items, synthetic
 rows pointing at the same photos), scored with mobilenet_v2 (IMAGENET1K_V1) and a head trained on
 their imported labels, except ``--unscored`` items (default 200) imported afterwards, so the
-background ``active score`` has real network work (chunked commits) to do. The scored project is cached under ``--keep
+background scoring job has real network work (chunked commits) to do. The scored project is cached under ``--keep
 DIR`` and copied for each run (SQLite) or cloned row by row into a fresh database (``--db``,
 PostgreSQL: one throwaway database per run, dropped at the end).
 
 Each run: N users, one round queueing every pool item (scored items by margin first), overlap 1,
-the labeller (`active serve`) on a free loopback port, then N annotator processes, each with its
-own signed-in `gradio_client.Client`, submitting labels as fast as the server answers for
-``--seconds`` (mostly accept, some corrections, skips, unsure, undo). Meanwhile ``active score``
-(the unscored items, through the network) and ``active retrain --mode head`` (back to back,
-each scoring the pool with its new version) run as subprocesses. The project's own refresh policy
-is switched off (``head_every = 0``) so every background writer is one this bench started and
-stops.
+``--servers`` labeller processes (`active serve --no-worker`, each on a free loopback port) and one
+`active worker` process (niced, as `active serve` starts it), then N annotator processes spread
+over the servers, each with its own signed-in `gradio_client.Client`, submitting labels as fast as
+the server answers for ``--seconds`` (mostly accept, some corrections, skips, unsure, undo) and a
+signed-in no-op round trip (`/noop`) every few submissions. The first ``--retrain-after`` seconds
+are quiet; then a scoring job and head retrain jobs (back to back) are queued in the store for the
+worker. The project's own refresh policy is switched off (``head_every = 0``) so every job is one
+this bench queued and stops.
 
 Every acknowledged submission (the page's note "#id: accepted shirt") is checked against the
 store: each in it exactly once, no item with human labels from two annotators (overlap 1), no
-error text with "locked" or "busy" reaching an annotator.
+error text with "locked" or "busy" reaching an annotator. Latencies are split by whether a job was
+running in the worker when the request was sent (from the jobs' start and end in the store).
 
     python bench/load.py --keep /tmp/load-cache                       # SQLite, N=20, M=2000
     eval "$(.ci/postgres start)"
-    python bench/load.py --keep /tmp/load-cache --db "$ACTIVE_TEST_PG_URL"
+    python bench/load.py --keep /tmp/load-cache --db "$ACTIVE_TEST_PG_URL" --servers 2
     .ci/postgres stop
 
-Last line: ``submitted=<n> stored=<n> duplicates=<n> double_leases=<n> lock_errors=<n> p95_ms=<n>``.
+Last line: ``submitted=<n> stored=<n> duplicates=<n> double_leases=<n> lock_errors=<n> p95_ms=<n>
+p95_ms_noop=<n>``: p95_ms is the submit p95 while jobs ran (all submits with --no-background),
+p95_ms_noop the no-op round trip's p95 over the whole run.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ BACKBONE, WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
 SERVER_START_S = 180.0
 STOP_GRACE_S = 20.0
 MAX_RETRAINS = 4
+NOOP_EVERY = 4  # a no-op round trip after every this many submissions
 LOCK_WORDS = ("locked", "busy")
 # What an annotator does with an item that has suggestions (cumulative probabilities).
 ACTIONS = (("accept", 0.70), ("second", 0.78), ("skip", 0.86), ("unsure", 0.92), ("class", 0.97), ("undo", 1.0))
@@ -278,7 +283,7 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
     except Exception as exc:  # noqa: BLE001
         emit(t="error", api="/start", msg=f"{type(exc).__name__}: {exc}")
         return
-    labelled = 0
+    labelled = sent = 0
     while time.time() < deadline and labelled < max_labels:
         why = out_[OUT_WHY] or ""
         m = ITEM_RE.search(why)
@@ -309,9 +314,17 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
             want = {"skip": "skipped", "unsure": "unsure"}[action]
         else:
             want = "undo"
+        sent += 1
+        if sent % NOOP_EVERY == 1:  # the baseline: a signed-in round trip that does nothing
+            at, t = time.time(), time.perf_counter()
+            try:
+                client.predict(api_name="/noop")
+                emit(t="noop", at=at, ms=(time.perf_counter() - t) * 1000)
+            except Exception as exc:  # noqa: BLE001
+                emit(t="error", api="/noop", item=item, msg=f"{type(exc).__name__}: {exc}")
         api = SUBMIT_APIS[action]
         twice = action != "undo" and rng.random() < double
-        t = time.perf_counter()
+        at, t = time.time(), time.perf_counter()
         try:
             if twice:  # two tabs / two keys at once: both requests carry the same item
                 jobs = [client.submit(*args, api_name=api) for _ in range(2)]
@@ -320,7 +333,7 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
                 answers = [client.predict(*args, api_name=api)]
         except Exception as exc:  # noqa: BLE001
             ms = (time.perf_counter() - t) * 1000
-            emit(t="error", api=api, item=item, msg=f"{type(exc).__name__}: {exc}", ms=ms)
+            emit(t="error", api=api, item=item, msg=f"{type(exc).__name__}: {exc}", ms=ms, at=at)
             emit(t="unacked", item=item, decision=want, label=label, n=2 if twice else 1)
             continue  # the page still shows the same item (its state did not change)
         ms = (time.perf_counter() - t) * 1000
@@ -328,10 +341,10 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
             note = _unescape(res[OUT_NOTE])
             mu, ma = UNDO_RE.match(note), ACK_RE.match(note)
             if mu:  # what the server says it stored is what counts as submitted
-                emit(t="label", item=int(mu.group(1)), decision="undo", label=None, ms=ms)
+                emit(t="label", item=int(mu.group(1)), decision="undo", label=None, ms=ms, at=at)
             elif ma:
                 got = (int(ma.group(1)), ma.group(2), ma.group(3) or None)
-                emit(t="label", item=got[0], decision=got[1], label=got[2], ms=ms)
+                emit(t="label", item=got[0], decision=got[1], label=got[2], ms=ms, at=at)
                 labelled += 1
                 if got != (item, want, label) and not twice:
                     emit(t="error", api=api, item=item, msg=f"stored {got} where {(item, want, label)} was sent")
@@ -354,72 +367,102 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
 # ------------------------------------------------------------------------------------ background
 @dataclass
 class Background:
-    """``active score`` once and ``active retrain --mode head`` back to back, as subprocesses."""
+    """A scoring job once and head retrain jobs back to back, queued in the store after
+    ``retrain_after_s``; a separate worker process runs them."""
 
     root: Path
-    log: Path
     retrain_after_s: float
     t0: float = field(default_factory=time.monotonic)
-    procs: list[tuple[str, subprocess.Popen, float]] = field(default_factory=list)
-    finished: list[tuple[str, int, float]] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
     retrains: int = 0
 
-    def _start(self, what: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        fh = open(self.log, "a")  # noqa: SIM115
-        fh.write(f"\n=== {what} at +{time.monotonic() - self.t0:.1f} s\n")
-        fh.flush()
-        p = subprocess.Popen([sys.executable, "-m", "active.cli", "--project", str(self.root), *args],
-                             env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        fh.close()
-        self.procs.append((what, p, time.monotonic()))
+    def __post_init__(self) -> None:
+        from active.project import Project
 
-    def start(self) -> None:
-        self._start("score", "score", "--no-progress")
+        self.project = Project.load(self.root)
+
+    def _enqueue(self, kind: str) -> None:
+        from active import jobs
+
+        job, _ = jobs.enqueue(self.project, kind, requested_by="bench")
+        self.ids.append(int(job.id))
+
+    def _states(self) -> dict[int, str]:
+        from storage import db, jobs
+
+        with db.session(self.project.engine) as s:
+            return {j.id: str(j.state) for j in jobs.listing(s, limit=1000) if j.id in self.ids}
+
+    def active(self) -> bool:
+        return any(st in ("queued", "running") for st in self._states().values())
 
     def poll(self, *, more: bool) -> None:
-        for entry in list(self.procs):
-            what, p, t = entry
-            if p.poll() is not None:
-                self.procs.remove(entry)
-                self.finished.append((what, p.returncode, time.monotonic() - t))
-        running = {what for what, _, _ in self.procs}
-        if (more and "retrain" not in running and self.retrains < MAX_RETRAINS
-                and time.monotonic() - self.t0 >= self.retrain_after_s):
+        if not more or time.monotonic() - self.t0 < self.retrain_after_s:
+            return
+        if not self.ids:
+            self._enqueue("score")
+        states = self._states()
+        head_active = any(states.get(i) in ("queued", "running") for i in self.ids[1:])
+        if not head_active and self.retrains < MAX_RETRAINS:
             self.retrains += 1
-            self._start("retrain", "retrain", "--mode", "head", "--no-progress")
+            self._enqueue("head")
 
     def stop(self) -> None:
-        for what, p, t in self.procs:
-            stop_process(p)
-            self.finished.append((what, p.returncode if p.returncode is not None else -9, time.monotonic() - t))
-        self.procs.clear()
+        """Cancel what is still queued or running (a running job stops at its next report)."""
+        from storage import db, jobs
+
+        for job_id, st in self._states().items():
+            if st in ("queued", "running"):
+                with contextlib.suppress(jobs.JobError):
+                    db.write(self.project.engine, lambda s, j=job_id: jobs.cancel(s, j))
+
+    def finished(self) -> list[tuple[str, str, float, str | None]]:
+        """(kind, state, seconds it ran, reason) of every job queued."""
+        from storage import db, jobs
+
+        out = []
+        with db.session(self.project.engine) as s:
+            for job_id in self.ids:
+                j = jobs.get(s, job_id)
+                start, end = jobs.utc(j.started_at), jobs.utc(j.finished_at or j.heartbeat_at)
+                secs = (end - start).total_seconds() if start and end else 0.0
+                out.append((j.kind, str(j.state), secs, j.reason))
+        return out
+
+    def busy_intervals(self) -> list[tuple[float, float]]:
+        """(start, end) in epoch seconds of every job while it ran (still running: until now)."""
+        from storage import db, jobs
+
+        spans = []
+        with db.session(self.project.engine) as s:
+            for job_id in self.ids:
+                j = jobs.get(s, job_id)
+                if j.started_at is None:
+                    continue
+                end = jobs.utc(j.finished_at or j.heartbeat_at)
+                spans.append((jobs.utc(j.started_at).timestamp(), end.timestamp() if end else time.time()))
+        return spans
 
 
 def stop_process(p: subprocess.Popen | mp.Process) -> None:
-    """SIGTERM, then SIGKILL after STOP_GRACE_S."""
+    """SIGTERM, then SIGKILL after a grace."""
+    from active.commands.serve import stop_worker
+
     if isinstance(p, subprocess.Popen):
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    else:
+        stop_worker(p)
+    elif p.is_alive():
+        p.terminate()
+        p.join(STOP_GRACE_S)
         if p.is_alive():
-            p.terminate()
-            p.join(STOP_GRACE_S)
-            if p.is_alive():
-                p.kill()
-                p.join()
+            p.kill()
+            p.join()
 
 
 def start_server(root: Path, port: int, log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     with open(log, "w") as fh:
         server = subprocess.Popen([sys.executable, "-m", "active.cli", "--project", str(root), "serve",
-                                   "--host", "127.0.0.1", "--port", str(port)],
+                                   "--host", "127.0.0.1", "--port", str(port), "--no-worker"],
                                   env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     end = time.monotonic() + SERVER_START_S
     while time.monotonic() < end:
@@ -447,7 +490,8 @@ class Figures:
     double_leases_store: int
     lock_errors: int
     errors: Counter
-    latencies: list[float]
+    latencies: list[tuple[float, float]]  # (sent at, epoch s; ms) of every submission
+    noops: list[tuple[float, float]]  # (sent at; ms) of every no-op round trip
     per_annotator: dict[str, int]
 
 
@@ -510,7 +554,8 @@ def check(root: Path, records: dict[str, list[dict]]) -> Figures:
     submitted: Counter = Counter()
     unacked: Counter = Counter()
     errors: Counter = Counter()
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
+    noops: list[tuple[float, float]] = []
     events: list[tuple[str, int, str]] = []
     per_annotator: dict[str, int] = {}
     for ann, recs in records.items():
@@ -518,15 +563,17 @@ def check(root: Path, records: dict[str, list[dict]]) -> Figures:
         for r in recs:
             if r["t"] == "label":
                 submitted[(ann, r["item"], r["decision"], r["label"])] += 1
-                latencies.append(r["ms"])
+                latencies.append((r.get("at", 0.0), r["ms"]))
                 events.append((ann, r["item"], r["decision"]))
                 per_annotator[ann] += 1
             elif r["t"] == "unacked":
                 unacked[(ann, r["item"], r["decision"], r["label"])] += r.get("n", 1)
+            elif r["t"] == "noop":
+                noops.append((r["at"], r["ms"]))
             elif r["t"] == "error":
                 errors[r["msg"][:300]] += 1
                 if "ms" in r:
-                    latencies.append(r["ms"])
+                    latencies.append((r.get("at", 0.0), r["ms"]))
     stored_rows = Counter((r.annotator, r.item_id, r.decision, r.label) for r in rows)
     stored = lost = duplicates = unacked_stored = 0
     for key in submitted.keys() | stored_rows.keys():
@@ -550,32 +597,47 @@ def check(root: Path, records: dict[str, list[dict]]) -> Figures:
     twice = twice_by_one(store_events)
     lock = sum(n for msg, n in errors.items() if any(w in msg.lower() for w in LOCK_WORDS))
     return Figures(sum(submitted.values()), stored, lost, duplicates, twice, unacked_stored, double, double_store,
-                   lock, errors, latencies, per_annotator)
+                   lock, errors, latencies, noops, per_annotator)
 
 
 # ------------------------------------------------------------------------------------ main
+def p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95)) if values else float("nan")
+
+
+def split_by_jobs(samples: list[tuple[float, float]], spans: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Milliseconds of the requests sent while a job ran in the worker, and of the others."""
+    busy, quiet = [], []
+    for at, ms in samples:
+        (busy if any(a <= at <= b for a, b in spans) else quiet).append(ms)
+    return busy, quiet
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--annotators", type=int, default=20, help="simulated annotators (processes)")
+    ap.add_argument("--servers", type=int, default=1, help="labeller processes the annotators are spread over")
     ap.add_argument("--items", type=int, default=2000, help="pool items in the project")
     ap.add_argument("--unscored", type=int, default=200,
-                    help="items left unscored when the project is built, for the background scoring run")
+                    help="items left unscored when the project is built, for the background scoring job")
     ap.add_argument("--db", help="SQLAlchemy URL of a PostgreSQL server (a throwaway database is created there)")
     ap.add_argument("--seconds", type=float, default=60, help="labelling time")
     ap.add_argument("--max-labels", type=int, default=5000, help="labels per annotator at most")
-    ap.add_argument("--retrain-after", type=float, default=5, help="seconds before the first head retrain starts")
+    ap.add_argument("--retrain-after", type=float,
+                    help="quiet seconds before the jobs are queued (default: half of --seconds)")
     ap.add_argument("--double", type=float, default=0.05,
                     help="share of submissions sent twice at once (two tabs, two keys): one must be stored")
     ap.add_argument("--drain", type=float, default=60,
-                    help="seconds the background processes may go on after the labelling before they are stopped")
-    ap.add_argument("--no-background", action="store_true", help="no retrain and no scoring run (labelling only)")
+                    help="seconds the running job may go on after the labelling before it is cancelled")
+    ap.add_argument("--no-background", action="store_true", help="no jobs (labelling only)")
     ap.add_argument("--keep", type=Path, help="cache the scored template project here (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.annotators < 1 or args.items < 1 or args.seconds <= 0:
-        raise SystemExit("--annotators, --items and --seconds must be positive")
+    if args.annotators < 1 or args.items < 1 or args.seconds <= 0 or args.servers < 1:
+        raise SystemExit("--annotators, --servers, --items and --seconds must be positive")
     if not DATASET.is_dir():
         raise SystemExit(f"{DATASET} not found: put ../shared beside the checkout or set ACTIVE_SHARED")
+    quiet_s = args.seconds / 2 if args.retrain_after is None else args.retrain_after
     cache = args.keep or Path(tempfile.mkdtemp(prefix="load-cache-"))
     scored = max(args.items - max(args.unscored, 0), 0)
     template = cache / f"template-{args.items}-{scored}"
@@ -589,7 +651,8 @@ def main() -> None:
         (cache / "runs").mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="load-run-", dir=cache / "runs" if args.keep else None))
     store = None
-    server = None
+    servers: list[subprocess.Popen] = []
+    worker = None
     annotators: list[mp.Process] = []
     bg = None
     try:
@@ -597,27 +660,32 @@ def main() -> None:
         root = store.root
         names, queued = prepare(root, args.annotators)
         versions_before = count_versions(root)
+        from active.commands.serve import start_worker
         from active.project import Project
 
-        classes = list(Project.load(root).config.classes)
+        project = Project.load(root)
+        classes = list(project.config.classes)
         backend = "PostgreSQL" if args.db else "SQLite"
         print(f"{backend}: {args.items:,} pool items ({scored:,} scored, {args.items - scored:,} left for the "
-              f"background scoring), {queued:,} queued, {len(names)} annotators, overlap 1", flush=True)
-        port = free_port()
-        server = start_server(root, port, run_dir / "server.log")
-        url = f"http://127.0.0.1:{port}/"
+              f"background scoring), {queued:,} queued, {len(names)} annotators over {args.servers} labeller "
+              f"process(es), one worker, overlap 1", flush=True)
+        urls = []
+        for k in range(args.servers):
+            port = free_port()
+            servers.append(start_server(root, port, run_dir / f"server{k}.log"))
+            urls.append(f"http://127.0.0.1:{port}/")
+        worker = start_worker(project)  # niced, as `active serve` starts it; its log in artifacts/worker.log
         ctx = mp.get_context("spawn")
         files = {n: run_dir / f"{n}.jsonl" for n in names}
         t0 = time.time()
         deadline = t0 + args.seconds + 15  # sign-in of N clients on a busy machine takes a while
         for k, n in enumerate(names):
-            p = ctx.Process(target=annotate, args=(n, url, deadline, args.max_labels, str(files[n]),
+            p = ctx.Process(target=annotate, args=(n, urls[k % len(urls)], deadline, args.max_labels, str(files[n]),
                                                    args.seed * 1000 + k, classes, args.double), daemon=True)
             p.start()
             annotators.append(p)
         if not args.no_background:
-            bg = Background(root, run_dir / "background.log", args.retrain_after)
-            bg.start()
+            bg = Background(root, quiet_s + 15)  # after the sign-ins, half the labelling time quiet
         hard_stop = deadline + max(60.0, args.seconds)
         while any(p.is_alive() for p in annotators) and time.time() < hard_stop:
             if bg is not None:
@@ -627,25 +695,31 @@ def main() -> None:
         for p in killed:
             stop_process(p)
         wall = time.time() - t0
-        if bg is not None:  # a running retrain may publish (bounded); the scoring run is resumable
+        spans: list[tuple[float, float]] = []
+        if bg is not None:  # a running retrain may publish (bounded); the rest is cancelled
             end = time.monotonic() + args.drain
-            while bg.procs and time.monotonic() < end:
-                bg.poll(more=False)
+            while bg.active() and time.monotonic() < end:
                 time.sleep(0.5)
             bg.stop()
-        stop_process(server)
-        server = None
+            spans = bg.busy_intervals()
+        for server in servers:
+            stop_process(server)
+        servers = []
+        stop_process(worker)
+        worker = None
         figs = check(root, read_records(files))
         published = count_versions(root) - versions_before
-        lat = np.asarray(figs.latencies) if figs.latencies else np.asarray([float("nan")])
-        p50, p95 = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+        submits = [ms for _, ms in figs.latencies]
+        busy, quiet = split_by_jobs(figs.latencies, spans)
+        noop_busy, noop_quiet = split_by_jobs(figs.noops, spans)
+        noops = [ms for _, ms in figs.noops]
         print(f"labelling wall time {wall:.0f} s; {figs.submitted:,} acknowledged submissions "
               f"({figs.submitted / wall:.1f}/s); per annotator min {min(figs.per_annotator.values())} "
               f"max {max(figs.per_annotator.values())}; {len(killed)} annotators had to be stopped", flush=True)
         if bg is not None:
-            for what, rc, dur in bg.finished:
-                state = "ok" if rc == 0 else ("stopped at the end" if rc < 0 else f"FAILED (exit {rc})")
-                print(f"background {what}: {dur:.0f} s, {state}", flush=True)
+            for what, state, dur, reason in bg.finished():
+                print(f"background job {what}: {state} after {dur:.0f} s" + (f" ({reason})" if reason else ""),
+                      flush=True)
             print(f"model versions published during the run: {published}", flush=True)
         print(f"lost={figs.lost} duplicates={figs.duplicates} same_annotator_twice={figs.twice} "
               f"committed_but_unacknowledged={figs.unacked_stored} "
@@ -653,21 +727,25 @@ def main() -> None:
         print(f"errors reaching annotators: {sum(figs.errors.values())} ({figs.lock_errors} locked/busy)")
         for msg, n in figs.errors.most_common(8):
             print(f"  {n:5d} x {msg}")
-        server_log = (run_dir / "server.log").read_text(errors="replace")
-        print(f"server log: {server_log.count('Traceback')} tracebacks, "
-              f"{sum(w in server_log.lower() for w in LOCK_WORDS)} lock words; run folder {run_dir}")
-        print(f"submit latency over {len(figs.latencies):,} requests: p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
-              f"max {float(np.max(lat)):.0f} ms")
+        logs = "".join((run_dir / f"server{k}.log").read_text(errors="replace") for k in range(args.servers))
+        print(f"server logs: {logs.count('Traceback')} tracebacks, "
+              f"{sum(w in logs.lower() for w in LOCK_WORDS)} lock words; run folder {run_dir}")
+        print(f"submit latency over {len(submits):,} requests: p50 {float(np.percentile(submits or [np.nan], 50)):.0f} ms, "
+              f"p95 {p95(submits):.0f} ms; while jobs ran: p95 {p95(busy):.0f} ms ({len(busy):,}), "
+              f"without jobs: p95 {p95(quiet):.0f} ms ({len(quiet):,})")
+        print(f"no-op round trip over {len(noops):,} requests: p95 {p95(noops):.0f} ms; while jobs ran "
+              f"{p95(noop_busy):.0f} ms ({len(noop_busy):,}), without {p95(noop_quiet):.0f} ms ({len(noop_quiet):,})")
+        headline = p95(busy) if bg is not None else p95(submits)
         print(f"submitted={figs.submitted} stored={figs.stored} duplicates={figs.duplicates + figs.twice} "
               f"double_leases={max(figs.double_leases, figs.double_leases_store)} lock_errors={figs.lock_errors} "
-              f"p95_ms={p95:.0f}")
+              f"p95_ms={headline:.0f} p95_ms_noop={p95(noops):.0f}")
     finally:
         for p in annotators:
             stop_process(p)
         if bg is not None:
             bg.stop()
-        if server is not None:
-            stop_process(server)
+        for p in [*servers, *([worker] if worker is not None else [])]:
+            stop_process(p)
         if store is not None:
             store.drop()
         if not args.keep:

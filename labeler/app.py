@@ -509,15 +509,13 @@ class LabelerApp:
         return ", ".join(parts), gallery
 
     def status(self) -> str:
-        """Model line, and where a background fine-tune stands while one runs (read from its
-        progress file: the labeller never waits for it)."""
-        from active import policy
+        """Model line, and the background jobs queued or running with where they stand (a
+        fine-tune's epoch and ETA), read from the store: the labeller never waits for them."""
+        from active import jobs
 
         line = self._model_line()
-        fine_tune = policy.fine_tune_progress(self.project)
-        if fine_tune and fine_tune.get("running"):
-            return f"{line} · {esc(policy.describe_progress(fine_tune))}"
-        return line
+        busy = jobs.status_line(self.project)
+        return f"{line} · {esc(busy)}" if busy else line
 
     def _model_line(self) -> str:
         """The serving version, a running refresh, or a newly serving version."""

@@ -218,6 +218,10 @@ class DashboardCache:
                     pending += 1
                 elif fut.exception() is not None:
                     notes.append(f"class-average attention for {cls} failed: {fut.exception()}")
+                elif fut.result() is None:  # queued for a worker: ask again at the next Refresh
+                    pending += 1
+                    with self._lock:
+                        self._averages.pop((version_id, cls), None)
                 else:
                     averages.append((str(fut.result()), cls))
             if pending:

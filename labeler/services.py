@@ -2,8 +2,8 @@
 
 `Services` bundles them so tests can hand in small fakes and the app never imports torch or
 captum itself. `default_services()` binds the real functions: attribution maps from
-`active.explain`, embeddings from `active.scoring`, an uploaded photo's embedding from `active.grid`, the background head refresh of
-`active.policy`, and disputes from `storage.disputes`. The imports are lazy so that the app
+`active.explain`, embeddings from `active.scoring`, an uploaded photo's embedding from `active.grid`, the head refresh of `active.policy` and
+the class-average maps (both queued as jobs for a worker), and disputes from `storage.disputes`. The imports are lazy so that the app
 loads torch only when an attribution or embedding is first asked for.
 """
 
@@ -23,8 +23,8 @@ from active.project import Project
 class Services:
     # (project, item_id, *, version_id, method, target) -> overlay PNG path
     explain_item: Callable[..., Path]
-    # (project, cls, *, version_id, method) -> class-average PNG path
-    class_average: Callable[..., Path]
+    # (project, cls, *, version_id, method) -> class-average PNG path, None while a worker makes it
+    class_average: Callable[..., Path | None]
     # (project, version_id) -> (item_ids (n,), embeddings (n, d))
     load_embeddings: Callable[[Project, int], tuple[np.ndarray, np.ndarray]]
     # (project) -> True when it started a background retrain
@@ -45,10 +45,16 @@ def default_services() -> Services:
 
         return impl(project, item_id, **kw)
 
-    def class_average(project: Project, cls: str, **kw: Any) -> Path:
+    def class_average(project: Project, cls: str, **kw: Any) -> Path | None:
+        from active import jobs
         from active.explain import class_average as impl
 
-        return impl(project, cls, **kw)
+        # Attribution over many photos is heavy work: a worker's job makes the maps, never this process.
+        path = impl(project, cls, cached_only=True, **kw)
+        if path is None:
+            jobs.enqueue(project, "class_averages", {"version_id": kw.get("version_id"), "method": kw.get("method")},
+                         requested_by="labeller")
+        return path
 
     def load_embeddings(project: Project, version_id: int) -> tuple[np.ndarray, np.ndarray]:
         from active.scoring import load_embeddings as impl

@@ -17,7 +17,7 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select, text
 
 from storage.fields import DEFAULT_FIELD
-from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Meta
+from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Job, Meta
 
 T = TypeVar("T")
 
@@ -170,8 +170,14 @@ def _v3_label_fields(conn: Any) -> None:  # noqa: ANN401
         conn.execute(text("ALTER TABLE prediction ADD COLUMN fields JSON"))
 
 
+def _add_job_table(conn: Any) -> None:  # noqa: ANN401
+    # Background jobs in the store (storage.jobs): a new table and its indexes, nothing else touched.
+    SQLModel.metadata.create_all(conn, tables=[Job.__table__], checkfirst=True)
+
+
 # version -> the step that upgrades a database of that version to the next one, in place.
-MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions, 3: _v3_label_fields}
+MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions, 3: _v3_label_fields,
+                                                 4: _add_job_table}
 
 
 def migrate(engine: Engine) -> int | None:

@@ -66,6 +66,20 @@ class DisputeStatus(StrEnum):
     RESOLVED = "resolved"
 
 
+class JobState(StrEnum):
+    """Where a background job (`storage.jobs`) stands."""
+
+    QUEUED = "queued"  # waiting for a worker
+    RUNNING = "running"  # claimed by a worker, which heartbeats while it works
+    DONE = "done"
+    FAILED = "failed"  # its reason says why (an error, or its worker stopped heartbeating too often)
+    CANCELLED = "cancelled"
+
+
+# States a job can still leave (a unique job is not enqueued twice while one of these holds).
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
 class RoundState(StrEnum):
     """What became of one queued item in its round (each item counts in one of these)."""
 

@@ -12,12 +12,12 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint, false, text
 from sqlmodel import Field, SQLModel
 
-from storage.enums import Decision, DisputeReason, DisputeStatus, Kind, Role, Split
+from storage.enums import Decision, DisputeReason, DisputeStatus, JobState, Kind, Role, Split
 from storage.fields import DEFAULT_FIELD
 
 # Bump when a table changes, with a step in `storage.db.MIGRATIONS` that upgrades the previous
 # version in place; `storage.db.open_engine` refuses versions it cannot upgrade.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APP_ID = "active-labeler"
 
 # The columns below hold these enums' values as plain strings (see storage.enums).
@@ -183,3 +183,34 @@ class User(SQLModel, table=True):
     # change or disable, and a session granted under an older generation ends (labeler.security).
     disabled: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     generation: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class Job(SQLModel, table=True):
+    """Background work recorded in the store (added in schema 4): scoring, retrains, disputes,
+    exports... (`active.jobs.KINDS`). Workers anywhere that see this database and the project's
+    files claim queued jobs (`storage.jobs.claim`), heartbeat while they run them, and leave the
+    outcome here; a job whose worker stops heartbeating is queued again or failed
+    (`storage.jobs.reclaim`)."""
+
+    __table_args__ = (Index("ix_job_state_kind", "state", "kind"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    args: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    state: str = Field(default=JobState.QUEUED.value, max_length=16)
+    gpu: bool = False  # better run on a GPU worker (`active worker --gpu` takes only these)
+    # A unique job (e.g. "head"): no second one is enqueued while one is queued or running.
+    unique_key: str | None = Field(default=None, max_length=128, index=True)
+    progress: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    worker: str | None = Field(default=None, max_length=256)
+    attempts: int = 0  # claims so far
+    max_attempts: int = 3
+    cancel_requested: bool = False  # a running job stops at its next progress report
+    reason: str | None = None  # why it failed or was cancelled, or why it was retried
+    log_tail: str = ""
+    requested_by: str = Field(default="", max_length=128)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    finished_at: datetime | None = None

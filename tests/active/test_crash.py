@@ -1,4 +1,5 @@
-"""Crash safety of `active score`, `active retrain` (head, full) and `active export`.
+"""Crash safety of `active score`, `active retrain` (head, full), `active export`, and of an
+`active worker` running a scoring job or a fine-tune job.
 
 Each test runs the real CLI in a subprocess, SIGKILLs it at a seeded random moment (after the
 n-th of its progress events, plus a random delay) and then checks what a user would rely on: the
@@ -96,7 +97,7 @@ def _marks(path: Path) -> int:
 
 
 def kill_during(project: Project, argv: list[str], *, checkpoints: list[str], expected_marks: int,
-                rng: random.Random, pause: float, tmp_path: Path) -> str:
+                rng: random.Random, pause: float, tmp_path: Path, tail: tuple[str, ...] = ("--no-progress",)) -> str:
     """Run ``active --project P *argv`` in a subprocess and SIGKILL it after its n-th checkpoint
     (n drawn from 1..expected_marks) plus a random delay. Returns a description of the moment."""
     n = rng.randint(1, expected_marks)
@@ -109,7 +110,7 @@ def kill_during(project: Project, argv: list[str], *, checkpoints: list[str], ex
            "CRASH_CHECKPOINTS": ",".join(checkpoints), "CRASH_CHUNK": str(CHUNK)}
     with log.open("wb") as err:  # a file, not a pipe: a chatty child never blocks on a full pipe
         proc = subprocess.Popen([sys.executable, "-c", RUNNER, "--project", str(project.root), *argv,
-                                 "--no-progress"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                                 *tail], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
     alive = sigkill_when(proc, lambda: _marks(marks) >= n, delay=delay, timeout=START_TIMEOUT_S)
     moment = f"killed after checkpoint {n}/{expected_marks} + {delay:.3f} s (ACTIVE_CRASH_SEED={SEED})"
     stderr = log.read_text(errors="replace")[-800:]
@@ -189,11 +190,11 @@ def check_scored(project: Project, version: ModelVersion, moment: str) -> None:
 
 
 def check_clean(project: Project, moment: str) -> None:
-    """No staging folder left, and every v{id} folder belongs to a version row (beside them only
-    the last fine-tune's progress file, which says how it ended)."""
+    """No staging folder left, and every v{id} folder belongs to a version row (nothing beside
+    them: a fine-tune's progress lives in its job's row)."""
     with db.session(project.engine) as s:
         ids = {v.id for v in versions.all_versions(s)}
-    left = sorted(p.name for p in project.artifacts.iterdir() if p.name != policy.PROGRESS_NAME)
+    left = sorted(p.name for p in project.artifacts.iterdir())
     assert left == sorted(f"v{i}" for i in ids), f"artifacts/ holds {left}: {moment}"
 
 
@@ -307,4 +308,70 @@ def test_sigkill_during_export(tmp_path: Path, make_image, cli) -> None:  # noqa
     assert check_export(project, out, moment)["created_at"] != first["created_at"]
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")) == [], \
         f"temp folders of the killed export are left beside it: {moment}"
+    assert label_rows(project) == before
+
+
+# ------------------------------------------------------------------ a worker killed mid-job
+
+
+def _job_row(project: Project, job_id: int):  # noqa: ANN202
+    from storage import jobs as store
+
+    with db.session(project.engine) as s:
+        return store.get(s, job_id)
+
+
+def test_sigkill_of_a_worker_during_a_scoring_job_retries_it(tmp_path: Path, make_image, cli) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    from active import jobs
+
+    project = make_tiny_project(tmp_path, make_image, per_class=3)
+    retrain(project, mode="head", num_workers=0)  # v1 + v2, every item scored
+    add_pool(project, tmp_path, cli, 20, corrupt=True)
+    before = label_rows(project)
+    job, _ = jobs.enqueue(project, "score", {"num_workers": 0, "batch_size": 4})
+    moment = kill_during(project, ["worker", "--once", "--name", "doomed"], checkpoints=[PREDICTIONS],
+                         expected_marks=9, rng=_rng("worker-score"), pause=0.2, tmp_path=tmp_path, tail=())
+    row = _job_row(project, job.id)
+    assert row.state == "running" and row.worker == "doomed" and row.attempts == 1, moment
+    rows = check_store(project, moment, labels_before=before)
+    assert [v.id for v in rows] == [1, 2], moment
+    # Another worker finds it silent, queues it again and finishes it (resumed: nothing twice).
+    assert jobs.work(project, name="second", once=True, stale_after=timedelta(0), poll_s=0.05) == [(job.id, "done")]
+    row = _job_row(project, job.id)
+    assert row.attempts == 2 and row.worker == "second", moment
+    assert "doomed stopped heartbeating" in row.reason and "attempt 2 of 3" in row.reason, moment
+    check_scored(project, rows[-1], moment)
+    check_clean(project, moment)
+    assert label_rows(project) == before
+
+
+def test_sigkill_of_a_worker_during_a_fine_tune_fails_it_with_the_reason(tmp_path: Path, make_image, cli) -> None:  # noqa: ANN001
+    from datetime import timedelta
+
+    from active import jobs
+    from storage import jobs as store
+
+    project = make_tiny_project(tmp_path, make_image, per_class=4)
+    retrain(project, mode="head", num_workers=0)  # v1 + v2
+    before = label_rows(project)
+    args = {"epochs": 1, "num_workers": 0, "batch_size": 4}
+    job = db.write(project.engine, lambda s: store.enqueue(s, "full", args, gpu=True, max_attempts=1)[0])
+    moment = kill_during(project, ["worker", "--once", "--name", "doomed"], checkpoints=[TRAIN, PUBLISH, PREDICTIONS],
+                         expected_marks=4, rng=_rng("worker-full"), pause=0.3, tmp_path=tmp_path, tail=())
+    rows = check_store(project, moment, labels_before=before)
+    assert [v.id for v in rows] in ([1, 2], [1, 2, 3]), moment
+    # Its last attempt: the next worker fails it, saying why, and the labeller and status say so.
+    assert jobs.work(project, name="second", once=True, stale_after=timedelta(0), poll_s=0.05) == []
+    row = _job_row(project, job.id)
+    assert row.state == "failed" and "doomed stopped heartbeating" in row.reason, moment
+    assert policy.describe_progress(policy.fine_tune_progress(project)).startswith("last fine-tune: failed (worker doomed")
+    # Queued again by hand (or by the policy), a worker finishes the work.
+    again, _ = jobs.enqueue(project, "full", args)
+    assert jobs.work(project, name="second", once=True, poll_s=0.05) == [(again.id, "done")], _job_row(project, again.id).reason
+    new = modelstore.current_version(project)
+    assert new.id == rows[-1].id + 1 and new.mode == "full" and _job_row(project, again.id).result["version"] == new.id
+    check_scored(project, new, moment)
+    check_clean(project, moment)
     assert label_rows(project) == before

@@ -181,6 +181,7 @@ def test_concurrent_requests_share_one_whole_file(explained) -> None:
 
 def test_class_average(explained) -> None:
     p = explained.project
+    assert ax.class_average(p, "dress", limit=5, cached_only=True) is None  # not made yet, and not made now
     png = ax.class_average(p, "dress", limit=5)
     assert png.is_file() and png.parent == p.artifacts / "attributions" / f"v{explained.v2}" / "class-average" / "gradcam"
     info = __import__("json").loads(png.with_suffix(".json").read_text())
@@ -189,6 +190,7 @@ def test_class_average(explained) -> None:
     assert mean.max() == pytest.approx(1.0) and mean.std() > 0.01
     n_calls = len(explained.calls)
     assert ax.class_average(p, "dress", limit=5) == png and len(explained.calls) == n_calls
+    assert ax.class_average(p, "dress", limit=5, cached_only=True) == png
     with pytest.raises(UserError, match="not one of"):
         ax.class_average(p, "sock")
 
@@ -227,3 +229,19 @@ def test_method_registry_matches_the_implementations() -> None:
     assert registry.DEFAULT_METHOD == DEFAULT_METHOD == ax.DEFAULT_METHOD
     assert {m.name for m in registry.REGISTRY.values() if m.single_pass} == SINGLE_PASS
 
+
+
+def test_the_labeller_leaves_class_averages_to_a_worker(explained) -> None:
+    from labeler.services import default_services
+    from storage import db
+    from storage import jobs as store
+
+    p = explained.project
+    average = default_services().class_average
+    n_calls = len(explained.calls)
+    assert average(p, "shirt", version_id=explained.v2, method="gradcam") is None  # queued, not computed here
+    assert average(p, "shoes", version_id=explained.v2, method="gradcam") is None
+    assert len(explained.calls) == n_calls
+    with db.session(p.engine) as s:
+        queued = store.active(s)
+    assert [(j.kind, j.args) for j in queued] == [("class_averages", {"version_id": explained.v2, "method": "gradcam"})]

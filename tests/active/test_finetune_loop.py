@@ -1,12 +1,9 @@
-"""Fine-tuning in the loop: the policy starts it in the background, its progress is readable
+"""Fine-tuning in the loop: the policy queues it for a worker, its progress is readable
 without waiting, the new version serves only once the pool is rescored, a worse one is kept but
 never served."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -15,11 +12,12 @@ import pytest
 from activefixtures import add_items, add_label, publish_version
 from modelfixtures import make_tiny_project
 
-from active import modelstore, policy, scoring
+from active import jobs, modelstore, policy, scoring
 from active import retrain as retrain_mod
 from active.commands.status import collect, render
 from active.retrain import retrain, serving_decision
 from storage import db, work
+from storage import jobs as store_jobs
 from storage.tables import ModelVersion
 
 
@@ -80,17 +78,11 @@ def test_serving_decision_compares_holdout_accuracy() -> None:
     assert serving_decision({"n": 100, "accuracy": 0.5}, None)["held_back"] is False
 
 
-def _stand_in(project, mode: str) -> list[str]:  # noqa: ANN001
-    """A child that lives a few seconds and names itself a retrain of ``mode``."""
-    return [sys.executable, "-c", "import time; time.sleep(3)", "retrain", mode]
-
-
-def test_policy_starts_a_fine_tune_after_full_every_labels_and_at_round_close(project, monkeypatch) -> None:  # noqa: ANN001
+def test_policy_queues_a_fine_tune_after_full_every_labels_and_at_round_close(project) -> None:  # noqa: ANN001
     ids = add_items(project, 6)
     project.config.retrain.head_every = 0
     project.config.retrain.full_every = 3
     project.save()
-    monkeypatch.setattr(policy, "_command", _stand_in)
     for i in ids[:2]:
         add_label(project, i, "dress", kind="human", annotator="ann")
     assert policy.maybe_refresh(project) is False  # 2 < 3
@@ -98,12 +90,14 @@ def test_policy_starts_a_fine_tune_after_full_every_labels_and_at_round_close(pr
     started = time.perf_counter()
     assert policy.maybe_refresh(project) is True
     assert time.perf_counter() - started < 2.0  # never waits for training
-    info = json.loads(policy.lock_path(project, "full").read_text())
-    assert info["command"][-1] == "full" and policy.running(project, "full") == info["pid"] != os.getpid()
-    assert policy.running(project, "head") is None  # a head refresh may still run meanwhile
+    job = policy.queued_or_running(project, "full")
+    assert job is not None and job.state == "queued" and job.gpu and job.requested_by == "policy"
+    assert policy.queued_or_running(project, "head") is None  # a head refresh may still run meanwhile
     assert policy.maybe_refresh(project) is False  # one fine-tune at a time
-    for proc in policy._children:
-        proc.wait(timeout=10)
+    assert policy.describe_progress(policy.fine_tune_progress(project)) == "fine-tune: queued, waiting for a worker"
+    db.write(project.engine, lambda s: store_jobs.claim(s, "w"))
+    assert policy.maybe_refresh(project) is False  # running counts too
+    db.write(project.engine, lambda s: store_jobs.finish(s, job.id, "w"))
     # A fine-tuned version trained on those labels: nothing is due any more...
     publish_version(project, ids, np.zeros((6, 2)), mode="full", metrics={"label_snapshot_max_id": top})
     assert policy.new_human_labels(project, "full") == 0 and policy.maybe_refresh(project) is False
@@ -116,18 +110,19 @@ def test_policy_starts_a_fine_tune_after_full_every_labels_and_at_round_close(pr
                                                               score_name="random").id)
     db.write(project.engine, lambda s: work.close_round(s, rnd))
     assert policy.maybe_refresh(project) is True
-    for proc in policy._children:
-        proc.wait(timeout=10)
+    assert policy.queued_or_running(project, "full").id != job.id
 
 
 def test_progress_is_shown_by_status_without_waiting(project) -> None:  # noqa: ANN001
-    writer = policy.ProgressWriter(project)
-    writer({"epoch": 2, "epochs": 5, "batch": 40, "batches": 96, "images_per_s": 12.34, "eta_s": 840.0})
-    info = policy.fine_tune_progress(project)
-    assert info["running"]  # this process wrote it and is alive
-    line = policy.describe_progress(info)
-    assert line == "fine-tune: epoch 2/5, batch 40/96, 12.3 img/s, about 14 min left"
-    st = collect(project)
-    assert st["fine_tune"]["epoch"] == 2 and line in render(st)
-    writer.phase("done", note="version 3 serves")
+    with jobs.foreground(project, "full") as ctx:  # what a fine-tune run by a command or a worker is
+        writer = policy.ProgressWriter(project)
+        writer({"epoch": 2, "epochs": 5, "batch": 40, "batches": 96, "images_per_s": 12.34, "eta_s": 840.0})
+        ctx.beat()  # the heartbeat thread writes it every few seconds
+        info = policy.fine_tune_progress(project)
+        assert info["running"] and info["job"] == ctx.job_id
+        line = policy.describe_progress(info)
+        assert line == "fine-tune: epoch 2/5, batch 40/96, 12.3 img/s, about 14 min left"
+        st = collect(project)
+        assert st["fine_tune"]["epoch"] == 2 and line in render(st)
+        writer.phase("done", note="version 3 serves")
     assert policy.describe_progress(policy.fine_tune_progress(project)) == "last fine-tune: done (version 3 serves)"

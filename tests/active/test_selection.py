@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +14,7 @@ from active import policy
 from active.errors import UserError
 from active.selection import candidate_pool, select_round
 from storage import db, work
+from storage import jobs as store_jobs
 from storage.tables import QueueEntry
 
 
@@ -151,43 +149,26 @@ def test_policy_counts_human_labels_since_the_snapshot(project) -> None:  # noqa
     assert policy.new_human_labels(project) == 1
 
 
-def test_maybe_refresh_starts_one_background_process(project, monkeypatch) -> None:  # noqa: ANN001
+def test_maybe_refresh_queues_one_head_refresh_at_a_time(project) -> None:  # noqa: ANN001
     ids = add_items(project, 4)
     _set_head_every(project, 2)
-    # The child is a stand-in that lives a few seconds and names itself "retrain".
-    monkeypatch.setattr(policy, "_command", lambda p, mode: [sys.executable, "-c", "import time; time.sleep(3)", "retrain"])
     add_label(project, ids[0], "dress", kind="human", annotator="ann")
     assert policy.maybe_refresh(project) is False  # 1 < 2
     add_label(project, ids[1], "shirt", kind="human", annotator="ann")
     started = time.perf_counter()
     assert policy.maybe_refresh(project) is True
-    assert time.perf_counter() - started < 2.0  # did not wait for the child
-    info = json.loads(policy.lock_path(project).read_text())
-    assert info["role"] == "child" and info["pid"] != os.getpid()
-    assert policy.running(project) == info["pid"]
-    assert policy.maybe_refresh(project) is False  # one at a time
-    # When the child has exited the lock is stale and a new refresh may start.
-    for proc in policy._children:
-        proc.wait(timeout=10)
-    assert policy.running(project) is None and not policy.lock_path(project).exists()
+    assert time.perf_counter() - started < 2.0  # queued, nothing run here
+    job = policy.queued_or_running(project)
+    assert job.kind == "head" and job.state == "queued"
+    assert policy.maybe_refresh(project) is False  # one at a time (also from another labeller process)
+    # When it has ended (its version not published: say it failed) a new refresh may be queued.
+    db.write(project.engine, lambda s: store_jobs.claim(s, "w"))
+    assert policy.maybe_refresh(project) is False
+    db.write(project.engine, lambda s: store_jobs.fail(s, job.id, "w", "test"))
+    assert policy.queued_or_running(project) is None
     assert policy.maybe_refresh(project) is True
-    for proc in policy._children:
-        proc.wait(timeout=10)
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over(project, monkeypatch) -> None:  # noqa: ANN001
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    project.artifacts.mkdir(parents=True, exist_ok=True)
-    policy.lock_path(project).write_text(json.dumps({"pid": dead.pid, "role": "child", "started": time.time()}))
-    assert policy.running(project) is None
-    # A live process that is not a retrain (pid reused) does not hold the lock either.
-    policy.lock_path(project).write_text(json.dumps({"pid": os.getpid(), "role": "child", "started": time.time()}))
-    assert policy.running(project) is None
-    # But a live starter (the process between creating the lock and spawning) does.
-    policy.lock_path(project).write_text(json.dumps({"pid": os.getpid(), "role": "starter", "started": time.time()}))
-    assert policy.running(project) == os.getpid()
     _set_head_every(project, 0)
+    db.write(project.engine, lambda s: store_jobs.cancel(s, policy.queued_or_running(project).id))
     assert policy.maybe_refresh(project) is False  # 0 = never
 
 

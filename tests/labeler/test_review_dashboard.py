@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
+from active import jobs
 from storage import db
+from storage import jobs as store_jobs
 from storage.tables import Dispute, Label
 from tests.labeler.conftest import add_version
 from tests.labeler.test_label_tab import human_labels, item_of
@@ -82,6 +84,11 @@ def test_new_version_switches_mid_session(labeller):
             break
         time.sleep(0.05)
     assert "training…" in c.predict(api_name="/status")
+    job, _ = jobs.enqueue(labeller.project, "full")  # jobs in the store, from any process, are shown
+    db.write(labeller.project.engine, lambda s: store_jobs.claim(s, "gpu-box"))
+    db.write(labeller.project.engine, lambda s: store_jobs.heartbeat(s, job.id, "gpu-box", progress={
+        "phase": "training", "epoch": 2, "epochs": 5, "batch": 4, "batches": 8, "images_per_s": 9.0}))
+    assert "fine\\-tune: epoch 2/5, batch 4/8, 9\\.0 img/s" in c.predict(api_name="/status")
     rows = human_labels(labeller.project, "ann")
     assert rows[-1].model_version_id == labeller.version_id
     v2 = add_version(labeller.project, labeller.item_ids, seed=2, fakes=labeller.fakes, n_labels=1, accuracy=0.7)
