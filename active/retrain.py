@@ -428,11 +428,9 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     scoring.score(project, version_id=source.id, batch_size=batch_size, num_workers=num_workers,
                   device=device, progress=progress)
     ids, emb = scoring.load_embeddings(project, source.id)
-    row_of = {int(i): k for k, i in enumerate(ids.tolist())}
 
     def rows(item_ids: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keep = np.array([int(i) in row_of for i in item_ids.tolist()], dtype=bool)
-        x = emb[[row_of[int(i)] for i in item_ids[keep].tolist()]].reshape(-1, emb.shape[1])
+        keep, x = scoring.rows_of(ids, emb, item_ids)
         return x, y[keep], item_ids[keep]
 
     with db.session(project.engine) as s:
@@ -662,12 +660,9 @@ def _start_from_linear_probe(project: Project, model: object, weights: str, ids:
     if not nets:
         return {"from": "random", "why": "no scored pretrained version of this backbone and weights"}
     source = nets[-1]
-    stored, emb = scoring.load_embeddings(project, source.id)
-    row_of = {int(i): k for k, i in enumerate(stored.tolist())}
-    have = np.array([int(i) in row_of for i in ids.tolist()], dtype=bool)
+    have, x = scoring.rows_of(*scoring.load_embeddings(project, source.id), ids)
     if len(set(y[have].tolist())) < MIN_CLASSES:
         return {"from": "random", "why": f"version {source.id} has embedded too few training items"}
-    x = emb[[row_of[int(i)] for i in ids[have].tolist()]]
     probe = fit_head_cv(x, y[have], len(classes), sample_weight=w[have], seed=seed)
     set_final_linear(model, *probe.head.as_linear())
     return {"from": "linear_probe", "embeddings_of": source.id, "n": int(have.sum()), "scaled_c": probe.scaled_c}

@@ -143,6 +143,15 @@ def _read_rows(folder: Path, rows: np.ndarray) -> np.ndarray:
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 
+def rows_of(stored_ids: np.ndarray, embeddings: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask (n,) of ``item_ids`` that have an embedding, their embeddings (k, d) in that order),
+    from the ``stored_ids`` (m,) / ``embeddings`` (m, d) pair `load_embeddings` returns."""
+    row_of = {int(i): k for k, i in enumerate(np.asarray(stored_ids).tolist())}
+    ids = np.asarray(item_ids).tolist()
+    have = np.array([int(i) in row_of for i in ids], dtype=bool)
+    return have, embeddings[[row_of[int(i)] for i, h in zip(ids, have, strict=True) if h]].reshape(-1, embeddings.shape[1])
+
+
 def load_embeddings(project: Project, version_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(item_ids (n,) int64 ascending, embeddings (n, d) float32) of every item the version scored.
 

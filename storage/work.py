@@ -167,6 +167,7 @@ def lease_next(
 # :expires, :n), and reused: building and cache-keying these nested selects anew cost several
 # times the SQL itself on every label.
 _ANNOTATOR = bindparam("who", type_=String)  # not "annotator": a column of lease
+_EXPIRES = bindparam("expires", type_=Lease.__table__.c.expires_at.type)
 
 
 @functools.cache
@@ -199,8 +200,7 @@ def _candidates():  # noqa: ANN202
 def _lease_first_candidate():  # noqa: ANN202
     base = _candidates()
     item_col, round_col = base.selected_columns
-    expires = bindparam("expires", type_=Lease.__table__.c.expires_at.type)
-    candidate = base.with_only_columns(item_col, _ANNOTATOR, round_col, expires).limit(1)
+    candidate = base.with_only_columns(item_col, _ANNOTATOR, round_col, _EXPIRES).limit(1)
     # The Table, not the class: with parameters, an ORM insert would mean "these rows, in bulk".
     return insert(Lease.__table__).from_select(["item_id", "annotator", "round_id", "expires_at"], candidate)
 
@@ -213,8 +213,7 @@ def _own_lease():  # noqa: ANN202
 
 @functools.cache
 def _renew_own_lease():  # noqa: ANN202
-    expires = bindparam("expires", type_=Lease.__table__.c.expires_at.type)
-    return Lease.__table__.update().where(Lease.annotator == _ANNOTATOR, _single_lease()).values(expires_at=expires)
+    return Lease.__table__.update().where(Lease.annotator == _ANNOTATOR, _single_lease()).values(expires_at=_EXPIRES)
 
 
 @functools.cache
