@@ -19,6 +19,7 @@ Weights are one of:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,15 +163,50 @@ def replace_final_linear(model: nn.Module, new: nn.Module) -> nn.Module:
     return model
 
 
-def set_final_linear(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> nn.Module:
-    """Start the final Linear from ``weight`` (out, in) and ``bias`` (out,) (in place); returns ``model``."""
+def set_final_linear(model: nn.Module, weight: np.ndarray, bias: np.ndarray, *, start: int | None = None) -> nn.Module:
+    """Start the final Linear from ``weight`` (out, in) and ``bias`` (out,) (in place); returns ``model``.
+
+    ``start``: set only the outputs ``start .. start + out`` (one block of a layer with several
+    output blocks, see `output_blocks`); None: ``weight`` must cover the whole layer."""
     _, linear = find_final_linear(model)
-    if tuple(weight.shape) != tuple(linear.weight.shape) or linear.bias is None or bias.shape != (weight.shape[0],):
-        raise ValueError(f"a final Linear of {tuple(linear.weight.shape)} cannot start from {weight.shape}, {bias.shape}")
+    rows = linear.weight.shape[0] if start is None else weight.shape[0]
+    first = 0 if start is None else start
+    fits = (weight.ndim == 2 and weight.shape[1] == linear.weight.shape[1] and weight.shape[0] == rows
+            and first >= 0 and first + rows <= linear.weight.shape[0])
+    if not fits or linear.bias is None or bias.shape != (weight.shape[0],):
+        where = "" if start is None else f" at output {start}"
+        raise ValueError(f"a final Linear of {tuple(linear.weight.shape)} cannot start from {weight.shape}, "
+                         f"{bias.shape}{where}")
     with torch.no_grad():
-        linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
-        linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+        linear.weight[first:first + rows].copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+        linear.bias[first:first + rows].copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
     return model
+
+
+def output_blocks(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each output block of a final Linear whose outputs are ``sizes`` blocks
+    laid end to end (one block per label field of a network fine-tuned on several)."""
+    if not sizes or any(int(n) < 1 for n in sizes):
+        raise ValueError(f"output block sizes must be >= 1, got {list(sizes)}")
+    stops = np.cumsum([int(n) for n in sizes]).tolist()
+    return [(stop - int(n), stop) for n, stop in zip(sizes, stops, strict=True)]
+
+
+def keep_outputs(model: nn.Module, start: int, stop: int) -> nn.Module:
+    """Cut the final Linear down to its outputs ``start .. stop`` (in place; one output block of
+    a network with several, so that its softmax is that block's alone); returns ``model``."""
+    _, linear = find_final_linear(model)
+    if not 0 <= start < stop <= linear.out_features:
+        raise ValueError(f"outputs {start}..{stop} are not within the final Linear's {linear.out_features}")
+    if (start, stop) == (0, linear.out_features):
+        return model
+    part = nn.Linear(linear.in_features, stop - start, bias=linear.bias is not None).to(linear.weight.device,
+                                                                                     linear.weight.dtype)
+    with torch.no_grad():
+        part.weight.copy_(linear.weight[start:stop])
+        if linear.bias is not None:
+            part.bias.copy_(linear.bias[start:stop])
+    return replace_final_linear(model, part)
 
 
 def embedding_dim(model: nn.Module) -> int:

@@ -7,7 +7,14 @@ epochs (the last epochs take small steps, so the epoch early stopping keeps is a
 not a noisy snapshot of a large step), and what fine-tuning on a catalogue needs besides: class-balanced sampling
 (every class drawn equally often, so a rare class is not drowned), a weight per label (how far it
 is trusted) in the loss, and early stopping on the validation slice (the best epoch is kept; the
-run stops after `patience` epochs without improvement). On CUDA bf16 autocast + channels_last.
+run stops after `patience` epochs without improvement).
+
+Several outputs: the final Linear may hold several output blocks laid end to end (``outputs``,
+e.g. one per label field of a photo: its category and its colour), each sample with one label
+per block or -1 for none. The loss is the sum over blocks of each block's weighted cross-entropy
+on the samples labelled for it, balanced sampling draws each block equally often and within a
+block each class equally often, and early stopping watches the mean of the blocks' validation
+accuracies. One block (the default) is the plain recipe above. On CUDA bf16 autocast + channels_last.
 Runs on CPU too (slowly) so it is testable. ``on_progress`` is told after every batch where the
 run stands (epoch, batch, images/s, ETA) so a caller can show it without waiting for the end.
 """
@@ -25,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm.auto import tqdm
 
-from models.backbones import find_final_linear
+from models.backbones import find_final_linear, output_blocks
 from models.infer import (
     ImageFiles,
     autocast,
@@ -48,13 +55,18 @@ DEFAULT_PATIENCE = 2
 # toward certainty on every label, the wrong ones included. Temperature scaling afterwards
 # restores calibration, so this costs nothing in the confidence the labeller shows.
 LABEL_SMOOTHING = 0.1
+# The label of a sample that has none for an output block (multi-output fine-tuning).
+NO_LABEL = -1
+# A batch with no label of a block divides that block's zero loss by this instead of by 0.
+MIN_WEIGHT_SUM = 1e-12
 
 
 @dataclass
 class FineTuneResult:
     """model: the best epoch's weights (eval mode); history: per-epoch dicts (loss, acc, val_acc,
-    seconds, images_per_s); val_logits: (n_val_ok, c) of the best epoch, val_index: their
-    positions in the validation inputs."""
+    seconds, images_per_s; with several output blocks also val_acc_per_output, None for a block
+    without validation labels); val_logits: (n_val_ok, c) of the best epoch (every output),
+    val_index: their positions in the validation inputs."""
 
     model: nn.Module
     best_epoch: int
@@ -74,9 +86,9 @@ def param_groups(model: nn.Module, *, lr_head: float, lr_backbone: float) -> lis
 def fine_tune(
     model: nn.Module,
     train_paths: Sequence[str | Path],
-    train_labels: Sequence[int],
+    train_labels: Sequence[int] | np.ndarray,
     val_paths: Sequence[str | Path],
-    val_labels: Sequence[int],
+    val_labels: Sequence[int] | np.ndarray,
     *,
     train_transform: Callable,
     eval_transform: Callable,
@@ -88,21 +100,26 @@ def fine_tune(
     num_workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
-    train_weights: Sequence[float] | None = None,
+    train_weights: Sequence[float] | np.ndarray | None = None,
     balanced: bool = True,
     patience: int | None = DEFAULT_PATIENCE,
     on_progress: Callable[[dict], None] | None = None,
     label_smoothing: float = LABEL_SMOOTHING,
+    outputs: Sequence[int] | None = None,
 ) -> FineTuneResult:
     """Fine-tune ``model`` (whose final Linear already has the right outputs) and return the
     epoch with the best validation accuracy (the last epoch when there is no validation set).
 
-    train_labels, val_labels: ints into the model's outputs; train_weights: (n_train,) > 0, the
-    loss weight of each label (None: all 1). ``balanced`` samples each class equally often (with
-    replacement, one epoch = n_train draws); ``patience`` stops after that many epochs without a
-    better validation accuracy (None: run every epoch). ``on_progress(info)`` gets a dict after
-    every batch: epoch, epochs, batch, batches, images_per_s, elapsed_s, eta_s, val_acc (last).
-    ``label_smoothing``: the cross-entropy's (0: plain cross-entropy).
+    train_labels, val_labels: (n,) ints into the model's outputs; or, with ``outputs`` (the sizes
+    of k output blocks laid end to end in the final Linear, summing to its outputs), (n, k): the
+    label of each sample in each block, an int into that block or `NO_LABEL` (every training
+    sample has at least one). train_weights: the loss weight of each label, (n,) or (n, k), > 0
+    where there is a label (None: all 1). ``balanced`` samples each class equally often (with
+    replacement, one epoch = n_train draws; several blocks: each block equally often, then each
+    of its classes); ``patience`` stops after that many epochs without a better validation
+    accuracy (the mean over blocks; None: run every epoch). ``on_progress(info)`` gets a dict
+    after every batch: epoch, epochs, batch, batches, images_per_s, elapsed_s, eta_s, val_acc
+    (last). ``label_smoothing``: the cross-entropy's (0: plain cross-entropy).
     Files that fail to decode are skipped (they were checked at import; this only guards against
     files changed since).
     """
@@ -116,18 +133,22 @@ def fine_tune(
     workers = default_workers() if num_workers is None else num_workers
     torch.manual_seed(seed)
     model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
-    y_np = np.asarray(train_labels, dtype=np.int64)
+    blocks = output_blocks([find_final_linear(model)[1].out_features] if outputs is None else outputs)
+    y_np = _label_matrix(train_labels, len(train_paths), blocks, "train_labels")
+    y_val = _label_matrix(val_labels, len(val_paths), blocks, "val_labels")
+    if not (y_np != NO_LABEL).any(axis=1).all():
+        raise ValueError("every training sample needs a label in at least one output block")
     y_train = torch.as_tensor(y_np)
-    y_val = np.asarray(val_labels, dtype=np.int64)
-    w_np = np.ones(len(y_np)) if train_weights is None else np.asarray(train_weights, dtype=np.float64)
-    if w_np.shape != y_np.shape or not np.all(w_np > 0):
-        raise ValueError("train_weights must be (n_train,) and positive")
-    w_train = torch.as_tensor(w_np, dtype=torch.float32)
+    w_np = np.ones(y_np.shape) if train_weights is None else np.asarray(train_weights, dtype=np.float64)
+    w_np = w_np.reshape(len(w_np), 1) if w_np.ndim == 1 else w_np
+    if w_np.shape != y_np.shape or not np.all(w_np[y_np != NO_LABEL] > 0):
+        raise ValueError("train_weights must be shaped like train_labels and positive where there is a label")
+    # Weight 0 where there is no label: that block's loss ignores the sample.
+    w_train = torch.as_tensor(np.where(y_np != NO_LABEL, w_np, 0.0), dtype=torch.float32)
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if balanced:
-        counts = np.bincount(y_np)
-        sampler = WeightedRandomSampler(torch.as_tensor(1.0 / counts[y_np], dtype=torch.float64),
+        sampler = WeightedRandomSampler(torch.as_tensor(_balanced_weights(y_np), dtype=torch.float64),
                                         num_samples=len(y_np), replacement=True, generator=generator)
     loader = DataLoader(
         ImageFiles(train_paths, train_transform), batch_size=bs, shuffle=sampler is None, sampler=sampler,
@@ -138,7 +159,8 @@ def fine_tune(
     optimizer = torch.optim.Adam(param_groups(model, lr_head=lr_head, lr_backbone=lr_backbone))
     # Stepped per batch; planned over every epoch (early stopping may end the run sooner).
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs * len(loader), 1))
-    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=label_smoothing)  # weighted per label below
+    # Weighted per label below; a sample without a label for a block counts nowhere in that block.
+    loss_fn = nn.CrossEntropyLoss(reduction="none", label_smoothing=label_smoothing, ignore_index=NO_LABEL)
     best_acc, best_epoch, best_state = -1.0, 0, None
     best_val: tuple[np.ndarray, np.ndarray] | None = None
     history: list[dict] = []
@@ -148,7 +170,7 @@ def fine_tune(
     for epoch in range(1, epochs + 1):
         model.train()
         started = time.perf_counter()
-        seen = correct = 0
+        seen = correct = labelled = 0
         loss_sum = 0.0
         bar = tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=False)
         for batch_no, (index, images, _errors) in enumerate(bar, 1):
@@ -162,14 +184,17 @@ def fine_tune(
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = model(x)
-                loss = (loss_fn(logits.float(), y) * w).sum() / w.sum()
+                loss = _loss(loss_fn, logits.float(), y, w, blocks)
             loss.backward()
             optimizer.step()
             schedule.step()
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            for k, (a, b) in enumerate(blocks):
+                has = y[:, k] != NO_LABEL
+                correct += int(((logits[:, a:b].argmax(1) == y[:, k]) & has).sum())
+                labelled += int(has.sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / max(labelled, 1):.3f}")
             done_batches += 1
             if on_progress is not None:
                 on_progress(_progress(epoch, epochs, batch_no, batches, done_batches, seen,
@@ -177,14 +202,18 @@ def fine_tune(
                                       history[-1].get("val_acc") if history else None))
         bar.close()
         seconds = time.perf_counter() - started
-        record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1),
+        record = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "acc": correct / max(labelled, 1),
                   "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 2) if seconds else 0.0}
         val_acc = None
         if len(val_paths):
             inf = embed_and_predict(model, val_paths, transform=eval_transform, batch_size=bs,
                                     num_workers=workers, device=device)
-            val_acc = float((inf.logits.argmax(1) == y_val[inf.index]).mean()) if len(inf.index) else 0.0
+            per_block = _block_accuracy(inf.logits, y_val[inf.index], blocks)
+            known = [a for a in per_block if a is not None]
+            val_acc = float(np.mean(known)) if known else 0.0
             record["val_acc"] = val_acc
+            if len(blocks) > 1:
+                record["val_acc_per_output"] = per_block
         history.append(record)
         if progress:
             tqdm.write(f"epoch {epoch}/{epochs}: loss {record['loss']:.4f} acc {record['acc']:.3f}"
@@ -207,6 +236,57 @@ def fine_tune(
     return result
 
 
+def _loss(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+          blocks: list[tuple[int, int]]) -> torch.Tensor:
+    """The sum over output blocks of each block's trust-weighted mean cross-entropy on the samples
+    labelled for it (weight 0 elsewhere; a batch without any label of a block adds 0 for it).
+    logits: (b, c) float; y, w: (b, k)."""
+    terms = [(loss_fn(logits[:, a:b], y[:, k]) * w[:, k]).sum() / w[:, k].sum().clamp_min(MIN_WEIGHT_SUM)
+             for k, (a, b) in enumerate(blocks)]
+    return terms[0] if len(terms) == 1 else torch.stack(terms).sum()
+
+
+def _label_matrix(labels: Sequence[int] | np.ndarray, n: int, blocks: list[tuple[int, int]], what: str) -> np.ndarray:
+    """Labels as (n, k) int64, one column per output block, each in its block's range or `NO_LABEL`."""
+    y = np.asarray(labels, dtype=np.int64)
+    y = y.reshape(n, 1) if y.ndim == 1 and len(blocks) == 1 else y
+    if y.shape != (n, len(blocks)):
+        raise ValueError(f"{what} must be ({n},) or ({n}, {len(blocks)}) for {len(blocks)} output block(s), "
+                         f"got {y.shape}")
+    sizes = np.array([b - a for a, b in blocks])
+    if np.any((y != NO_LABEL) & ((y < 0) | (y >= sizes))):
+        raise ValueError(f"{what} hold a class outside their output block (sizes {sizes.tolist()}; "
+                         f"{NO_LABEL}: no label)")
+    return y
+
+
+def _balanced_weights(y: np.ndarray) -> np.ndarray:
+    """Sampling weights (n,) for labels (n, k): each block drawn equally often, within a block
+    each of its classes, within a class each sample (one block: 1 / the size of the sample's class)."""
+    if y.shape[1] == 1:
+        counts = np.bincount(y[:, 0])
+        return 1.0 / counts[y[:, 0]]
+    weights = np.zeros(len(y))
+    for k in range(y.shape[1]):
+        has = y[:, k] != NO_LABEL
+        if not has.any():
+            continue
+        counts = np.bincount(y[has, k])
+        # Each class of the block gets 1 / (classes present) of the block's draws.
+        weights[has] += 1.0 / (counts[y[has, k]] * np.count_nonzero(counts))
+    return weights
+
+
+def _block_accuracy(logits: np.ndarray, y: np.ndarray, blocks: list[tuple[int, int]]) -> list[float | None]:
+    """Accuracy of each output block of ``logits`` (n, c) on the samples labelled for it in ``y``
+    (n, k); None for a block with none."""
+    out: list[float | None] = []
+    for k, (a, b) in enumerate(blocks):
+        has = y[:, k] != NO_LABEL
+        out.append(float((logits[has, a:b].argmax(1) == y[has, k]).mean()) if has.any() else None)
+    return out
+
+
 def _progress(epoch: int, epochs: int, batch: int, batches: int, done: int, seen: int, epoch_s: float,
               elapsed_s: float, val_acc: float | None) -> dict:
     """Where a run stands; the ETA assumes every remaining epoch runs (early stopping may end it
@@ -217,12 +297,19 @@ def _progress(epoch: int, epochs: int, batch: int, batches: int, done: int, seen
             "eta_s": round(elapsed_s / done * remaining, 1) if done else None, "val_acc": val_acc}
 
 
-def fold_temperature(model: nn.Module, temperature: float) -> nn.Module:
-    """Divide the final Linear by ``temperature`` (in place) so ``softmax(model(x))`` is calibrated."""
+def fold_temperature(model: nn.Module, temperature: float | Sequence[float], *,
+                     outputs: Sequence[int] | None = None) -> nn.Module:
+    """Divide the final Linear by ``temperature`` (in place) so ``softmax(model(x))`` is calibrated;
+    with ``outputs`` (output block sizes), ``temperature`` holds one per block and each block is
+    divided by its own (each block's softmax calibrated)."""
     _, linear = find_final_linear(model)
+    blocks = [(0, linear.out_features)] if outputs is None else output_blocks(outputs)
+    temps = [float(temperature)] if outputs is None else [float(t) for t in temperature]
+    if len(temps) != len(blocks):
+        raise ValueError(f"{len(blocks)} output blocks need as many temperatures, got {len(temps)}")
     with torch.no_grad():
-        linear.weight.div_(temperature)
-        if linear.bias is not None:
-            linear.bias.div_(temperature)
+        for (a, b), t in zip(blocks, temps, strict=True):
+            linear.weight[a:b].div_(t)
+            if linear.bias is not None:
+                linear.bias[a:b].div_(t)
     return model
-

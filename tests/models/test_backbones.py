@@ -202,3 +202,25 @@ def test_a_network_starts_from_a_linear_probe_with_its_logits() -> None:
     np.testing.assert_allclose(got, head.logits(x), rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="cannot start from"):
         set_final_linear(model, np.zeros((4, dim), np.float32), np.zeros(4, np.float32))
+
+
+def test_one_output_block_starts_from_a_probe_and_can_be_cut_out() -> None:
+    from models.backbones import keep_outputs, output_blocks, set_final_linear
+
+    assert output_blocks([3, 2]) == [(0, 3), (3, 5)]
+    model = build("mobilenet_v2", 5, "none").eval()
+    dim = find_final_linear(model)[1].in_features
+    before = find_final_linear(model)[1].weight.detach().clone()
+    w, b = np.ones((2, dim), np.float32), np.full(2, 0.5, np.float32)
+    set_final_linear(model, w, b, start=3)
+    after = find_final_linear(model)[1]
+    assert torch.equal(after.weight[:3], before[:3]) and torch.equal(after.weight[3:], torch.ones(2, dim))
+    with pytest.raises(ValueError, match="at output 4"):
+        set_final_linear(model, w, b, start=4)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model(x)
+        keep_outputs(model, 3, 5)
+        part = model(x)
+    assert find_final_linear(model)[1].out_features == 2
+    torch.testing.assert_close(part, full[:, 3:])

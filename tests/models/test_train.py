@@ -12,7 +12,7 @@ from torchvision.transforms import v2 as T
 
 from models.head import softmax
 from models.infer import embed_and_predict
-from models.train import fine_tune, fold_temperature, param_groups
+from models.train import NO_LABEL, fine_tune, fold_temperature, param_groups
 
 SIZE = 24
 
@@ -104,3 +104,79 @@ def test_fine_tune_stops_early_and_reports_progress(tmp_path: Path, make_image) 
     with pytest.raises(ValueError, match="train_weights"):
         fine_tune(Tiny(2), paths[:8], labels[:8], [], [], train_transform=_tf(), eval_transform=_tf(), epochs=1,
                   num_workers=0, progress=False, train_weights=[0.0] * 8)
+
+
+class MeanColour(nn.Module):
+    """A network that sees only each photo's mean colour: learns colour fields in a few steps."""
+
+    def __init__(self, n_outputs: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 16), nn.ReLU())
+        self.fc = nn.Linear(16, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+def test_fine_tune_with_one_output_block_per_field(tmp_path: Path, make_image) -> None:  # noqa: ANN001
+    """Two independent label fields of one photo on one network: outputs 0-1 warm or cool
+    (red, yellow / blue, cyan), outputs 2-3 dark or light (red, blue / yellow, cyan); a third of
+    the photos have no dark/light label (-1)."""
+    fill = [[0, 3], [2, 5]]  # conftest.COLOURS indices by [warm/cool][dark/light]
+    paths, warm, light = [], [], []
+    for k in range(36):
+        w, li = k % 2, (k // 2) % 2
+        paths.append(make_image(tmp_path / f"{k}.png", 0, seed=k, colour=fill[w][li]))
+        warm.append(w)
+        light.append(li if k % 3 else NO_LABEL)
+    y = np.stack([warm, light], axis=1)
+    # Mostly white photos: centred and scaled so that a few steps separate their mean colours.
+    tf = T.Compose([_tf(), T.Normalize((0.9,) * 3, (0.1,) * 3)])
+    torch.manual_seed(0)
+    result = fine_tune(MeanColour(4), paths[:24], y[:24], paths[24:], y[24:], train_transform=tf, eval_transform=tf,
+                       epochs=6, batch_size=8, lr_backbone=3e-2, lr_head=3e-2, num_workers=0, progress=False,
+                       patience=None, outputs=[2, 2], train_weights=np.where(y[:24] >= 0, 1.0, 0.0))
+    assert result.val_logits.shape == (12, 4)
+    for h in result.history:
+        per = h["val_acc_per_output"]
+        assert len(per) == 2 and h["val_acc"] == pytest.approx(np.mean(per))
+    best = result.history[result.best_epoch - 1]
+    assert best["val_acc"] == max(h["val_acc"] for h in result.history) >= 0.9
+    # Each block is scored on the photos labelled for it alone, with its own outputs.
+    has = y[24:, 1] >= 0
+    assert (result.val_logits[has, 2:].argmax(1) == y[24:, 1][has]).mean() == best["val_acc_per_output"][1]
+    assert (result.val_logits[:, :2].argmax(1) == y[24:, 0]).mean() == best["val_acc_per_output"][0]
+    with pytest.raises(ValueError, match="outside their output block"):
+        fine_tune(Tiny(4), paths[:4], [[0, 2]] * 4, [], np.zeros((0, 2)), train_transform=_tf(),
+                  eval_transform=_tf(), epochs=1, num_workers=0, progress=False, outputs=[2, 2])
+    with pytest.raises(ValueError, match="at least one output block"):
+        fine_tune(Tiny(4), paths[:4], [[0, -1], [-1, -1], [1, 1], [0, 0]], [], np.zeros((0, 2)),
+                  train_transform=_tf(), eval_transform=_tf(), epochs=1, num_workers=0, progress=False, outputs=[2, 2])
+
+
+def test_balanced_sampling_draws_each_block_then_each_class_equally() -> None:
+    from models.train import _balanced_weights
+
+    # Block 0: classes 0 (3 samples) and 1 (1 sample); block 1: only the last two samples, one class each.
+    y = np.array([[0, -1], [0, -1], [0, 0], [1, 1]])
+    p = _balanced_weights(y)
+    p = p / p.sum()
+    # Half the draws per block; within block 0 half per class (item 3 is class 1 alone), within
+    # block 1 half per class: item 2 gets a sixth of block 0's half and half of block 1's.
+    np.testing.assert_allclose(p, [1 / 12, 1 / 12, 1 / 12 + 1 / 4, 1 / 4 + 1 / 4])
+    single = _balanced_weights(np.array([[0], [0], [1]]))
+    np.testing.assert_allclose(single, [0.5, 0.5, 1.0])  # one block: 1 / class size, as always
+
+
+def test_fold_temperature_per_output_block() -> None:
+    torch.manual_seed(0)
+    model = Tiny(5).eval()
+    x = torch.randn(4, 3, SIZE, SIZE)
+    with torch.no_grad():
+        before = model(x).numpy()
+        fold_temperature(model, [2.0, 0.5], outputs=[3, 2])
+        after = model(x).numpy()
+    np.testing.assert_allclose(softmax(after[:, :3]), softmax(before[:, :3], 2.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(softmax(after[:, 3:]), softmax(before[:, 3:], 0.5), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="as many temperatures"):
+        fold_temperature(model, [2.0], outputs=[3, 2])
