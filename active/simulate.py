@@ -7,7 +7,9 @@ labels is flipped to another class first (so the learner is taught by a noisy or
 the disputes detector (`active.disputes.find_label_issues`) is scored against the flips.
 
 `simulate_arrays` is the whole experiment on arrays; `simulate_project` feeds it a project's
-imported pool labels, holdout split and cached embeddings and writes the CSV and the plot.
+imported pool labels, holdout split and cached embeddings and writes the CSV and the plot. In a
+project with several label fields it replays one field (the default one unless told): that
+field's imported labels are the oracle, its holdout labels the test set, its classes the head's.
 """
 
 from __future__ import annotations
@@ -246,26 +248,29 @@ class ProjectData:
     classes: list[str]
     version_id: int
     missing: int  # labelled items without a cached embedding (not used)
+    field: str = "category"
 
 
-def load_project_data(project) -> ProjectData:  # noqa: ANN001
-    """The oracle (pool items' imported labels), the test split (holdout items' current labels)
-    and the current version's cached embeddings."""
+def load_project_data(project, field: str | None = None) -> ProjectData:  # noqa: ANN001
+    """The oracle (pool items' imported labels of label field ``field``, default: the default
+    field), the test split (holdout items' current labels of it) and the serving version's cached
+    embeddings."""
     from active.errors import UserError
     from active.scoring import load_embeddings
     from storage import db, items, labels, versions
     from storage.enums import Split
 
+    field = project.check_field(field or project.field_names[0])
     with db.session(project.engine) as s:
         version = versions.serving(s)
         if version is None:
             raise UserError("no model version yet: run `active score` first (the simulation uses its cached embeddings)")
         pool = items.ids(s, split=Split.POOL)
         holdout = items.ids(s, split=Split.HOLDOUT)
-        current = labels.current(s, pool + holdout)
+        current = labels.current(s, pool + holdout, field=field)
     emb_ids, emb = load_embeddings(project, version.id)
     row_of = {int(i): r for r, i in enumerate(np.asarray(emb_ids).tolist())}
-    classes = list(project.config.classes)
+    classes = list(project.classes_of(field))
     missing = 0
 
     def gather(ids: list[int], label_of: Callable[[Any], str | None]) -> tuple[list[int], list[int]]:
@@ -293,7 +298,7 @@ def load_project_data(project) -> ProjectData:  # noqa: ANN001
                         "import one with `active import DIR --split holdout` and run `active score`")
     return ProjectData(
         np.asarray(pool_keep), emb[[row_of[i] for i in pool_keep]], np.asarray(pool_y),
-        emb[[row_of[i] for i in test_keep]], np.asarray(test_y), classes, int(version.id), missing,
+        emb[[row_of[i] for i in test_keep]], np.asarray(test_y), classes, int(version.id), missing, field,
     )
 
 
@@ -307,24 +312,28 @@ def simulate_project(
     seeds: int,
     noise: float = 0.0,
     progress: bool = True,
+    field: str | None = None,
 ) -> tuple[SimulationResult, dict[str, Any]]:
-    """Run `simulate_arrays` on the project's data and write CSV, PNG and JSON summary under
-    artifacts/simulations/. Returns the result and the summary (with the file paths)."""
-    data = load_project_data(project)
+    """Run `simulate_arrays` on the project's data of label field ``field`` (default: the default
+    field) and write CSV, PNG and JSON summary under artifacts/simulations/. Returns the result
+    and the summary (with the file paths)."""
+    data = load_project_data(project, field)
     result = simulate_arrays(data.pool_x, data.pool_y, data.test_x, data.test_y, len(data.classes),
                              strategy_names=strategy_names, init=init, batch=batch, budget=budget,
                              seeds=seeds, noise=noise, progress=progress)
     out_dir = project.artifacts / "simulations"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = time.strftime("sim-%Y%m%d-%H%M%S") + f"-v{data.version_id}"
+    other_field = data.field != project.field_names[0]  # named in the file names and the plot
+    stem = time.strftime("sim-%Y%m%d-%H%M%S") + f"-v{data.version_id}" + (f"-{data.field}" if other_field else "")
     summary = result.summary() | {
-        "version_id": data.version_id, "pool_items": int(data.pool_x.shape[0]),
+        "field": data.field, "version_id": data.version_id, "pool_items": int(data.pool_x.shape[0]),
         "test_items": int(data.test_x.shape[0]), "init": init, "batch": batch, "noise": noise,
         "skipped_without_embeddings": data.missing,
     }
     summary["csv"] = str(write_csv(result, out_dir / f"{stem}.csv"))
     summary["plot"] = str(plot(result, out_dir / f"{stem}.png",
-                               title=f"{project.root.name}: {data.pool_x.shape[0]} pool, "
+                               title=f"{project.root.name}{f' {data.field}' if other_field else ''}: "
+                                     f"{data.pool_x.shape[0]} pool, "
                                      f"{data.test_x.shape[0]} test, {seeds} seeds"
                                      + (f", noise {noise:g}" if noise else "")))
     summary_path = out_dir / f"{stem}.json"

@@ -4,7 +4,8 @@ version's cached embeddings each round and measuring accuracy on the holdout spl
 imported labels are the oracle (run `active score` once first). Writes the learning curves (CSV),
 a plot (PNG) and a summary (JSON) under artifacts/simulations/ and prints, per strategy, the
 labels at which it first reaches random's accuracy at the full budget. --noise R flips a share R
-of the oracle's labels and reports the disputes detector's precision and recall on the flips."""
+of the oracle's labels and reports the disputes detector's precision and recall on the flips.
+--field replays another label field (its imported labels, holdout labels and classes)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, default=1000, help="labels in all (default: 1000)")
     p.add_argument("--seeds", type=int, default=3, help="repetitions with different seeds (default: 3)")
     p.add_argument("--noise", type=float, default=0.0, help="share of oracle labels to flip, e.g. 0.1 (default: 0)")
+    p.add_argument("--field", default=None, help="the label field to replay (default: category, the default field)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -46,14 +48,14 @@ def run(args: argparse.Namespace) -> Result:
     try:
         _result, summary = simulate_project(project, strategy_names=names, init=args.init, batch=args.batch,
                                             budget=args.budget, seeds=args.seeds, noise=args.noise,
-                                            progress=not args.no_progress and not args.json)
+                                            progress=not args.no_progress and not args.json, field=args.field)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     rows = [[name, s["final_accuracy"], s["final_accuracy_std"], s["area_under_curve"],
              s["labels_to_reach_target"] if s["labels_to_reach_target"] is not None else "never"]
             for name, s in summary["strategies"].items()]
     lines = [
-        f"{summary['pool_items']} pool items (oracle: imported labels{f', {args.noise:.0%} flipped' if args.noise else ''}), "
+        f"field {summary['field']}: {summary['pool_items']} pool items (oracle: imported labels{f', {args.noise:.0%} flipped' if args.noise else ''}), "
         f"{summary['test_items']} holdout items, version {summary['version_id']} embeddings; "
         f"init {args.init}, batch {args.batch}, budget {summary['budget']}, {args.seeds} seeds; {summary['seconds']} s",
         f"target: random's mean accuracy at {summary['budget']} labels = {summary['target_accuracy']:.4f}",

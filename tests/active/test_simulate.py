@@ -73,3 +73,21 @@ def test_simulate_command_end_to_end(project, cli) -> None:  # noqa: ANN001
     assert text.code == 0 and "labels to reach target" in text.out and "plot:" in text.out
     bad = cli("--project", project.root, "simulate", "--strategies", "nope")
     assert bad.code == 2 and "unknown strategy" in bad.err
+
+
+def test_simulate_replays_the_field_asked_for(project, cli) -> None:  # noqa: ANN001
+    from activefixtures import two_field_catalogue
+
+    two_field_catalogue(project, flipped=0)  # colour: its own classes and labels, in the last 8 dimensions
+    run = cli("--project", project.root, "--json", "simulate", "--field", "colour", "--strategies", "margin",
+              "--init", "6", "--batch", "10", "--budget", "36", "--seeds", "1", "--no-progress")
+    assert run.code == 0, run.err
+    data = run.data
+    assert data["field"] == "colour" and data["pool_items"] == 90 and data["test_items"] == 30
+    assert data["strategies"]["margin"]["final_accuracy"] >= 0.9  # black/white from the colour dimensions
+    assert data["csv"].endswith("-colour.csv")
+    default = cli("--project", project.root, "--json", "simulate", "--strategies", "margin", "--init", "6",
+                  "--batch", "10", "--budget", "16", "--seeds", "1", "--no-progress").data
+    assert default["field"] == "category" and not default["csv"].endswith("-category.csv")
+    bad = cli("--project", project.root, "simulate", "--field", "season")
+    assert bad.code == 2 and "no label field 'season'" in bad.err
