@@ -5,7 +5,10 @@ Layout of ``artifacts/v{id}/`` (the paths are recorded in ``ModelVersion.artifac
 - ``meta.json``       what made the version (backbone, weights, image size, classes, recipe)
 - ``embeddings/``     chunk files ``{start_row:09d}.npy`` (rows, d) float32 of the penultimate
                       features, for versions that run their own network (pretrained, full)
-- ``model.pth``       state dict of a fine-tuned network (mode "full")
+- ``model.pth``       state dict of a fine-tuned network (mode "full"); in a project with several
+                      label fields its final Linear holds one output block per field trained
+                      (the default field's first, then ``artifacts["fields"][f]["outputs"]``:
+                      [start, stop] of field f's), see `output_layout`
 - ``head.npz``        a linear head on the embeddings of ``embeddings_from`` (mode "head")
 
 Every version's ``model(x)`` gives *calibrated* logits: the temperature is folded into the final
@@ -55,7 +58,7 @@ STAGING_PREFIX = ".staging-"
 # files at the end, so this must exceed the longest training).
 STALE_STAGING_S = 7 * 24 * 3600
 
-_cache: OrderedDict[tuple[str, int, str], LoadedModel] = OrderedDict()
+_cache: OrderedDict[tuple[str, int, str | None], LoadedModel] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -225,14 +228,34 @@ def head_to_linear(head_arrays: dict[str, np.ndarray]):  # noqa: ANN201
     return linear
 
 
-def _network_of(project: Project, version: ModelVersion, field: str = DEFAULT_FIELD) -> nn.Module:
+def output_layout(version: ModelVersion) -> list[tuple[str, int, int]]:
+    """(field, start, stop) of each label field's outputs of a version's network, the default
+    field's first: one block (the default field's classes) unless a fine-tune trained several
+    fields at once; [] for the pretrained backbone (no outputs for our classes)."""
+    layout = [(DEFAULT_FIELD, 0, len(version.classes))] if version.classes else []
+    if version.mode == "full":
+        for name, spec in ((version.artifacts or {}).get("fields") or {}).items():
+            if "outputs" in spec:
+                layout.append((name, int(spec["outputs"][0]), int(spec["outputs"][1])))
+    return layout
+
+
+def _network_of(project: Project, version: ModelVersion, field: str | None = DEFAULT_FIELD) -> nn.Module:
     if version.mode == "pretrained" and "checkpoint" not in version.artifacts:
         return build_network(version.backbone, None, version.weights)
     if version.mode in ("pretrained", "full"):
         ckpt = version_dir(project, version) / version.artifacts.get("checkpoint", CHECKPOINT)
         if not ckpt.is_file():
             raise UserError(f"model version {version.id}: checkpoint {ckpt} is missing")
-        return build_network(version.backbone, len(version.classes) or None, str(ckpt))
+        layout = output_layout(version)
+        net = build_network(version.backbone, max((stop for _, _, stop in layout), default=0) or None, str(ckpt))
+        if field is None or len(layout) < 2:
+            return net
+        from models.backbones import keep_outputs
+
+        # One field's block alone, so that the network's softmax is that field's.
+        _, start, stop = next(b for b in layout if b[0] == field)
+        return keep_outputs(net, start, stop)
     if version.mode == "head":
         from models.backbones import replace_final_linear
 
@@ -249,20 +272,24 @@ def _network_of(project: Project, version: ModelVersion, field: str = DEFAULT_FI
 
 
 def load_model(project: Project, version: ModelVersion | int | None = None, *,
-               field: str = DEFAULT_FIELD) -> LoadedModel:
+               field: str | None = DEFAULT_FIELD) -> LoadedModel:
     """The network of ``version`` (default: the current one) in eval mode, cached per process
     (the last `CACHE_SIZE` versions). Checkpoints load with ``torch.load(weights_only=True)``.
-    With another ``field`` than the default, the network ends in that field's head (a head
-    version only: fine-tuned networks have the default field's output alone)."""
+    The network's outputs are the classes of label field ``field``: a head version's network
+    ends in that field's head, a fine-tune trained on several fields in that field's output
+    block. ``field=None``: a network version with every output block it has (`output_layout`;
+    what scoring runs, one pass for every field); ``classes`` are then the default field's."""
     if version is None:
         version = current_version(project)
         if version is None:
             raise UserError("this project has no model version yet: run `active score` first")
     elif isinstance(version, int):
         version = get_version(project, version)
-    if field != DEFAULT_FIELD and not field_classes(version, field):
+    if field is not None and field != DEFAULT_FIELD and not field_classes(version, field):
         raise UserError(f"model version {version.id} has no head for field {field!r}: run `active retrain --mode head` "
                         "once the field has labels of two classes")
+    if field is None and version.mode == "head":
+        raise ValueError("field=None loads a network version with all its outputs; a head version has one per field")
     key = (str(project.root), int(version.id), field)
     with _cache_lock:
         if key in _cache:
@@ -272,7 +299,7 @@ def load_model(project: Project, version: ModelVersion | int | None = None, *,
     init_weights = version.artifacts.get("init_weights", version.weights)
     net = _network_of(project, version, field)
     net.eval()
-    loaded = LoadedModel(net, field_classes(version, field), make_transform(version.backbone, init_weights, image_size),
+    loaded = LoadedModel(net, field_classes(version, field or DEFAULT_FIELD), make_transform(version.backbone, init_weights, image_size),
                          int(version.id), version.mode, version.backbone)
     with _cache_lock:
         _cache[key] = loaded

@@ -24,8 +24,12 @@ embeddings, each on that field's current labels with the same trust, calibration
 evaluation; the default field's head is the version's own (``classes``, ``head.npz``, the
 top-level metrics), another field's is ``artifacts["fields"][name]`` (its classes and head file)
 and ``metrics["fields"][name]`` (its figures, or why it was skipped: fewer than two classes
-labelled). A ``full`` fine-tune trains the default field's output only; in a project with
-several fields a head version on its embeddings follows at once, with every field's head.
+labelled). A ``full`` fine-tune gives the network one output block per field with labels of two
+classes (`models.train.fine_tune` with ``outputs``): the loss sums the fields' trust-weighted
+cross-entropies, early stopping follows their mean validation accuracy, each field has its own
+temperature and holdout figures, recorded in the same places as a head retrain's, and
+``artifacts["fields"][name]["outputs"]`` says where its block lies (`modelstore.output_layout`).
+A single-field project's network is exactly what it was: one block, the default field's.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from active import modelstore, scoring
 from active.errors import UserError
 from storage import aliases, db, disputes, items, labels, versions
 from storage.enums import DisputeReason, Source, Split
-from storage.fields import DEFAULT_FIELD
+from storage.fields import DEFAULT_FIELD, field_classes
 from storage.snapshots import labels_hash
 from storage.tables import ModelVersion
 
@@ -388,9 +392,9 @@ def _after_fine_tune(project: Project, version: ModelVersion, *, score: bool, ba
     """A published fine-tune: held back, it stays unscored (so it never serves) and says so;
     otherwise the pool is scored with the new network, and only then does it serve
     (`storage.versions.serving`: the newest version covering the pool). When a head refreshed
-    meanwhile is newer and serves instead, or the project has several label fields, a head is
-    fitted on the new network's embeddings at once so that the fine-tune reaches the labeller
-    (with every field's head)."""
+    meanwhile is newer and serves instead, a head is fitted on the new network's embeddings at
+    once so that the fine-tune reaches the labeller. (Every label field with labels has its own
+    output block in the fine-tune, so its suggestions come with it.)"""
     from active import policy
 
     reporter = policy.ProgressWriter(project, resume=True)
@@ -405,9 +409,7 @@ def _after_fine_tune(project: Project, version: ModelVersion, *, score: bool, ba
     scoring.score(project, version_id=version.id, batch_size=batch_size, num_workers=num_workers, device=device,
                   progress=progress)
     serving = modelstore.serving_version(project)
-    # Several label fields: the fine-tune has the default field's output only, so a head version
-    # on its embeddings brings every field's head along (suggestions for each field at once).
-    if serving is not None and (serving.id != version.id or len(project.field_names) > 1):
+    if serving is not None and serving.id != version.id:
         reporter.phase("fitting a head on the new network", version=version.id)
         retrain(project, mode="head", batch_size=batch_size, num_workers=num_workers, device=device,
                 progress=progress)
@@ -436,20 +438,19 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     with db.session(project.engine) as s:
         earlier = versions.all_versions(s)
 
-    def fit(field_data: LabelledSet, field_classes: list[str], reuse_from: tuple | None = None):  # noqa: ANN202
+    def fit(field_data: LabelledSet, names: list[str], field: str = DEFAULT_FIELD):  # noqa: ANN202
         # Every labelled pool item trains (no slice held back): calibration uses out-of-fold logits.
         pool_ids, pool_y = field_data.all_pool()
         x_all, y_all, id_all = rows(pool_ids, pool_y)
-        fitted, metrics = fit_trusted_head(x_all, y_all, id_all, field_data, field_classes, seed=seed,
-                                           earlier=reuse_from)
+        # Each field's head may reuse the L2 strength an earlier head of that field chose.
+        fitted, metrics = fit_trusted_head(x_all, y_all, id_all, field_data, names, seed=seed,
+                                           earlier=(earlier, source.id), field=field)
         x_ho, y_ho, _ = rows(field_data.holdout_ids, field_data.holdout_y)
         if len(y_ho):
-            metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, field_classes)
+            metrics["holdout"] = _evaluate(fitted.predict_proba(x_ho), y_ho, names)
         return fitted, metrics
 
-    # The default field's head may reuse an earlier head's L2 strength (`strength_to_reuse`); the
-    # other fields' heads cross-validate theirs every time.
-    fitted, metrics = fit(data, classes, (earlier, source.id))
+    fitted, metrics = fit(data, classes)
     staging = modelstore.new_staging(project)
     np.savez(staging / modelstore.HEAD_FILE, **fitted.to_arrays())
     field_artifacts: dict[str, dict] = {}
@@ -457,8 +458,8 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
     for name in project.field_names[1:]:
         try:
             field_data = take_snapshot(project, seed=seed, field=name)
-            field_classes = list(project.classes_of(name))
-            head, field_metrics[name] = fit(field_data, field_classes)
+            names = list(project.classes_of(name))
+            head, field_metrics[name] = fit(field_data, names, name)
         except UserError as exc:  # too few labels of this field yet: the other fields still train
             field_metrics[name] = {"skipped": str(exc)}
             continue
@@ -466,7 +467,7 @@ def _train_head(project: Project, data: LabelledSet, *, seed: int, progress: boo
                                     "holdout_labels_sha256": field_data.holdout_snapshot,
                                     "n_labels": field_data.n_labels})
         np.savez(staging / field_head_file(name), **head.to_arrays())
-        field_artifacts[name] = {"classes": field_classes, "head": field_head_file(name)}
+        field_artifacts[name] = {"classes": names, "head": field_head_file(name)}
     if field_metrics:
         metrics["fields"] = field_metrics
     image_size = int(source.artifacts.get("image_size", project.config.image_size))
@@ -484,16 +485,25 @@ def field_head_file(field: str) -> str:
     return f"head-{field}.npz"
 
 
+def _field_metrics(version: ModelVersion, field: str) -> dict:
+    """A version's metrics of one label field: the top level for the default field, else
+    ``metrics["fields"][field]`` (empty when it has none)."""
+    metrics = version.metrics or {}
+    return metrics if field == DEFAULT_FIELD else ((metrics.get("fields") or {}).get(field) or {})
+
+
 def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: list[str], embeddings_from: int,
-                      n_kept: int) -> dict | None:
-    """The "regularisation" metrics of the newest head version whose cross-validated L2 strength
-    still holds for ``data`` with ``n_kept`` labels trained on (see `REUSE_STRENGTH_CHANGE`), or
-    None: cross-validate again."""
+                      n_kept: int, *, field: str = DEFAULT_FIELD) -> dict | None:
+    """The "regularisation" metrics of label field ``field`` in the newest head version whose
+    cross-validated L2 strength for that field still holds for ``data`` with ``n_kept`` labels
+    trained on (see `REUSE_STRENGTH_CHANGE`), or None: cross-validate again. Label rows are
+    counted over every field (label ids are shared), so another field's new labels also call for
+    a fresh choice: the cautious side."""
     for v in reversed(earlier):
-        reg = (v.metrics or {}).get("regularisation", {})
+        reg = _field_metrics(v, field).get("regularisation", {})
         if v.mode != "head" or "chosen_at_label_id" not in reg:
             continue
-        if (list(v.classes) != classes or v.artifacts.get("embeddings_from") != embeddings_from
+        if (field_classes(v, field) != classes or v.artifacts.get("embeddings_from") != embeddings_from
                 or reg.get("chosen_alias_max_id") != data.max_alias_id):
             return None
         added = data.max_label_id - int(reg["chosen_at_label_id"])
@@ -506,11 +516,12 @@ def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: l
 
 
 def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: LabelledSet, classes: list[str],
-                     *, seed: int = 0, earlier: tuple[list[ModelVersion], int] | None = None):  # noqa: ANN201
-    """The head of a `head` retrain and its metrics: trust weights, CV-chosen L2 strength (or the
-    one an earlier head chose, when it still holds: ``earlier`` = (the versions, the id of the
-    network whose embeddings ``x`` are), see `strength_to_reuse`), temperature on trusted
-    out-of-fold predictions.
+                     *, seed: int = 0, earlier: tuple[list[ModelVersion], int] | None = None,
+                     field: str = DEFAULT_FIELD):  # noqa: ANN201
+    """The head of label field ``field`` of a `head` retrain and its metrics: trust weights,
+    CV-chosen L2 strength (or the one an earlier head of that field chose, when it still holds:
+    ``earlier`` = (the versions, the id of the network whose embeddings ``x`` are), see
+    `strength_to_reuse`), temperature on trusted out-of-fold predictions.
 
     x: (n, dim) embeddings of the labelled pool items ``item_ids`` (n,) with classes y (n,).
     Returns (head with its temperature, metrics dict with "train", "trust", "regularisation",
@@ -525,7 +536,7 @@ def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: L
         raise UserError(f"after leaving out {trust.summary['left_out_suspect_imported']} suspect imported labels, "
                         f"fewer than {MIN_CLASSES} classes remain: review the disputes first (`active disputes`)")
     x_k, y_k, w_k, src_k = x[kept], y[kept], trust.weight[kept], trust.sources[kept]
-    reuse = strength_to_reuse(earlier[0], data, classes, earlier[1], len(y_k)) if earlier else None
+    reuse = strength_to_reuse(earlier[0], data, classes, earlier[1], len(y_k), field=field) if earlier else None
     fit_started = time.perf_counter()
     cv = fit_head_cv(x_k, y_k, len(classes), sample_weight=w_k, seed=seed,
                      scaled_c=float(reuse["scaled_c"]) if reuse else None)
@@ -573,82 +584,185 @@ def calibrate(logits: np.ndarray, y: np.ndarray, sources: np.ndarray, weights: n
     return t, {"on": name, "n": int(on.sum()), "temperature": t}, evaluation
 
 
+@dataclass
+class _Targets:
+    """One side (training or validation) of a fine-tune on several label fields: its items (n,)
+    and, one column per field (k), each item's class or `models.train.NO_LABEL`, the label's
+    trust weight (0 where none) and source (None where none); ``trust``: per field, the
+    `Trust` of that field's labels on this side (left-out labels are NO_LABEL above)."""
+
+    ids: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    sources: np.ndarray
+    trust: list[Trust]
+
+
+def _targets(item_ids: np.ndarray, sets: list[LabelledSet], no_label: int) -> _Targets:
+    """The labels of ``item_ids`` in each field of ``sets`` (k fields), trust-weighted; items left
+    with no label in any field (every one left out as suspect) are dropped."""
+    pos = {int(i): r for r, i in enumerate(item_ids.tolist())}
+    y = np.full((len(item_ids), len(sets)), no_label, dtype=np.int64)
+    w = np.zeros(y.shape)
+    sources = np.full(y.shape, None, dtype=object)
+    trusts = []
+    for f, d in enumerate(sets):
+        ids_f, y_f = d.all_pool()
+        mine = np.array([int(i) in pos for i in ids_f.tolist()], dtype=bool)
+        trust = trust_weights(ids_f[mine], d.source, d.suspect)
+        trusts.append(trust)
+        rows = np.array([pos[int(i)] for i in ids_f[mine][trust.kept].tolist()], dtype=np.int64)
+        y[rows, f] = y_f[mine][trust.kept]
+        w[rows, f] = trust.weight[trust.kept]
+        sources[rows, f] = trust.sources[trust.kept]
+    keep = (y != no_label).any(axis=1)
+    return _Targets(item_ids[keep], y[keep], w[keep], sources[keep], trusts)
+
+
+def _item_split(sets: list[LabelledSet]) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) item ids of a fine-tune on several fields. An image is on one side
+    for every field (validated on one field, it must not have been trained on for another): the
+    side its first field in project order put it on (each field's `stratified_split`), so the
+    default field keeps exactly its own split and the validation share stays the configured one."""
+    validation: dict[int, bool] = {}
+    for d in sets:
+        for i in d.val_ids.tolist():
+            validation.setdefault(int(i), True)
+        for i in d.train_ids.tolist():
+            validation.setdefault(int(i), False)
+    return (np.array(sorted(i for i, v in validation.items() if not v), dtype=np.int64),
+            np.array(sorted(i for i, v in validation.items() if v), dtype=np.int64))
+
+
+def _fine_tune_fields(project: Project, data: LabelledSet, *, seed: int) -> tuple[list[tuple[str, list[str], LabelledSet]],
+                                                                                   dict[str, dict]]:
+    """The label fields a fine-tune trains an output block for, the default field first, with
+    their classes and labels; and the metrics of those it leaves out (fewer than two classes
+    labelled): {field: {"skipped": why}}."""
+    trained = [(DEFAULT_FIELD, list(project.config.classes), data)]
+    skipped: dict[str, dict] = {}
+    for name in project.field_names[1:]:
+        try:
+            trained.append((name, list(project.classes_of(name)), take_snapshot(project, seed=seed, field=name)))
+        except UserError as exc:
+            skipped[name] = {"skipped": str(exc)}
+    return trained, skipped
+
+
 def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batch_size: int | None,
                 device: str | None, num_workers: int | None, seed: int, progress: bool) -> tuple[ModelVersion, object]:
     import torch
 
     from active import policy
-    from models.backbones import eval_transform, train_transform
+    from models.backbones import eval_transform, output_blocks, train_transform
+    from models.head import softmax
     from models.infer import embed_and_predict
-    from models.train import LR_BACKBONE, LR_HEAD, fine_tune, fold_temperature
+    from models.train import LR_BACKBONE, LR_HEAD, NO_LABEL, fine_tune, fold_temperature
 
     cfg = project.config
-    classes = list(cfg.classes)
     epochs = epochs or cfg.retrain.full_epochs
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     spec = modelstore.weights_spec(cfg.backbone, cfg.weights)
+    # One output block per label field with labels of two classes (the default field's first).
+    fields, skipped = _fine_tune_fields(project, data, seed=seed)
+    sets = [d for _, _, d in fields]
+    sizes = [len(c) for _, c, _ in fields]
+    blocks = output_blocks(sizes)
     # Trust as in head mode: suspect catalogue labels are left out of training and validation.
-    tr = trust_weights(data.train_ids, data.source, data.suspect)
-    va = trust_weights(data.val_ids, data.source, data.suspect)
-    tr_ids, tr_y, tr_w = data.train_ids[tr.kept], data.train_y[tr.kept], tr.weight[tr.kept]
-    va_ids, va_y = data.val_ids[va.kept], data.val_y[va.kept]
+    train_ids, val_ids = _item_split(sets)
+    tr, va = _targets(train_ids, sets, NO_LABEL), _targets(val_ids, sets, NO_LABEL)
     torch.manual_seed(seed)
-    model = modelstore.build_network(cfg.backbone, len(classes), cfg.weights)  # fresh, from the factory
+    model = modelstore.build_network(cfg.backbone, sum(sizes), cfg.weights)  # fresh, from the factory
     reporter = policy.ProgressWriter(project)
     reporter.phase("fitting a linear probe to start from")
-    init_head = _start_from_linear_probe(project, model, spec.name, tr_ids, tr_y, tr_w, classes, seed=seed)
+    init_heads = _start_from_linear_probe(project, model, spec.name, tr.ids, tr.y, tr.w,
+                                          [(c, a) for (_, c, _), (a, _) in zip(fields, blocks, strict=True)],
+                                          no_label=NO_LABEL, seed=seed)
     t_eval = eval_transform(spec, image_size=cfg.image_size)
     result = fine_tune(
-        model, [data.paths[i] for i in tr_ids.tolist()], tr_y, [data.paths[i] for i in va_ids.tolist()], va_y,
+        model, [data.paths[i] for i in tr.ids.tolist()], tr.y, [data.paths[i] for i in va.ids.tolist()], va.y,
         train_transform=train_transform(spec, image_size=cfg.image_size), eval_transform=t_eval,
         epochs=epochs, batch_size=batch_size, device=device, num_workers=num_workers, seed=seed, progress=progress,
-        train_weights=tr_w, balanced=True, patience=cfg.retrain.full_patience, on_progress=reporter,
-        # A final layer that starts from the probe already sees well: one small rate for all.
-        lr_head=LR_BACKBONE if init_head["from"] == "linear_probe" else LR_HEAD,
+        train_weights=tr.w, balanced=True, patience=cfg.retrain.full_patience, on_progress=reporter,
+        # A final layer that starts from the probes already sees well: one small rate for all.
+        lr_head=LR_BACKBONE if all(i["from"] == "linear_probe" for i in init_heads) else LR_HEAD,
+        outputs=sizes,
     )
     reporter.phase("evaluating")
-    trust = {**tr.summary, "left_out_suspect_imported": tr.summary["left_out_suspect_imported"]
-             + va.summary["left_out_suspect_imported"],
-             "left_out_items": sorted(tr.summary["left_out_items"] + va.summary["left_out_items"])}
-    metrics: dict = {"train": {"n": int(len(tr_y)), "per_class": _class_counts(tr_y, classes), "epochs": epochs,
-                               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                               "history": result.history, "balanced_sampling": True, "init_head": init_head},
-                     "trust": trust}
-    temperature = 1.0
-    metrics["calibration"] = {"on": "none", "n": 0, "temperature": 1.0}
+    per_field: list[dict] = []
+    for f, (_, classes, _) in enumerate(fields):
+        has = tr.y[:, f] != NO_LABEL
+        trust = {**tr.trust[f].summary, "left_out_suspect_imported": tr.trust[f].summary["left_out_suspect_imported"]
+                 + va.trust[f].summary["left_out_suspect_imported"],
+                 "left_out_items": sorted(tr.trust[f].summary["left_out_items"] + va.trust[f].summary["left_out_items"])}
+        per_field.append({"train": {"n": int(has.sum()), "per_class": _class_counts(tr.y[has, f], classes),
+                                    "init_head": init_heads[f]},
+                          "trust": trust, "calibration": {"on": "none", "n": 0, "temperature": 1.0}})
+    temperatures = [1.0] * len(fields)
     if result.val_logits is not None and len(result.val_index):
         pos = result.val_index
-        temperature, metrics["calibration"], metrics["validation"] = calibrate(
-            result.val_logits, va_y[pos], va.sources[va.kept][pos], va.weight[va.kept][pos], classes,
-            what="validation_slice")
-    metrics["temperature"] = temperature
-    model = fold_temperature(result.model, temperature)
-    if len(data.holdout_ids):
-        inf = embed_and_predict(model, [data.paths[i] for i in data.holdout_ids.tolist()], transform=t_eval,
+        for f, ((_, classes, _), (a, b)) in enumerate(zip(fields, blocks, strict=True)):
+            has = va.y[pos, f] != NO_LABEL
+            if has.any():
+                temperatures[f], per_field[f]["calibration"], per_field[f]["validation"] = calibrate(
+                    result.val_logits[has, a:b], va.y[pos, f][has], va.sources[pos, f][has], va.w[pos, f][has],
+                    classes, what="validation_slice")
+    for f, t in enumerate(temperatures):
+        per_field[f]["temperature"] = t
+    model = fold_temperature(result.model, temperatures, outputs=sizes)
+    # The holdout of every field in one pass; each field's figures on its own labelled items.
+    holdout_ids = np.array(sorted(set().union(*(d.holdout_ids.tolist() for d in sets))), dtype=np.int64)
+    if len(holdout_ids):
+        inf = embed_and_predict(model, [data.paths[i] for i in holdout_ids.tolist()], transform=t_eval,
                                 batch_size=batch_size or 64, num_workers=num_workers, device=device)
-        if len(inf.index):
-            metrics["holdout"] = _evaluate(inf.probs, data.holdout_y[inf.index], classes)
+        row_of = {int(holdout_ids[k]): r for r, k in enumerate(inf.index.tolist())}
+        for f, ((_, classes, d), (a, b)) in enumerate(zip(fields, blocks, strict=True)):
+            rows = [(row_of[int(i)], int(c)) for i, c in zip(d.holdout_ids.tolist(), d.holdout_y.tolist(), strict=True)
+                    if int(i) in row_of]
+            if rows:
+                r = np.array([x for x, _ in rows], dtype=np.int64)
+                per_field[f]["holdout"] = _evaluate(softmax(inf.logits[r, a:b]), np.array([c for _, c in rows]),
+                                                    classes)
+    top = per_field[0]
+    metrics: dict = {**top, "train": {"n": top["train"]["n"], "per_class": top["train"]["per_class"],
+                                      "epochs": epochs, "best_epoch": result.best_epoch,
+                                      "epochs_run": len(result.history), "history": result.history,
+                                      "balanced_sampling": True, "init_head": init_heads[0]}}
+    field_metrics: dict[str, dict] = dict(skipped)
+    field_artifacts: dict[str, dict] = {}
+    for f in range(1, len(fields)):
+        name, classes, d = fields[f]
+        field_metrics[name] = {**per_field[f], "label_snapshot_sha256": d.snapshot,
+                               "holdout_labels_sha256": d.holdout_snapshot, "n_labels": d.n_labels}
+        field_artifacts[name] = {"classes": classes, "outputs": list(blocks[f])}
+    if field_metrics:
+        metrics["fields"] = field_metrics
     staging = modelstore.new_staging(project)
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, staging / modelstore.CHECKPOINT)
-    version = ModelVersion(
-        backbone=cfg.backbone, weights=spec.name, mode="full", classes=classes, metrics=metrics,
-        artifacts={"checkpoint": modelstore.CHECKPOINT, "embeddings": modelstore.EMBEDDINGS_DIR,
-                   "image_size": cfg.image_size, "init_weights": spec.name},
-    )
+    artifacts = {"checkpoint": modelstore.CHECKPOINT, "embeddings": modelstore.EMBEDDINGS_DIR,
+                 "image_size": cfg.image_size, "init_weights": spec.name}
+    if field_artifacts:
+        artifacts["fields"] = field_artifacts
+    version = ModelVersion(backbone=cfg.backbone, weights=spec.name, mode="full", classes=fields[0][1],
+                           metrics=metrics, artifacts=artifacts)
     return version, staging
 
 
 def _start_from_linear_probe(project: Project, model: object, weights: str, ids: np.ndarray, y: np.ndarray,
-                             w: np.ndarray, classes: list[str], *, seed: int) -> dict:
-    """Start the network's new final layer from a linear probe (LP-FT, Kumar et al. 2022, "Fine-
-    Tuning can Distort Pretrained Features"): a head fitted as in `head` mode on the pretrained
-    network's stored embeddings of the training items, folded into one Linear. A randomly
-    started layer sends large, wrong gradients into the pretrained features for the first
-    epochs; started from the probe, the fine-tune begins at the head's accuracy and only
-    improves on it, which matters on a CPU that affords two or three epochs.
+                             w: np.ndarray, blocks: list[tuple[list[str], int]], *, no_label: int,
+                             seed: int) -> list[dict]:
+    """Start the network's new final layer from linear probes (LP-FT, Kumar et al. 2022, "Fine-
+    Tuning can Distort Pretrained Features"): per label field, a head fitted as in `head` mode on
+    the pretrained network's stored embeddings of the training items labelled in that field,
+    folded into that field's output block. A randomly started layer sends large, wrong
+    gradients into the pretrained features for the first epochs; started from the probe, the
+    fine-tune begins at the head's accuracy and only improves on it, which matters on a CPU
+    that affords two or three epochs.
 
-    Returns what the metrics record: {"from": "linear_probe", ...} or {"from": "random", "why": ...}.
+    ids: (n,) training items; y, w: (n, k) their class and trust weight per field (``no_label``
+    where none); blocks: per field, (its classes, the first output of its block).
+    Returns per field what the metrics record: {"from": "linear_probe", ...} or {"from": "random", "why": ...}.
     """
     from models.backbones import set_final_linear
     from models.head import fit_head_cv
@@ -658,14 +772,22 @@ def _start_from_linear_probe(project: Project, model: object, weights: str, ids:
         nets = [v for v in versions.all_versions(s) if v.mode == "pretrained" and v.backbone == cfg.backbone
                 and v.weights == weights and int(v.artifacts.get("image_size", cfg.image_size)) == cfg.image_size]
     if not nets:
-        return {"from": "random", "why": "no scored pretrained version of this backbone and weights"}
+        return [{"from": "random", "why": "no scored pretrained version of this backbone and weights"} for _ in blocks]
     source = nets[-1]
-    have, x = scoring.rows_of(*scoring.load_embeddings(project, source.id), ids)
-    if len(set(y[have].tolist())) < MIN_CLASSES:
-        return {"from": "random", "why": f"version {source.id} has embedded too few training items"}
-    probe = fit_head_cv(x, y[have], len(classes), sample_weight=w[have], seed=seed)
-    set_final_linear(model, *probe.head.as_linear())
-    return {"from": "linear_probe", "embeddings_of": source.id, "n": int(have.sum()), "scaled_c": probe.scaled_c}
+    stored = scoring.load_embeddings(project, source.id)
+    out = []
+    for f, (classes, start) in enumerate(blocks):
+        labelled = y[:, f] != no_label
+        have, x = scoring.rows_of(*stored, ids[labelled])
+        y_f, w_f = y[labelled, f][have], w[labelled, f][have]
+        if len(set(y_f.tolist())) < MIN_CLASSES:
+            out.append({"from": "random", "why": f"version {source.id} has embedded too few training items"})
+            continue
+        probe = fit_head_cv(x, y_f, len(classes), sample_weight=w_f, seed=seed)
+        set_final_linear(model, *probe.head.as_linear(), start=start)
+        out.append({"from": "linear_probe", "embeddings_of": source.id, "n": int(have.sum()),
+                    "scaled_c": probe.scaled_c})
+    return out
 
 
 def serving_decision(new_holdout: dict | None, serving: ModelVersion | None) -> dict:

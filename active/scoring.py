@@ -8,6 +8,8 @@ the next run continues with the items still unscored. Files that cannot be decod
 - The first scoring of a project publishes version 1: the pretrained backbone (no head for our
   classes: Prediction.pred/probs are None) and stores its embeddings.
 - A network version (pretrained, full) stores its own embeddings; Prediction.row indexes them.
+  A fine-tune trained on several label fields has one output block per field
+  (`modelstore.output_layout`): each block's softmax is that field's prediction.
 - A head version reuses the embeddings of the network version it sits on: scoring it is the
   head on cached embeddings; only items that version has not embedded yet run the network.
   Its heads for label fields other than the default one score the same embeddings; their
@@ -274,7 +276,8 @@ def _score_network(project: Project, version: ModelVersion, report: ScoreReport,
     if not todo:
         return
     dev = _default_device(device)
-    loaded = modelstore.load_model(project, version)
+    loaded = modelstore.load_model(project, version, field=None)  # every field's outputs in one pass
+    layout = modelstore.output_layout(version)
     bs = batch_size or (GPU_BATCH if dev.type == "cuda" else CPU_BATCH)
     folder = embeddings_dir(project, version)
     pending_ids: list[np.ndarray] = []
@@ -288,8 +291,10 @@ def _score_network(project: Project, version: ModelVersion, report: ScoreReport,
             return
         chunk_ids = np.concatenate(pending_ids) if pending_ids else np.zeros(0, np.int64)
         emb = np.concatenate(pending_emb) if pending_emb else np.zeros((0, 0), np.float32)
-        probs = softmax(np.concatenate(pending_logits)) if pending_logits and version.classes else None
-        n = _write_chunk(project, version, folder, chunk_ids, emb, probs, dict(pending_err))
+        logits = np.concatenate(pending_logits) if pending_logits and layout else None
+        per_field = {name: softmax(logits[:, a:b]) for name, a, b in layout} if logits is not None else {}
+        probs = per_field.pop(DEFAULT_FIELD, None)
+        n = _write_chunk(project, version, folder, chunk_ids, emb, probs, dict(pending_err), per_field)
         report.scored += n
         report.embedded += n
         report.failed.update(pending_err)
@@ -315,9 +320,11 @@ def _score_network(project: Project, version: ModelVersion, report: ScoreReport,
 
 
 def _write_chunk(project: Project, version: ModelVersion, folder: Path, item_ids: np.ndarray,
-                 embeddings: np.ndarray, probs: np.ndarray | None, errors: dict[int, str]) -> int:
+                 embeddings: np.ndarray, probs: np.ndarray | None, errors: dict[int, str],
+                 others: dict[str, np.ndarray] | None = None) -> int:
     """One transaction: the chunk's embedding file at the next free row, then its Prediction
-    rows and the unreadable marks. Returns the number of predictions written."""
+    rows (``others``: the other label fields' probabilities, field -> (n, c_f)) and the
+    unreadable marks. Returns the number of predictions written."""
 
     def fn(s) -> int:  # noqa: ANN001
         done = versions.scored_ids(s, version.id, item_ids.tolist())  # a concurrent run got there
@@ -327,7 +334,8 @@ def _write_chunk(project: Project, version: ModelVersion, folder: Path, item_ids
             _save_chunk(folder, row0, embeddings[keep])
         n = int(keep.sum())
         rows = _predictions(version, item_ids[keep].tolist(), list(range(row0, row0 + n)),
-                            None if probs is None else probs[keep])
+                            None if probs is None else probs[keep],
+                            {name: p[keep] for name, p in (others or {}).items()})
         versions.add_predictions(s, rows)
         for item_id, reason in errors.items():
             items.mark_unreadable(s, item_id, reason)

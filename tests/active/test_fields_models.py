@@ -8,6 +8,7 @@ import pytest
 from activefixtures import two_field_catalogue
 
 from active import modelstore
+from active.commands.status import field_metrics
 from active.disputes import refresh
 from active.retrain import retrain
 from active.scoring import load_probs
@@ -76,14 +77,14 @@ def test_disputes_refresh_finds_flipped_labels_of_a_second_field(project, cli) -
     assert {d["item_id"] for d in listed["disputes"]} == found and {d["field"] for d in listed["disputes"]} == {"colour"}
 
 
-def _tiny_with_colour(tmp_path, make_image):  # noqa: ANN001, ANN202
+def _tiny_with_colour(tmp_path, make_image, *, per_class: int = 4, holdout_per_class: int = 0):  # noqa: ANN001, ANN202
     """A tiny-network project (modelfixtures) with a colour field every item has a human label of."""
     from modelfixtures import make_tiny_project
 
     from storage import items, labels
     from storage.tables import Label
 
-    project = make_tiny_project(tmp_path, make_image, per_class=4)
+    project = make_tiny_project(tmp_path, make_image, per_class=per_class, holdout_per_class=holdout_per_class)
     project.add_field("colour", ["dark", "light"])
     with db.session(project.engine) as s:
         ids = items.ids(s)
@@ -166,13 +167,74 @@ def test_select_targets_one_field_or_all(project) -> None:  # noqa: ANN001
         plan(project, strategy="margin", batch=5, field="season")
 
 
-def test_a_fine_tune_brings_every_fields_head_along(tmp_path, make_image) -> None:  # noqa: ANN001
-    """The fine-tuned network has the default field's output; a head version on its embeddings
-    follows at once so that the other fields keep their suggestions."""
-    project, ids = _tiny_with_colour(tmp_path, make_image)
+def test_a_fine_tune_has_one_output_block_per_field(tmp_path, make_image, cli) -> None:  # noqa: ANN001
+    """A two-field project's fine-tuned network has the colour's outputs after the category's,
+    each started from its own linear probe, calibrated and evaluated on its own labels; it
+    serves by itself, every field's suggestions and maps from it."""
+    import torch
+
+    from active.explain import explain
+    from active.scoring import score
+    from models.images import load_rgb
+    from storage import items
+
+    project, ids = _tiny_with_colour(tmp_path, make_image, per_class=6, holdout_per_class=1)
+    score(project, num_workers=0)  # the pretrained version 1: the probes' embeddings
     full = retrain(project, mode="full", epochs=1, batch_size=8, num_workers=0)
-    assert full.mode == "full" and field_classes(full, "colour") == []
-    serving = modelstore.serving_version(project)
-    assert serving.mode == "head" and serving.artifacts["embeddings_from"] == full.id
-    assert field_classes(serving, "colour") == ["dark", "light"]
-    assert load_probs(project, serving.id, "colour")[1].shape == (len(ids), 2)
+    assert full.mode == "full" and full.classes == ["dress", "shirt", "shoes"]
+    assert field_classes(full, "colour") == ["dark", "light"] and full.artifacts["fields"]["colour"]["outputs"] == [3, 5]
+    state = torch.load(project.artifacts / f"v{full.id}" / modelstore.CHECKPOINT, weights_only=True)
+    assert state["fc.weight"].shape[0] == 5  # one final Linear, the two fields' blocks end to end
+    colour, m = full.metrics["fields"]["colour"], full.metrics
+    assert colour["holdout"]["n"] == 3 and m["holdout"]["n"] == 3
+    # One image of each category is held back for validation, for every field alike.
+    assert colour["train"]["n"] == m["train"]["n"] == 18 - 3
+    assert colour["train"]["init_head"]["from"] == m["train"]["init_head"]["from"] == "linear_probe"
+    assert colour["temperature"] > 0 and colour["calibration"]["on"].endswith("validation_slice_trust_weighted")
+    assert colour["label_snapshot_sha256"] and colour["n_labels"] == 18
+    assert all(len(h["val_acc_per_output"]) == 2 for h in m["train"]["history"])
+    # No head version has to follow: the fine-tune serves every field itself.
+    assert modelstore.serving_version(project).id == full.id
+    got, probs = load_probs(project, full.id, "colour")
+    assert len(got) == len(ids) and probs.shape == (len(ids), 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert load_probs(project, full.id)[1].shape == (len(ids), 3)
+    # The network loaded for a field ends in that field's block: its softmax is what was stored.
+    loaded = modelstore.load_model(project, full, field="colour")
+    assert loaded.classes == ["dark", "light"]
+    with db.session(project.engine) as s:
+        item = items.get(s, ids[0])
+        stored = versions.predictions(s, full.id, [ids[0]])[ids[0]]
+    with torch.no_grad():
+        out = torch.softmax(loaded.model(loaded.transform(load_rgb(item.path))[None]), dim=1)[0].numpy()
+    assert np.allclose(out, field_prediction(stored, "colour").probs, atol=1e-3)
+    assert modelstore.load_model(project, full).model(loaded.transform(load_rgb(item.path))[None]).shape == (1, 3)
+    done = explain(project, ids[0], field="colour")
+    assert done.target in ("dark", "light") and "-colour-" in done.png.name
+    status = cli("--project", project.root, "status", "--json").data
+    assert status["fields"]["colour"]["holdout"]["accuracy"] == colour["holdout"]["accuracy"]
+
+
+def test_each_fields_head_reuses_its_own_cross_validated_strength(project) -> None:  # noqa: ANN001
+    """A head refresh reuses each field's earlier L2 strength while that field's labels and
+    classes hold; a field whose classes changed cross-validates again, the other keeps reusing."""
+    from activefixtures import add_labels
+
+    cat = two_field_catalogue(project)  # 90 pool labels per field: 5% of them is 4 label rows
+    first = retrain(project, mode="head", score_after=False)
+    for name in ("category", "colour"):
+        reg = field_metrics(first.metrics, name)["regularisation"]
+        assert reg["chosen"] == "cross_validation" and reg["chosen_on_n"] == 90
+    add_labels(project, [(cat["pool"][0], "white")], kind="human", annotator="ann", field="colour")
+    second = retrain(project, mode="head", score_after=False)
+    for name in ("category", "colour"):
+        reg = field_metrics(second.metrics, name)["regularisation"]
+        assert reg["chosen"] == "reused" and reg["chosen_in_version"] == first.id, name
+        assert reg["scaled_c"] == pytest.approx(field_metrics(first.metrics, name)["regularisation"]["scaled_c"])
+    # A new colour class: the colour's earlier strength says nothing about it; the category's holds.
+    project.add_classes(["grey"], "colour")
+    add_labels(project, [(cat["pool"][1], "grey"), (cat["pool"][2], "grey")], kind="human", annotator="ann",
+               field="colour")
+    third = retrain(project, mode="head", score_after=False)
+    assert field_metrics(third.metrics, "colour")["regularisation"]["chosen"] == "cross_validation"
+    assert field_metrics(third.metrics, "category")["regularisation"]["chosen"] == "reused"
+    assert field_metrics(third.metrics, "category")["regularisation"]["chosen_in_version"] == first.id
