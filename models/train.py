@@ -249,7 +249,8 @@ def _loss(loss_fn: nn.Module, logits: torch.Tensor, y: torch.Tensor, w: torch.Te
 def _label_matrix(labels: Sequence[int] | np.ndarray, n: int, blocks: list[tuple[int, int]], what: str) -> np.ndarray:
     """Labels as (n, k) int64, one column per output block, each in its block's range or `NO_LABEL`."""
     y = np.asarray(labels, dtype=np.int64)
-    y = y.reshape(n, 1) if y.ndim == 1 and len(blocks) == 1 else y
+    if y.ndim == 1 and len(y) == n and (len(blocks) == 1 or n == 0):  # (n,): one block; []: none, any blocks
+        y = y.reshape(n, len(blocks))
     if y.shape != (n, len(blocks)):
         raise ValueError(f"{what} must be ({n},) or ({n}, {len(blocks)}) for {len(blocks)} output block(s), "
                          f"got {y.shape}")

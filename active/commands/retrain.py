@@ -67,12 +67,12 @@ def run(args: argparse.Namespace) -> Result:
     for name, fm in (m.get("fields") or {}).items():
         fh = fm.get("holdout")
         if "skipped" in fm:
-            lines.append(f"field {name}: no head ({fm['skipped']})")
+            lines.append(f"field {name}: no {'head' if version.mode == 'head' else 'output'} ({fm['skipped']})")
         elif fh:
             lines.append(f"field {name}: holdout ({fh['n']} items) accuracy {fh['accuracy']:.4f}  "
                          f"macro-F1 {fh['macro_f1']:.4f}  ECE {fh['ece']:.4f}")
         else:
-            lines.append(f"field {name}: head trained on {fm.get('n_labels', 0)} labels; no labelled holdout items")
+            lines.append(f"field {name}: trained on {fm.get('n_labels', 0)} labels; no labelled holdout items")
     trust = m.get("trust")
     if trust:
         lines.append(f"trained on {trust['trained_on']['review']} review, {trust['trained_on']['human']} human and "

@@ -74,6 +74,9 @@ def test_full_retrain_one_epoch(tmp_path: Path, make_image) -> None:  # noqa: AN
     assert v.metrics["train"]["epochs"] == 1 and len(v.metrics["train"]["history"]) == 1
     assert v.metrics["holdout"]["n"] == 3
     assert (project.artifacts / "v1" / "model.pth").is_file()
+    # One label field: one output block, the network and its records as they always were.
+    assert modelstore.output_layout(v) == [("category", 0, 3)] and "fields" not in v.artifacts
+    assert "fields" not in v.metrics and "val_acc_per_output" not in v.metrics["train"]["history"][0]
     ids, probs = load_probs(project, 1)
     assert probs.shape == (15, 3)
     lm = modelstore.load_model(project, 1)

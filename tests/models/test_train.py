@@ -147,10 +147,10 @@ def test_fine_tune_with_one_output_block_per_field(tmp_path: Path, make_image) -
     assert (result.val_logits[has, 2:].argmax(1) == y[24:, 1][has]).mean() == best["val_acc_per_output"][1]
     assert (result.val_logits[:, :2].argmax(1) == y[24:, 0]).mean() == best["val_acc_per_output"][0]
     with pytest.raises(ValueError, match="outside their output block"):
-        fine_tune(Tiny(4), paths[:4], [[0, 2]] * 4, [], np.zeros((0, 2)), train_transform=_tf(),
+        fine_tune(Tiny(4), paths[:4], [[0, 2]] * 4, [], [], train_transform=_tf(),
                   eval_transform=_tf(), epochs=1, num_workers=0, progress=False, outputs=[2, 2])
     with pytest.raises(ValueError, match="at least one output block"):
-        fine_tune(Tiny(4), paths[:4], [[0, -1], [-1, -1], [1, 1], [0, 0]], [], np.zeros((0, 2)),
+        fine_tune(Tiny(4), paths[:4], [[0, -1], [-1, -1], [1, 1], [0, 0]], [], [],
                   train_transform=_tf(), eval_transform=_tf(), epochs=1, num_workers=0, progress=False, outputs=[2, 2])
 
 
