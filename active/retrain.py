@@ -634,8 +634,11 @@ def _item_split(sets: list[LabelledSet]) -> tuple[np.ndarray, np.ndarray]:
             np.array(sorted(i for i, v in validation.items() if v), dtype=np.int64))
 
 
-def _fine_tune_fields(project: Project, data: LabelledSet, *, seed: int) -> tuple[list[tuple[str, list[str], LabelledSet]],
-                                                                                   dict[str, dict]]:
+# A label field a fine-tune trains: (its name, its classes, its labels).
+_FieldSet = tuple[str, list[str], LabelledSet]
+
+
+def _fine_tune_fields(project: Project, data: LabelledSet, *, seed: int) -> tuple[list[_FieldSet], dict[str, dict]]:
     """The label fields a fine-tune trains an output block for, the default field first, with
     their classes and labels; and the metrics of those it leaves out (fewer than two classes
     labelled): {field: {"skipped": why}}."""
@@ -649,14 +652,64 @@ def _fine_tune_fields(project: Project, data: LabelledSet, *, seed: int) -> tupl
     return trained, skipped
 
 
+def _both_sides(train: Trust, val: Trust) -> dict:
+    """A fine-tune's "trust" metrics for one field: the training side's summary, with the labels
+    left out on both sides (training and validation)."""
+    return {**train.summary, "left_out_suspect_imported": train.summary["left_out_suspect_imported"]
+            + val.summary["left_out_suspect_imported"],
+            "left_out_items": sorted(train.summary["left_out_items"] + val.summary["left_out_items"])}
+
+
+def _calibrate_blocks(result: object, va: _Targets, fields: list[_FieldSet], blocks: list[tuple[int, int]],
+                      per_field: list[dict], *, no_label: int) -> list[float]:
+    """Each field's temperature from its output block's logits on its validation labels
+    (`calibrate`), recorded in ``per_field`` ("calibration", "validation", "temperature");
+    1.0 for a field without validation labels. Returns the temperatures, one per block."""
+    temperatures = []
+    for f, ((_, classes, _), (a, b)) in enumerate(zip(fields, blocks, strict=True)):
+        per_field[f]["calibration"] = {"on": "none", "n": 0, "temperature": 1.0}
+        t = 1.0
+        if result.val_logits is not None and len(result.val_index):
+            pos = result.val_index  # rows of the logits: positions in the validation items
+            has = va.y[pos, f] != no_label
+            if has.any():
+                t, per_field[f]["calibration"], per_field[f]["validation"] = calibrate(
+                    result.val_logits[has, a:b], va.y[pos, f][has], va.sources[pos, f][has], va.w[pos, f][has],
+                    classes, what="validation_slice")
+        per_field[f]["temperature"] = t
+        temperatures.append(t)
+    return temperatures
+
+
+def _holdout_blocks(model: object, fields: list[_FieldSet], blocks: list[tuple[int, int]], paths: dict[int, str],
+                    per_field: list[dict], *, transform: object, batch_size: int, num_workers: int | None,
+                    device: str | None) -> None:
+    """Every field's holdout figures (`_evaluate` of its block's softmax on its own labelled
+    holdout items) into ``per_field`` as "holdout"; the holdout images of every field run once."""
+    from models.head import softmax
+    from models.infer import embed_and_predict
+
+    ids = sorted(set().union(*(d.holdout_ids.tolist() for _, _, d in fields)))
+    if not ids:
+        return
+    inf = embed_and_predict(model, [paths[i] for i in ids], transform=transform, batch_size=batch_size,
+                            num_workers=num_workers, device=device)
+    row_of = {ids[k]: r for r, k in enumerate(inf.index.tolist())}  # item id -> row of the logits
+    for f, ((_, classes, d), (a, b)) in enumerate(zip(fields, blocks, strict=True)):
+        have = [(row_of[i], c) for i, c in zip(d.holdout_ids.tolist(), d.holdout_y.tolist(), strict=True)
+                if i in row_of]
+        if have:
+            rows = np.array([r for r, _ in have], dtype=np.int64)
+            per_field[f]["holdout"] = _evaluate(softmax(inf.logits[rows, a:b]), np.array([c for _, c in have]),
+                                                classes)
+
+
 def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batch_size: int | None,
                 device: str | None, num_workers: int | None, seed: int, progress: bool) -> tuple[ModelVersion, object]:
     import torch
 
     from active import policy
     from models.backbones import eval_transform, output_blocks, train_transform
-    from models.head import softmax
-    from models.infer import embed_and_predict
     from models.train import LR_BACKBONE, LR_HEAD, NO_LABEL, fine_tune, fold_temperature
 
     cfg = project.config
@@ -690,40 +743,14 @@ def _train_full(project: Project, data: LabelledSet, *, epochs: int | None, batc
         outputs=sizes,
     )
     reporter.phase("evaluating")
-    per_field: list[dict] = []
-    for f, (_, classes, _) in enumerate(fields):
-        has = tr.y[:, f] != NO_LABEL
-        trust = {**tr.trust[f].summary, "left_out_suspect_imported": tr.trust[f].summary["left_out_suspect_imported"]
-                 + va.trust[f].summary["left_out_suspect_imported"],
-                 "left_out_items": sorted(tr.trust[f].summary["left_out_items"] + va.trust[f].summary["left_out_items"])}
-        per_field.append({"train": {"n": int(has.sum()), "per_class": _class_counts(tr.y[has, f], classes),
-                                    "init_head": init_heads[f]},
-                          "trust": trust, "calibration": {"on": "none", "n": 0, "temperature": 1.0}})
-    temperatures = [1.0] * len(fields)
-    if result.val_logits is not None and len(result.val_index):
-        pos = result.val_index
-        for f, ((_, classes, _), (a, b)) in enumerate(zip(fields, blocks, strict=True)):
-            has = va.y[pos, f] != NO_LABEL
-            if has.any():
-                temperatures[f], per_field[f]["calibration"], per_field[f]["validation"] = calibrate(
-                    result.val_logits[has, a:b], va.y[pos, f][has], va.sources[pos, f][has], va.w[pos, f][has],
-                    classes, what="validation_slice")
-    for f, t in enumerate(temperatures):
-        per_field[f]["temperature"] = t
+    per_field = [{"train": {"n": int((tr.y[:, f] != NO_LABEL).sum()),
+                            "per_class": _class_counts(tr.y[tr.y[:, f] != NO_LABEL, f], classes),
+                            "init_head": init_heads[f]},
+                  "trust": _both_sides(tr.trust[f], va.trust[f])} for f, (_, classes, _) in enumerate(fields)]
+    temperatures = _calibrate_blocks(result, va, fields, blocks, per_field, no_label=NO_LABEL)
     model = fold_temperature(result.model, temperatures, outputs=sizes)
-    # The holdout of every field in one pass; each field's figures on its own labelled items.
-    holdout_ids = np.array(sorted(set().union(*(d.holdout_ids.tolist() for d in sets))), dtype=np.int64)
-    if len(holdout_ids):
-        inf = embed_and_predict(model, [data.paths[i] for i in holdout_ids.tolist()], transform=t_eval,
-                                batch_size=batch_size or 64, num_workers=num_workers, device=device)
-        row_of = {int(holdout_ids[k]): r for r, k in enumerate(inf.index.tolist())}
-        for f, ((_, classes, d), (a, b)) in enumerate(zip(fields, blocks, strict=True)):
-            rows = [(row_of[int(i)], int(c)) for i, c in zip(d.holdout_ids.tolist(), d.holdout_y.tolist(), strict=True)
-                    if int(i) in row_of]
-            if rows:
-                r = np.array([x for x, _ in rows], dtype=np.int64)
-                per_field[f]["holdout"] = _evaluate(softmax(inf.logits[r, a:b]), np.array([c for _, c in rows]),
-                                                    classes)
+    _holdout_blocks(model, fields, blocks, data.paths, per_field, transform=t_eval, batch_size=batch_size or 64,
+                    num_workers=num_workers, device=device)
     top = per_field[0]
     metrics: dict = {**top, "train": {"n": top["train"]["n"], "per_class": top["train"]["per_class"],
                                       "epochs": epochs, "best_epoch": result.best_epoch,
