@@ -290,6 +290,8 @@ def load_model(project: Project, version: ModelVersion | int | None = None, *,
                         "once the field has labels of two classes")
     if field is None and version.mode == "head":
         raise ValueError("field=None loads a network version with all its outputs; a head version has one per field")
+    if field is None and len(output_layout(version)) < 2:
+        field = DEFAULT_FIELD  # one block (or none): the same network, one cache entry
     key = (str(project.root), int(version.id), field)
     with _cache_lock:
         if key in _cache:
