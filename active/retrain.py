@@ -69,7 +69,7 @@ LEAVE_OUT_POSTERIOR = 0.5
 # out-of-fold predictions of every label kept, weighted by trust.
 MIN_TRUSTED_FOR_CALIBRATION = 100
 # A head refresh every few dozen labels reuses the L2 strength that the last cross-validation
-# chose while fewer label rows than this share of the labels it was chosen on have been added
+# chose while fewer label rows of its field than this share of the labels it was chosen on have been added
 # since (human decisions, re-imports, flips; any of them may move the choice), on the same
 # classes, class aliases and embeddings. Walking the whole grid costs ~10x the refit, and on a
 # small shared machine that CPU is taken from the annotators' requests.
@@ -93,6 +93,7 @@ class LabelledSet:
     holdout_y: np.ndarray
     paths: dict[int, str]
     skipped: int  # labelled pool items whose class is not in the taxonomy
+    field_rows: int = 0  # label rows of the field up to max_label_id (`storage.labels.count_rows`)
     # item id -> where its current label comes from (storage.labels.SOURCES)
     source: dict[int, str] = field(default_factory=dict)
     # item id -> posterior that its current (imported) label is wrong, from an open dispute
@@ -264,6 +265,7 @@ def take_snapshot(project: Project, *, seed: int = 0, field: str = DEFAULT_FIELD
     index = {c: k for k, c in enumerate(classes)}
     with db.session(project.engine) as s:
         top, current = labels.snapshot(s, field=field)
+        field_rows = labels.count_rows(s, field=field, upto_label_id=top)
         top_alias = aliases.max_id(s)
         readable = set(items.ids(s))
         split = {i: sp for i, sp in items.splits(s).items() if i in readable}
@@ -286,7 +288,7 @@ def take_snapshot(project: Project, *, seed: int = 0, field: str = DEFAULT_FIELD
         train_ids=ids[tr], train_y=y[tr], val_ids=ids[va], val_y=y[va],
         holdout_ids=np.array([i for i, _ in hold], dtype=np.int64),
         holdout_y=np.array([index[c] for _, c in hold], dtype=np.int64),
-        paths=paths, skipped=skipped,
+        paths=paths, skipped=skipped, field_rows=field_rows,
         source={i: c.source for i, c in current.items() if split.get(i) == Split.POOL},
         suspect=_suspects(open_suspects, current),
     )
@@ -496,9 +498,8 @@ def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: l
                       n_kept: int, *, field: str = DEFAULT_FIELD) -> dict | None:
     """The "regularisation" metrics of label field ``field`` in the newest head version whose
     cross-validated L2 strength for that field still holds for ``data`` with ``n_kept`` labels
-    trained on (see `REUSE_STRENGTH_CHANGE`), or None: cross-validate again. Label rows are
-    counted over every field (label ids are shared), so another field's new labels also call for
-    a fresh choice: the cautious side."""
+    trained on (see `REUSE_STRENGTH_CHANGE`), or None: cross-validate again. The label rows
+    counted are the field's own: another field's new labels leave its choice standing."""
     for v in reversed(earlier):
         reg = _field_metrics(v, field).get("regularisation", {})
         if v.mode != "head" or "chosen_at_label_id" not in reg:
@@ -506,7 +507,9 @@ def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: l
         if (field_classes(v, field) != classes or v.artifacts.get("embeddings_from") != embeddings_from
                 or reg.get("chosen_alias_max_id") != data.max_alias_id):
             return None
-        added = data.max_label_id - int(reg["chosen_at_label_id"])
+        # Versions from before per-field counts recorded the label id only: rows of every field since.
+        added = (data.field_rows - int(reg["chosen_at_field_rows"]) if "chosen_at_field_rows" in reg
+                 else data.max_label_id - int(reg["chosen_at_label_id"]))
         # Labels left out or taken back in (a dispute check) change the set without a label row.
         moved = abs(n_kept - int(reg["chosen_on_n"]))
         if added >= 0 and added + moved <= REUSE_STRENGTH_CHANGE * int(reg["chosen_on_n"]):
@@ -547,6 +550,7 @@ def fit_trusted_head(x: np.ndarray, y: np.ndarray, item_ids: np.ndarray, data: L
         chosen = {"chosen": "fallback"}
     else:
         chosen = {"chosen": "cross_validation", "chosen_at_label_id": data.max_label_id,
+                  "chosen_at_field_rows": data.field_rows,
                   "chosen_on_n": int(len(y_k)), "chosen_alias_max_id": data.max_alias_id,
                   "cv_neg_log_loss": {str(k): round(v, 5) for k, v in cv.scores.items()}}
     metrics: dict = {"train": {"n": int(len(y_k)), "per_class": _class_counts(y_k, classes)},

@@ -174,6 +174,16 @@ def count_human_class(session: Session, *, after_id: int = 0, field: str | None 
     return int(session.execute(query).scalar_one())
 
 
+def count_rows(session: Session, *, field: str = DEFAULT_FIELD, upto_label_id: int | None = None) -> int:
+    """Label rows of ``field`` of any kind and decision with ids up to ``upto_label_id`` (all when
+    None): between two snapshots, how far that field's labels moved. An undo row counts under the
+    field written on it."""
+    query = select(func.count()).select_from(Label).where(Label.field == field)
+    if upto_label_id is not None:
+        query = query.where(Label.id <= upto_label_id)
+    return int(session.execute(query).scalar_one())
+
+
 def count_labelled(session: Session, field: str = DEFAULT_FIELD) -> int:
     """Items labelled in ``field`` (`storage.meaning.is_labelled`): a person's class label that still counts."""
     return int(session.execute(select(func.count()).select_from(Item).where(sql_labelled(Item.id, field)))

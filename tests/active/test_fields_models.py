@@ -215,26 +215,33 @@ def test_a_fine_tune_has_one_output_block_per_field(tmp_path, make_image, cli) -
 
 
 def test_each_fields_head_reuses_its_own_cross_validated_strength(project) -> None:  # noqa: ANN001
-    """A head refresh reuses each field's earlier L2 strength while that field's labels and
-    classes hold; a field whose classes changed cross-validates again, the other keeps reusing."""
+    """A head refresh reuses each field's earlier L2 strength while that field's own labels and
+    classes hold: new colour labels or colour classes send the colour back to cross-validation
+    and leave the category's choice standing."""
     from activefixtures import add_labels
 
     cat = two_field_catalogue(project)  # 90 pool labels per field: 5% of them is 4 label rows
+
+    def chosen(version) -> dict:  # noqa: ANN001
+        return {name: field_metrics(version.metrics, name)["regularisation"] for name in ("category", "colour")}
+
     first = retrain(project, mode="head", score_after=False)
-    for name in ("category", "colour"):
-        reg = field_metrics(first.metrics, name)["regularisation"]
-        assert reg["chosen"] == "cross_validation" and reg["chosen_on_n"] == 90
+    assert {n: (r["chosen"], r["chosen_on_n"]) for n, r in chosen(first).items()} == {
+        "category": ("cross_validation", 90), "colour": ("cross_validation", 90)}
     add_labels(project, [(cat["pool"][0], "white")], kind="human", annotator="ann", field="colour")
     second = retrain(project, mode="head", score_after=False)
-    for name in ("category", "colour"):
-        reg = field_metrics(second.metrics, name)["regularisation"]
+    for name, reg in chosen(second).items():
         assert reg["chosen"] == "reused" and reg["chosen_in_version"] == first.id, name
-        assert reg["scaled_c"] == pytest.approx(field_metrics(first.metrics, name)["regularisation"]["scaled_c"])
-    # A new colour class: the colour's earlier strength says nothing about it; the category's holds.
-    project.add_classes(["grey"], "colour")
-    add_labels(project, [(cat["pool"][1], "grey"), (cat["pool"][2], "grey")], kind="human", annotator="ann",
-               field="colour")
+        assert reg["scaled_c"] == pytest.approx(chosen(first)[name]["scaled_c"])
+    # Five more colour rows: six since the choice, more than 5% of 90; no category row.
+    add_labels(project, [(i, "black") for i in cat["pool"][1:6]], kind="human", annotator="ann", field="colour")
     third = retrain(project, mode="head", score_after=False)
-    assert field_metrics(third.metrics, "colour")["regularisation"]["chosen"] == "cross_validation"
-    assert field_metrics(third.metrics, "category")["regularisation"]["chosen"] == "reused"
-    assert field_metrics(third.metrics, "category")["regularisation"]["chosen_in_version"] == first.id
+    assert chosen(third)["colour"]["chosen"] == "cross_validation"
+    assert chosen(third)["category"]["chosen"] == "reused" and chosen(third)["category"]["chosen_in_version"] == first.id
+    # A new colour class: the colour's earlier strength says nothing about it (two rows alone would not count).
+    project.add_classes(["grey"], "colour")
+    add_labels(project, [(cat["pool"][6], "grey"), (cat["pool"][7], "grey")], kind="human", annotator="ann",
+               field="colour")
+    fourth = retrain(project, mode="head", score_after=False)
+    assert chosen(fourth)["colour"]["chosen"] == "cross_validation"
+    assert chosen(fourth)["category"]["chosen"] == "reused" and chosen(fourth)["category"]["chosen_in_version"] == first.id

@@ -167,3 +167,16 @@ def test_labels_are_never_updated_or_deleted(engine, add_items) -> None:  # noqa
     touching = [st for st in statements if st.startswith(("update", "delete")) and " label" in st.split(" where")[0]]
     assert touching == []
     assert any(st.startswith("insert into label") for st in statements)
+
+
+def test_count_rows_per_field_up_to_a_label_id(engine, add_items) -> None:  # noqa: ANN001
+    (i, j) = add_items(engine, 2)
+    first = _label(engine, i, "import", "dress", kind="imported", decision="given")
+    db.write(engine, lambda s: labels.append(s, Label(item_id=i, field="colour", annotator="ann", label="black",
+                                                      kind="human", decision="corrected")))
+    last = _label(engine, j, "ann", "skirt")
+    _label(engine, j, "ann", None, decision="undo", undoes=last)
+    with db.session(engine) as s:
+        assert labels.count_rows(s) == 3 and labels.count_rows(s, field="colour") == 1
+        assert labels.count_rows(s, upto_label_id=first) == 1 and labels.count_rows(s, field="colour", upto_label_id=first) == 0
+        assert labels.count_rows(s, field="season") == 0
