@@ -133,7 +133,10 @@ def fine_tune(
     workers = default_workers() if num_workers is None else num_workers
     torch.manual_seed(seed)
     model = model.to(device, memory_format=torch.channels_last) if cuda else model.to(device)
-    blocks = output_blocks([find_final_linear(model)[1].out_features] if outputs is None else outputs)
+    n_out = find_final_linear(model)[1].out_features
+    blocks = output_blocks([n_out] if outputs is None else outputs)
+    if blocks[-1][1] != n_out:
+        raise ValueError(f"outputs {list(outputs or [])} must add up to the final Linear's {n_out} outputs")
     y_np = _label_matrix(train_labels, len(train_paths), blocks, "train_labels")
     y_val = _label_matrix(val_labels, len(val_paths), blocks, "val_labels")
     if not (y_np != NO_LABEL).any(axis=1).all():

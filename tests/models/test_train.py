@@ -149,6 +149,9 @@ def test_fine_tune_with_one_output_block_per_field(tmp_path: Path, make_image) -
     with pytest.raises(ValueError, match="outside their output block"):
         fine_tune(Tiny(4), paths[:4], [[0, 2]] * 4, [], [], train_transform=_tf(),
                   eval_transform=_tf(), epochs=1, num_workers=0, progress=False, outputs=[2, 2])
+    with pytest.raises(ValueError, match="must add up to"):
+        fine_tune(Tiny(4), paths[:4], y[:4], [], [], train_transform=_tf(), eval_transform=_tf(), epochs=1,
+                  num_workers=0, progress=False, outputs=[2, 1])
     with pytest.raises(ValueError, match="at least one output block"):
         fine_tune(Tiny(4), paths[:4], [[0, -1], [-1, -1], [1, 1], [0, 0]], [], [],
                   train_transform=_tf(), eval_transform=_tf(), epochs=1, num_workers=0, progress=False, outputs=[2, 2])
