@@ -12,9 +12,11 @@ run stops after `patience` epochs without improvement).
 Several outputs: the final Linear may hold several output blocks laid end to end (``outputs``,
 e.g. one per label field of a photo: its category and its colour), each sample with one label
 per block or -1 for none. The loss is the sum over blocks of each block's weighted cross-entropy
-on the samples labelled for it, balanced sampling draws each block equally often and within a
-block each class equally often, and early stopping watches the mean of the blocks' validation
-accuracies. One block (the default) is the plain recipe above. On CUDA bf16 autocast + channels_last.
+on the samples labelled for it; balanced sampling draws each class of the first block (the
+default field) equally often, exactly as with one block, and every other block is balanced
+through its loss instead (each label weighted by how rarely the sampler draws its class: a
+second field often follows the first, e.g. a body zone from the category, so no draw balances
+both); early stopping watches the mean of the blocks' validation accuracies. One block (the default) is the plain recipe above. On CUDA bf16 autocast + channels_last.
 Runs on CPU too (slowly) so it is testable. ``on_progress`` is told after every batch where the
 run stands (epoch, batch, images/s, ETA) so a caller can show it without waiting for the end.
 """
@@ -115,8 +117,9 @@ def fine_tune(
     label of each sample in each block, an int into that block or `NO_LABEL` (every training
     sample has at least one). train_weights: the loss weight of each label, (n,) or (n, k), > 0
     where there is a label (None: all 1). ``balanced`` samples each class equally often (with
-    replacement, one epoch = n_train draws; several blocks: each block equally often, then each
-    of its classes); ``patience`` stops after that many epochs without a better validation
+    replacement, one epoch = n_train draws; several blocks: the first block's classes, samples
+    without a label there counting as one more class, and the other blocks' classes balanced by
+    loss weights, see `_balanced`); ``patience`` stops after that many epochs without a better validation
     accuracy (the mean over blocks; None: run every epoch). ``on_progress(info)`` gets a dict
     after every batch: epoch, epochs, batch, batches, images_per_s, elapsed_s, eta_s, val_acc
     (last). ``label_smoothing``: the cross-entropy's (0: plain cross-entropy).
@@ -147,12 +150,15 @@ def fine_tune(
     if w_np.shape != y_np.shape or not np.all(w_np[y_np != NO_LABEL] > 0):
         raise ValueError("train_weights must be shaped like train_labels and positive where there is a label")
     # Weight 0 where there is no label: that block's loss ignores the sample.
-    w_train = torch.as_tensor(np.where(y_np != NO_LABEL, w_np, 0.0), dtype=torch.float32)
+    w_np = np.where(y_np != NO_LABEL, w_np, 0.0)
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if balanced:
-        sampler = WeightedRandomSampler(torch.as_tensor(_balanced_weights(y_np), dtype=torch.float64),
+        draw, class_weight = _balanced(y_np)
+        w_np = w_np * class_weight
+        sampler = WeightedRandomSampler(torch.as_tensor(draw, dtype=torch.float64),
                                         num_samples=len(y_np), replacement=True, generator=generator)
+    w_train = torch.as_tensor(w_np, dtype=torch.float32)
     loader = DataLoader(
         ImageFiles(train_paths, train_transform), batch_size=bs, shuffle=sampler is None, sampler=sampler,
         num_workers=workers, collate_fn=collate, pin_memory=cuda, drop_last=len(train_paths) > bs,
@@ -264,21 +270,29 @@ def _label_matrix(labels: Sequence[int] | np.ndarray, n: int, blocks: list[tuple
     return y
 
 
-def _balanced_weights(y: np.ndarray) -> np.ndarray:
-    """Sampling weights (n,) for labels (n, k): each block drawn equally often, within a block
-    each of its classes, within a class each sample (one block: 1 / the size of the sample's class)."""
-    if y.shape[1] == 1:
-        counts = np.bincount(y[:, 0])
-        return 1.0 / counts[y[:, 0]]
-    weights = np.zeros(len(y))
-    for k in range(y.shape[1]):
+def _balanced(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class balance for labels (n, k): (sampling weights (n,), loss weights (n, k)).
+
+    The sampler draws each class of the first block equally often (samples without a label
+    there are one more class): 1 / the size of the sample's class, the one-block recipe. Every
+    other block's labels are weighted in its loss by (its share of classes) / (the share of the
+    draws that its class gets), so that each of its classes weighs the same in expectation; the
+    first block's loss weights are 1.
+    """
+    first = y[:, 0]
+    groups = np.where(first == NO_LABEL, first.max(initial=0) + 1, first)
+    draw = 1.0 / np.bincount(groups)[groups]
+    weight = np.ones(y.shape)
+    p = draw / draw.sum()
+    for k in range(1, y.shape[1]):
         has = y[:, k] != NO_LABEL
         if not has.any():
             continue
-        counts = np.bincount(y[has, k])
-        # Each class of the block gets 1 / (classes present) of the block's draws.
-        weights[has] += 1.0 / (counts[y[has, k]] * np.count_nonzero(counts))
-    return weights
+        mass = np.bincount(y[has, k], weights=p[has])  # share of the draws per class of block k
+        present = mass > 0
+        target = mass[present].sum() / present.sum()
+        weight[has, k] = target / mass[y[has, k]]
+    return draw, weight
 
 
 def _block_accuracy(logits: np.ndarray, y: np.ndarray, blocks: list[tuple[int, int]]) -> list[float | None]:

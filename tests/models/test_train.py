@@ -157,18 +157,27 @@ def test_fine_tune_with_one_output_block_per_field(tmp_path: Path, make_image) -
                   train_transform=_tf(), eval_transform=_tf(), epochs=1, num_workers=0, progress=False, outputs=[2, 2])
 
 
-def test_balanced_sampling_draws_each_block_then_each_class_equally() -> None:
-    from models.train import _balanced_weights
+def test_balance_draws_the_first_blocks_classes_and_weighs_the_others_labels() -> None:
+    from models.train import _balanced
 
-    # Block 0: classes 0 (3 samples) and 1 (1 sample); block 1: only the last two samples, one class each.
-    y = np.array([[0, -1], [0, -1], [0, 0], [1, 1]])
-    p = _balanced_weights(y)
-    p = p / p.sum()
-    # Half the draws per block; within block 0 half per class (item 3 is class 1 alone), within
-    # block 1 half per class: item 2 gets a sixth of block 0's half and half of block 1's.
-    np.testing.assert_allclose(p, [1 / 12, 1 / 12, 1 / 12 + 1 / 4, 1 / 4 + 1 / 4])
-    single = _balanced_weights(np.array([[0], [0], [1]]))
-    np.testing.assert_allclose(single, [0.5, 0.5, 1.0])  # one block: 1 / class size, as always
+    single_draw, single_weight = _balanced(np.array([[0], [0], [1]]))
+    np.testing.assert_allclose(single_draw, [0.5, 0.5, 1.0])  # one block: 1 / class size, as always
+    np.testing.assert_allclose(single_weight, 1.0)
+    # Block 1 follows block 0 (a body zone from the category): classes 0, 1 -> zone 0, class 2 -> zone 1;
+    # the last sample has no block-0 label (one more group of draws).
+    y = np.array([[0, 0], [0, 0], [1, 0], [2, 1], [NO_LABEL, 1]])
+    draw, weight = _balanced(y)
+    np.testing.assert_allclose(draw, [0.5, 0.5, 1.0, 1.0, 1.0])  # four groups drawn equally
+    p = draw / draw.sum()
+    assert np.allclose(weight[:, 0], 1.0)
+    # Zone 0 gets half the draws, zone 1 half as well: balanced already, weights 1.
+    np.testing.assert_allclose(weight[:, 1], 1.0)
+    y[4, 1] = 0  # now zone 0 gets 3/4 of the draws, zone 1 a quarter
+    _, weight = _balanced(y)
+    np.testing.assert_allclose(weight[[0, 1, 2, 4], 1], 0.5 / 0.75)
+    np.testing.assert_allclose(weight[3, 1], 0.5 / 0.25)
+    mass = [(p * weight[:, 1])[y[:, 1] == c].sum() for c in (0, 1)]
+    assert mass[0] == pytest.approx(mass[1])  # each zone weighs the same in expectation
 
 
 def test_fold_temperature_per_output_block() -> None:
