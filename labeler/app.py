@@ -246,6 +246,20 @@ class LabelerApp:
         self._served = itertools.count(1)  # a new token per item output, so the page sees every reply
         self.grid = GridTab(self)
 
+    def warm_up(self) -> None:
+        """Before listening: load what the first attribution map needs (the services say what),
+        so the first annotators' labels do not wait behind imports. Never stops the server."""
+        if self.services.warm_up is None:
+            return
+        started = time.perf_counter()
+        try:
+            loaded = self.services.warm_up(self.project)
+        except Exception:  # a map that cannot be made is reported where it is asked for
+            log.exception("warm-up failed: attention maps will load on first use")
+            return
+        log.info("warm-up: %s in %.1f s", "serving network loaded" if loaded else "no model version yet",
+                 time.perf_counter() - started)
+
     # -- who is asking ------------------------------------------------------------------------
     def user(self, request: gr.Request | None) -> str:
         name = getattr(request, "username", None) if request is not None else None
@@ -871,6 +885,7 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
                 raise UserError("no users yet: add one first (`active users add NAME --role reviewer`), "
                                 "or pass --no-auth for a local demo without sign-in")
     demo, app = build_app(project, services=services, auth=not no_auth)
+    app.warm_up()
     demo.queue(default_concurrency_limit=4)
     serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
                  auth_message="active-labeler: sign in with the name and password from `active users add`",
