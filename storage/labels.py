@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from storage import meaning
 from storage.aliases import all_aliases
 from storage.db import in_chunks
 from storage.enums import CLASS_DECISIONS, Decision, Kind
@@ -36,7 +37,7 @@ from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 __all__ = [
     "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current",
     "current_by_field", "decisions_by_annotator",
-    "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human", "latest_given",
+    "derive", "effective", "for_items", "has_seen", "open_fields", "human_ratings", "item_ids_since", "last_human", "latest_given",
     "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
 
@@ -143,6 +144,13 @@ def last_human(session: Session, annotator: str, *, kind: str = Kind.HUMAN) -> L
     ).all()
     kept = effective(list(reversed(rows)))
     return kept[-1] if kept else None
+
+
+def open_fields(session: Session, annotator: str, item_id: int, fields: Sequence[str], *, overlap: int) -> list[str]:
+    """The fields of ``item_id`` still open for ``annotator`` (`storage.meaning.open_fields`; the
+    leases on the item are not counted: they hold it themselves)."""
+    rows = session.exec(select(Label).where(Label.item_id == item_id).order_by(Label.id)).all()
+    return meaning.open_fields(rows, annotator, fields, overlap=overlap)
 
 
 def has_seen(session: Session, annotator: str, item_id: int, *, field: str | None = None) -> bool:

@@ -46,8 +46,8 @@ def collect(project) -> dict:  # noqa: ANN001
                       "current": current if f == project.field_names[0] else labels.current(s, field=f)}
                   for f in project.field_names}
         done = labels.count_done(s, project.field_names)
-        rounds = [{"id": r.id, "strategy": r.strategy, **work.round_progress(s, r.id).to_dict()}
-                  for r in work.open_rounds(s)]
+        rounds = [{"id": r.id, "strategy": r.strategy,
+                   **work.round_progress(s, r.id, project.field_names).to_dict()} for r in work.open_rounds(s)]
     holdout = holdout_hash(project)
 
     per_split = {}
