@@ -104,8 +104,8 @@ def through_aliases(session: Session, rows: Sequence[Label], *, upto_alias_id: i
         return list(rows)
     out = []
     for r in rows:
-        label = resolve_class(r.label, aliases, label_id=r.id)
-        suggestion = resolve_class(r.suggestion, aliases, label_id=r.id)
+        label = resolve_class(r.label, aliases, label_id=r.id, field=r.field)
+        suggestion = resolve_class(r.suggestion, aliases, label_id=r.id, field=r.field)
         if (label, suggestion) == (r.label, r.suggestion):
             out.append(r)
         else:
@@ -227,7 +227,7 @@ def human_ratings(session: Session, field: str = DEFAULT_FIELD) -> dict[int, dic
     aliases = all_aliases(session)
     out: dict[int, dict[str, str]] = {}
     for label_id, item_id, annotator, label in session.execute(query):
-        out.setdefault(item_id, {})[annotator] = resolve_class(label, aliases, label_id=label_id)
+        out.setdefault(item_id, {})[annotator] = resolve_class(label, aliases, label_id=label_id, field=field)
     return out
 
 
@@ -238,14 +238,14 @@ def item_ids_since(session: Session, since: datetime) -> set[int]:
 
 def uses_by_class(session: Session, field: str = DEFAULT_FIELD) -> dict[str, int]:
     """Label rows of ``field`` per class name read through the aliases (all kinds, undone ones included)."""
-    aliases = all_aliases(session)
+    aliases = all_aliases(session, field)
     named = (Label.label.is_not(None), Label.field == field)
     if not aliases:
         rows = session.exec(select(Label.label, func.count()).where(*named).group_by(Label.label))
         return {name: int(n) for name, n in rows}
     out: Counter = Counter()
     for label_id, name in session.exec(select(Label.id, Label.label).where(*named)):
-        out[resolve_class(name, aliases, label_id=label_id)] += 1
+        out[resolve_class(name, aliases, label_id=label_id, field=field)] += 1
     return dict(out)
 
 

@@ -23,8 +23,8 @@ says what "labelled" or "current" is.
   else skipped (in any field), else unreadable, else open.
 - current label: the latest review label, else the majority of human class labels (a tie goes
   to the latest of the tied classes), else the latest imported label (``derive``).
-- class aliases: a renamed or merged class reads under its new name in the rows stored before
-  the rename (`resolve_class`); no row is rewritten.
+- class aliases: a renamed or merged class of a field reads under its new name in that field's
+  rows stored before the rename (`resolve_class`); no row is rewritten.
 - serving version: the newest model version whose predictions cover every readable pool item;
   until a version covers the pool the one before it serves (the newest of all when none does).
 """
@@ -325,6 +325,7 @@ def contradicts_import(cur: CurrentLabel | None) -> bool | None:
 # ---------------------------------------------------------------- class aliases
 
 class AliasLike(Protocol):
+    field: str
     old: str
     new: str
     label_upto: int
@@ -332,13 +333,16 @@ class AliasLike(Protocol):
 
 
 def resolve_class(name: str | None, aliases: Sequence[AliasLike], *, label_id: int | None = None,
-                  version_id: int | None = None) -> str | None:
-    """The name today of a class stored as ``name`` in label row ``label_id`` (or in model version
-    ``version_id``): the aliases recorded after that row apply in order (a rename of a rename
-    follows the chain; a class added again later under an old name is not touched)."""
+                  version_id: int | None = None, field: str = DEFAULT_FIELD) -> str | None:
+    """The name today of a class of ``field`` stored as ``name`` in label row ``label_id`` (or in
+    model version ``version_id``): that field's aliases recorded after that row apply in order (a
+    rename of a rename follows the chain; a class added again later under an old name is not
+    touched; a class of the same name in another field is another class)."""
     if name is None:
         return None
     for a in aliases:
+        if a.field != field:
+            continue
         applies = (label_id is not None and label_id <= a.label_upto) or (
             version_id is not None and version_id <= a.version_upto)
         if applies and name == a.old:
