@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from storage import aliases, db, labels, versions
+from storage import aliases, db, items, labels, versions
 from storage.enums import Decision, Kind
 from storage.fields import DEFAULT_FIELD
 from storage.tables import SCHEMA_VERSION, Item, Label, Meta, ModelVersion
@@ -19,15 +19,10 @@ def make_v5(url: str) -> dict:
     db.create_schema(eng)
 
     def fill(s):  # noqa: ANN001, ANN202
-        ids = []
-        for k in range(2):
-            item = Item(sha256=f"{k:064x}", path=f"/img/{k}.jpg", width=8, height=8, mode="RGB")
-            s.add(item)
-            s.flush()
-            ids.append(item.id)
-        for item, field in ((ids[0], DEFAULT_FIELD), (ids[1], "colour")):
-            s.add(Label(item_id=item, field=field, annotator="ann", label="navy", kind=Kind.HUMAN,
-                        decision=Decision.ACCEPTED))
+        ids = [r.id for r in items.add(s, [Item(sha256=f"{k:064x}", path=f"/img/{k}.jpg", width=8, height=8,
+                                                mode="RGB") for k in range(2)])]
+        labels.append_many(s, [Label(item_id=i, field=f, annotator="ann", label="navy", kind=Kind.HUMAN,
+                                     decision=Decision.ACCEPTED) for i, f in zip(ids, (DEFAULT_FIELD, "colour"), strict=True)])
         version = ModelVersion(backbone="mobilenet_v2", weights="w", mode="head", classes=["navy", "shirt"])
         s.add(version)
         s.flush()
