@@ -191,14 +191,18 @@ def labelled_by_split(session: Session, field: str = DEFAULT_FIELD) -> dict[str,
     return {split: int(n) for split, n in rows}
 
 
-def decisions_by_annotator(session: Session, annotator: str | None = None) -> dict[str, Counter]:
-    """annotator -> Counter(decision) of their effective human and review rows (undone
-    decisions and the undo rows themselves are not counted)."""
+def decisions_by_annotator(session: Session, annotator: str | None = None, *,
+                           field: str | None = None) -> dict[str, Counter]:
+    """annotator -> Counter(decision) of their effective human and review rows about ``field``
+    (every field when None: a decision per field of an item; undone decisions and the undo rows
+    themselves are not counted)."""
     lab, eff = _effective_rows()
     query = (select(lab.c.annotator, lab.c.decision, func.count()).select_from(lab)
              .where(lab.c.kind != Kind.IMPORTED.value, eff).group_by(lab.c.annotator, lab.c.decision))
     if annotator is not None:
         query = query.where(lab.c.annotator == annotator)
+    if field is not None:
+        query = query.where(lab.c.field == field)
     out: dict[str, Counter] = {}
     for name, decision, n in session.execute(query):
         out.setdefault(name, Counter())[decision] += int(n)

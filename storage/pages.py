@@ -233,13 +233,13 @@ def last_page_labels(session: Session, annotator: str) -> list[Label]:
     return list(session.scalars(select(Label).where(Label.id.in_(ids)).order_by(Label.id)))
 
 
-def page_label_counts(session: Session) -> dict[str, int]:
-    """annotator -> their effective human class labels (of any field) given on a page."""
+def page_label_counts(session: Session, field: str | None = None) -> dict[str, int]:
+    """annotator -> their effective human class labels of ``field`` (any field when None) given on a page."""
     lab = label_table("cl")
     pages = select(Round.id).where(Round.strategy == PAGE_STRATEGY)
     rows = session.execute(
         select(lab.c.annotator, func.count())
-        .where(sql_human_class(lab, None), sql_effective(lab), lab.c.round_id.in_(pages))
+        .where(sql_human_class(lab, field), sql_effective(lab), lab.c.round_id.in_(pages))
         .group_by(lab.c.annotator)
     ).all()
     return {str(a): int(n) for a, n in rows}
