@@ -131,14 +131,17 @@ def _lease(s: Session, project: Project, annotator: str) -> work.Queued | None:
 
 
 def _task_of(s: Session, q: work.Queued | None, project: Project, annotator: str) -> Task | None:
-    """The task of a leased item: its first field the annotator has not decided (with one field,
-    the default field without asking)."""
-    if q is None:
-        return None
-    if len(project.field_names) < 2:
-        return _task(s, q)
+    """The task of a leased item: its first field still open for the annotator (with one field,
+    the default field without asking). An item they hold whose fields were all settled meanwhile
+    (a reviewer decided its last open field) is released for their next item."""
+    if q is None or len(project.field_names) < 2:
+        return None if q is None else _task(s, q)
     left = _fields_left(s, project, annotator, q.item_id)
-    return _task(s, q, left[0] if left else DEFAULT_FIELD)
+    if not left:
+        work.release(s, annotator, q.item_id)
+        q = _lease(s, project, annotator)  # a new candidate has a field open for them
+        left = _fields_left(s, project, annotator, q.item_id) if q is not None else []
+    return None if q is None else _task(s, q, left[0] if left else DEFAULT_FIELD)
 
 
 def next_task(project: Project, annotator: str) -> Task | None:

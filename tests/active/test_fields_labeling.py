@@ -11,6 +11,7 @@ from active import labeling, modelstore
 from active.errors import UserError
 from active.retrain import retrain
 from storage import db, labels, work
+from storage.tables import Label
 
 
 @pytest.fixture
@@ -94,3 +95,15 @@ def test_an_item_left_midway_goes_to_the_next_annotator_for_its_open_fields(queu
         assert back.item_id == first[2]
     else:  # the second colour label is still wanted, and ann's item comes back to her first
         assert (back.item_id, back.field) == (first[0], "colour")
+
+
+def test_an_item_settled_meanwhile_gives_way_to_the_next(queued) -> None:  # noqa: ANN001
+    project, first = queued
+    task = labeling.next_task(project, "ann")
+    _row, colour = labeling.record(project, "ann", task, decision="corrected", label="shoes")
+    assert (colour.item_id, colour.field) == (first[0], "colour")
+    # While ann looks at its colour, a reviewer settles it: nothing is left for her on that item.
+    db.write(project.engine, lambda s: labels.append(s, Label(item_id=first[0], field="colour", annotator="rev",
+                                                              label="black", kind="review", decision="resolved")))
+    again = labeling.next_task(project, "ann")  # a reload
+    assert (again.item_id, again.field) == (first[1], "category")
