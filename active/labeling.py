@@ -188,20 +188,26 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
 
     def fn(s: Session) -> tuple[Label | None, Task | None]:
         work.lock_annotator(s, annotator)  # a second tab's submit waits, then sees this label
-        cur = _lease(s, project, annotator)
-        if cur is None or cur.item_id != task.item_id or labels.has_seen(s, annotator, task.item_id,
-                                                                         field=seen_field):
-            return None, _task_of(s, cur, project, annotator)
+        # The common case first: the item on screen is still the one leased to them (read-only).
+        # Otherwise the hand-out decides (it renews a lapsed lease when the item is still theirs).
+        if work.current_item(s, annotator) != task.item_id:
+            cur = _lease(s, project, annotator)
+            if cur is None or cur.item_id != task.item_id:
+                return None, _task_of(s, cur, project, annotator)
+        rows = labels.item_rows(s, task.item_id)  # read once: the seen check and the dispute check
+        if labels.seen_in(rows, annotator, field=seen_field):
+            return None, _task_of(s, _lease(s, project, annotator), project, annotator)
         row = labels.append(s, Label(
             item_id=task.item_id, field=task.field, annotator=annotator, label=label, kind=HUMAN, decision=decision,
             suggestion=top[0] if top else None, confidence=top[1] if top else None,
             model_version_id=task.version_id, round_id=task.round_id,
         ))
-        store_disputes.follow_label(s, row)  # a confirmed given label is no longer suspect
+        # A confirmed given label is no longer suspect.
+        store_disputes.follow_label(s, row, item_rows=[*rows, row])
         if several:
             left = _fields_left(s, project, annotator, task.item_id)
-            if left:  # the item's next field: it stays leased to this annotator
-                return row, _task(s, cur, left[0])
+            if left:  # the item's next field: it stays leased (and renewed) to this annotator
+                return row, _task(s, _lease(s, project, annotator), left[0])
         work.release(s, annotator)
         return row, _task_of(s, _lease(s, project, annotator), project, annotator)
 

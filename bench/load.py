@@ -11,8 +11,11 @@ PostgreSQL: one throwaway database per run, dropped at the end).
 Each run: N users, one round queueing every pool item (scored items by margin first), overlap 1,
 ``--servers`` labeller processes (`active serve --no-worker`, each on a free loopback port) and one
 `active worker` process (niced, as `active serve` starts it), then N annotator processes spread
-over the servers, each with its own signed-in `gradio_client.Client`, submitting labels as fast as
-the server answers for ``--seconds`` (mostly accept, some corrections, skips, unsure, undo) and a
+over the servers, each with its own signed-in `gradio_client.Client`, labelling for ``--seconds``
+(mostly accept, some corrections, skips, unsure, undo) after looking at each item for about
+``--think-ms`` (as an annotator does: 20 annotators are 20 people, not 20 scripts in a tight loop;
+``--think-ms 0`` submits as fast as the server answers, a throughput test in which every request
+queues behind the others, so its latency says how many requests wait, not what one costs), and a
 signed-in no-op round trip (`/noop`) every few submissions. The first ``--retrain-after`` seconds
 are quiet; then a scoring job and head retrain jobs (back to back) are queued in the store for the
 worker. The project's own refresh policy is switched off (``head_every = 0``) so every job is one
@@ -251,8 +254,10 @@ def _unescape(md: str) -> str:
 
 
 def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, seed: int,
-             classes: list[str], double: float) -> None:
-    """One annotator process: sign in, then label until ``deadline`` (time.time()) or ``max_labels``.
+             classes: list[str], double: float, think_s: float) -> None:
+    """One annotator process: sign in, then label until ``deadline`` (time.time()) or ``max_labels``,
+    looking at each item for ``think_s`` seconds on average (uniform between half and 1.5 times
+    that, so the annotators do not press in step) before deciding.
 
     Appends one JSON line per event to ``out`` (flushed, so a killed process loses nothing):
     ``label`` (acknowledged by the server's note), ``error`` (exception text or an unexpected
@@ -285,6 +290,8 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
         return
     labelled = sent = 0
     while time.time() < deadline and labelled < max_labels:
+        if think_s > 0:
+            time.sleep(think_s * rng.uniform(0.5, 1.5))
         why = out_[OUT_WHY] or ""
         m = ITEM_RE.search(why)
         if m is None:
@@ -629,6 +636,9 @@ def main() -> None:
                     help="share of submissions sent twice at once (two tabs, two keys): one must be stored")
     ap.add_argument("--drain", type=float, default=60,
                     help="seconds the running job may go on after the labelling before it is cancelled")
+    ap.add_argument("--think-ms", type=float, default=1500,
+                    help="time an annotator looks at an item before deciding (mean; 0: submit as fast as the "
+                         "server answers, which measures throughput, not what an annotator waits)")
     ap.add_argument("--no-background", action="store_true", help="no jobs (labelling only)")
     ap.add_argument("--keep", type=Path, help="cache the scored template project here (default: a temp dir)")
     ap.add_argument("--seed", type=int, default=0)
@@ -681,7 +691,8 @@ def main() -> None:
         deadline = t0 + args.seconds + 15  # sign-in of N clients on a busy machine takes a while
         for k, n in enumerate(names):
             p = ctx.Process(target=annotate, args=(n, urls[k % len(urls)], deadline, args.max_labels, str(files[n]),
-                                                   args.seed * 1000 + k, classes, args.double), daemon=True)
+                                                   args.seed * 1000 + k, classes, args.double,
+                                                   args.think_ms / 1000), daemon=True)
             p.start()
             annotators.append(p)
         if not args.no_background:

@@ -105,14 +105,16 @@ def for_item(session: Session, item_id: int, *, status: str | None = None) -> li
     return list(session.exec(query.order_by(Dispute.id)))
 
 
-def follow_label(session: Session, label: Label) -> list[Dispute]:
+def follow_label(session: Session, label: Label, *, item_rows: Sequence[Label] | None = None) -> list[Dispute]:
     """Keep the item's ``imported_label_suspect`` dispute of the label's field in step with a
     person's class ``label`` just appended: agreeing with the imported label resolves the open one
-    (by this label), disagreeing opens one unless one is open. Returns the disputes changed or added."""
+    (by this label), disagreeing opens one unless one is open. Returns the disputes changed or added.
+    ``item_rows``: the item's label rows, ``label`` included, when the caller has read them."""
     if label.kind == Kind.IMPORTED or not label.label:
         return []
     field = label.field or DEFAULT_FIELD
-    rows = list(session.exec(select(Label).where(Label.item_id == label.item_id).order_by(Label.id)))
+    rows = list(item_rows) if item_rows is not None else list(
+        session.exec(select(Label).where(Label.item_id == label.item_id).order_by(Label.id)))
     verdict = contradicts_import(derive(rows, field))
     if verdict is None:
         return []

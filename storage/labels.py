@@ -156,7 +156,16 @@ def open_fields(session: Session, annotator: str, item_id: int, fields: Sequence
 def has_seen(session: Session, annotator: str, item_id: int, *, field: str | None = None) -> bool:
     """Whether ``annotator`` has already dealt with ``item_id`` (`storage.meaning.seen_by`), in
     ``field`` when given (any field when None)."""
-    rows = session.exec(select(Label).where(Label.item_id == item_id).order_by(Label.id)).all()
+    return seen_in(item_rows(session, item_id), annotator, field=field)
+
+
+def item_rows(session: Session, item_id: int) -> list[Label]:
+    """Every label row of one item, oldest first (what the item-level rules of `storage.meaning` read)."""
+    return list(session.exec(select(Label).where(Label.item_id == item_id).order_by(Label.id)))
+
+
+def seen_in(rows: Sequence[Label], annotator: str, *, field: str | None = None) -> bool:
+    """`has_seen` on an item's rows already read (`item_rows`)."""
     return seen_by(rows, annotator, field)
 
 

@@ -286,10 +286,28 @@ def _single_lease():  # noqa: ANN202
 def release(session: Session, annotator: str, item_id: int | None = None) -> None:
     """Drop the annotator's single-item lease (after a label, or when they leave); their page
     leases stay."""
-    cond = [Lease.annotator == annotator, _single_lease()]
-    if item_id is not None:
-        cond.append(Lease.item_id == item_id)
-    session.execute(delete(Lease).where(and_(*cond)))
+    if item_id is None:  # after every label: the prebuilt statement
+        session.execute(_release_own(), {"who": annotator})
+        return
+    session.execute(delete(Lease).where(Lease.annotator == annotator, _single_lease(), Lease.item_id == item_id))
+
+
+def current_item(session: Session, annotator: str, *, now: datetime | None = None) -> int | None:
+    """The item of the annotator's unexpired single-item lease, or None. Read-only: the check a
+    decision makes first, which in the common case (the item on screen is still theirs) spares
+    it the whole hand-out (`lease_next`)."""
+    row = session.execute(_own_unexpired(), {"who": annotator, "expires": now or utcnow()}).first()
+    return None if row is None else int(row.item_id)
+
+
+@functools.cache
+def _release_own():  # noqa: ANN202
+    return delete(Lease).where(Lease.annotator == _ANNOTATOR, _single_lease())
+
+
+@functools.cache
+def _own_unexpired():  # noqa: ANN202
+    return _own_lease().where(Lease.expires_at >= _EXPIRES)
 
 
 def active_leases(session: Session, *, now: datetime | None = None) -> list[Lease]:
