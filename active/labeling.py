@@ -103,9 +103,13 @@ def _task(session: Session, q: work.Queued, label_field: str = DEFAULT_FIELD) ->
                 ranked, dict(item.meta or {}), label_field)
 
 
-def _fields_left(s: Session, project: Project, annotator: str, item_id: int) -> list[str]:
-    """The fields of the item still open for this annotator (`storage.meaning.open_fields`), in order."""
-    return labels.open_fields(s, annotator, item_id, project.field_names, overlap=project.config.labeling.overlap)
+def _fields_left(s: Session, project: Project, annotator: str, item_id: int,
+                 rows: list[Label] | None = None) -> list[str]:
+    """The fields of the item still open for this annotator (`storage.meaning.open_fields`), in
+    order; ``rows``: the item's label rows when the caller has them already."""
+    if rows is None:
+        rows = labels.item_rows(s, item_id)
+    return labels.open_fields_in(rows, annotator, project.field_names, overlap=project.config.labeling.overlap)
 
 
 def switch_field(project: Project, annotator: str, task: Task) -> Task:
@@ -205,7 +209,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
         # A confirmed given label is no longer suspect.
         store_disputes.follow_label(s, row, item_rows=[*rows, row])
         if several:
-            left = _fields_left(s, project, annotator, task.item_id)
+            left = _fields_left(s, project, annotator, task.item_id, [*rows, row])
             if left:  # the item's next field: it stays leased (and renewed) to this annotator
                 return row, _task(s, _lease(s, project, annotator), left[0])
         work.release(s, annotator)

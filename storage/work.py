@@ -20,7 +20,6 @@ from typing import Any
 from sqlalchemy import (
     Integer,
     String,
-    and_,
     bindparam,
     case,
     delete,
