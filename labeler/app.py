@@ -241,6 +241,7 @@ class LabelerApp:
         self._lock = threading.Lock()
         self.training: Training | None = None
         self._announced: int | None = None
+        self._policy_pending = False  # a policy check is queued on the background thread
         self._shown: OrderedDict[str, int | None] = OrderedDict()  # session -> item it was last sent
         self._served = itertools.count(1)  # a new token per item output, so the page sees every reply
         self.grid = GridTab(self)
@@ -336,16 +337,32 @@ class LabelerApp:
         def work() -> None:
             nxt = labeling.upcoming(self.project, annotator, n=PREFETCH_AHEAD)
             self.prefetch.warm(self.project, nxt)
-            self._maybe_refresh()
 
         if task is not None:
             self.prefetch.warm(self.project, [task])
         self.prefetch.later(work)
+        self._check_policy()
 
     def after_grid(self, annotator: str) -> None:
         """Background: a confirmed page added labels; let the policy decide on a head refresh."""
         del annotator
-        self.prefetch.later(self._maybe_refresh)
+        self._check_policy()
+
+    def _check_policy(self) -> None:
+        """Queue one policy check on the background thread unless one is queued already: with many
+        annotators on one server, labels arrive faster than checks are worth making (each reads
+        the versions, the jobs and counts the labels), and one check after them sees them all."""
+        with self._lock:
+            if self._policy_pending:
+                return
+            self._policy_pending = True
+
+        def run() -> None:
+            with self._lock:  # labels from now on ask for a check of their own
+                self._policy_pending = False
+            self._maybe_refresh()
+
+        self.prefetch.later(run)
 
     def _maybe_refresh(self) -> None:
         try:
