@@ -85,6 +85,23 @@ def resolve_version(project: Project, version_id: int | None) -> ModelVersion:
     return version
 
 
+def warm_up(project: Project) -> bool:
+    """Import the attribution stack and load the serving version's network into the per-process
+    cache, so that the first map a labeller makes does not pay for them while annotators wait:
+    importing torch and torchvision alone took ~13 s on a busy 2-core machine, and an import holds
+    up every request of the process meanwhile. False when there is no version to load yet."""
+    from captum.attr import LayerGradCam  # noqa: F401 - the default method (Grad-CAM)'s
+
+    import models.explain  # noqa: F401 - torch, torchvision and the overlay's imports
+
+    try:
+        version = resolve_version(project, None)
+    except UserError:
+        return False
+    _load_model(project, version)
+    return True
+
+
 def _class_index(version: ModelVersion, cls: str, field: str = DEFAULT_FIELD) -> int:
     classes = field_classes(version, field)
     if not classes:

@@ -242,9 +242,24 @@ class LabelerApp:
         self.training: Training | None = None
         self._announced: int | None = None
         self._policy_pending = False  # a policy check is queued on the background thread
-        self._shown: OrderedDict[str, int | None] = OrderedDict()  # session -> item it was last sent
+        # session -> (item it was last sent, pick buttons shown, class picker's field)
+        self._shown: OrderedDict[str, tuple[int | None, int, str | None]] = OrderedDict()
         self._served = itertools.count(1)  # a new token per item output, so the page sees every reply
         self.grid = GridTab(self)
+
+    def warm_up(self) -> None:
+        """Before listening: load what the first attribution map needs (the services say what),
+        so the first annotators' labels do not wait behind imports. Never stops the server."""
+        if self.services.warm_up is None:
+            return
+        started = time.perf_counter()
+        try:
+            loaded = self.services.warm_up(self.project)
+        except Exception:  # a map that cannot be made is reported where it is asked for
+            log.exception("warm-up failed: attention maps will load on first use")
+            return
+        log.info("warm-up: %s in %.1f s", "serving network loaded" if loaded else "no model version yet",
+                 time.perf_counter() - started)
 
     # -- who is asking ------------------------------------------------------------------------
     def user(self, request: gr.Request | None) -> str:
@@ -265,23 +280,28 @@ class LabelerApp:
         return u.role
 
     # -- the label tab ------------------------------------------------------------------------
-    def _shown_by(self, request: gr.Request | None, item_id: int | None) -> None:
-        """Remember which item this browser session was last sent (see `_still_shown`)."""
+    def _shown_by(self, request: gr.Request | None, item_id: int | None, picks: int = 0,
+                  field: str | None = None) -> tuple[int, str | None] | None:
+        """Remember which item this browser session was last sent (see `_still_shown`), with how
+        many pick buttons it showed and the field of its class picker; returns those of the reply
+        before (None: not known, e.g. a new page)."""
         sid = getattr(request, "session_hash", None)
         if not sid:
-            return
+            return None
         with self._lock:
-            self._shown[sid] = item_id
+            before = self._shown.get(sid)
+            self._shown[sid] = (item_id, picks, field)
             self._shown.move_to_end(sid)
             while len(self._shown) > SESSIONS_KEPT:
                 self._shown.popitem(last=False)
+        return None if before is None else before[1:]
 
     def _still_shown(self, request: gr.Request | None, item_id: int) -> bool:
         """False when the session has moved on to another item since a slow event (a map, the side
         panel) started: its result must not land beside the next item's photo."""
         sid = getattr(request, "session_hash", None)
         with self._lock:
-            return not sid or sid not in self._shown or self._shown[sid] == item_id
+            return not sid or sid not in self._shown or self._shown[sid][0] == item_id
 
     def show(self, task: Task | None, note: str = "", view: tuple[bool, str] = (True, attribution_methods.DEFAULT_METHOD),
              request: gr.Request | None = None) -> list[Any]:
@@ -301,29 +321,33 @@ class LabelerApp:
             labeling.set_aside(self.project, task.item_id, str(exc))
             return self.show(None, f"#{task.item_id} cannot be shown ({esc(exc)}): set aside; press Enter for the next",
                              view, request)
-        self._shown_by(request, task.item_id)
+        n_picks = min(len(task.ranked), N_PICKS)
+        several = len(self.project.field_names) > 1
+        before = self._shown_by(request, task.item_id, n_picks, task.field if several else None)
         bars = {c: p for c, p in task.ranked[:TOP_BARS]} if task.ranked else None
-        picks = []
-        for i in range(N_PICKS):
-            if i < len(task.ranked):
-                c, p = task.ranked[i]
-                picks.append(gr.update(value=f"{i + 1} · {c} {p:.0%}", visible=True))
-            else:
-                picks.append(gr.update(value=f"{i + 1}", visible="hidden"))
+        texts = [f"{i + 1} · {c} {p:.0%}" for i, (c, p) in enumerate(task.ranked[:N_PICKS])]
+        # Plain values where the page's buttons and picker stay as they are: Gradio turns every
+        # gr.update into a new component (a constructor that inspects its own signature), which
+        # was a quarter of the event loop's time per label under load. Updates only when the
+        # number of suggestions or the field changes (or for a page not seen yet).
+        if before is not None and before[0] == n_picks:
+            picks: list[Any] = texts + [f"{i + 1}" for i in range(n_picks, N_PICKS)]
+        else:
+            picks = [gr.update(value=t, visible=True) for t in texts] + [
+                gr.update(value=f"{i + 1}", visible="hidden") for i in range(n_picks, N_PICKS)]
         model = f"model v{task.version_id}" if task.version_id else "no model suggestions yet"
         why = f"**Why this item:** {esc(task.why())} · {esc(model)} · item #{task.item_id}"
-        picker = gr.update(value=None)
-        if len(self.project.field_names) > 1:  # the decision is about this field (f: the next one)
+        picker: Any = None
+        if several:  # the decision is about this field (f: the next one)
             why = f"Field **{esc(task.field)}** · " + why
-            picker = gr.update(choices=self.project.classes_of(task.field), value=None)
+            if before is None or before[1] != task.field:
+                picker = gr.update(choices=self.project.classes_of(task.field), value=None)
         attr_img, attr_text = None, ""
         show_attr, method = view
         if show_attr and task.version_id is not None and task.top is not None:
             ready = self.prefetch.ready(map_key(task.item_id, task.version_id, method, task.top[0], task.field))
             if ready is not None:
                 attr_img, attr_text = str(ready), self._map_note(method, task.top[0])
-        # gr.update, not gr.Button(...)/gr.Dropdown(...): a component built per reply inspects its
-        # constructor's signature each time, a sizeable share of every label's server time.
         return [task.to_state(), task.item_id, served, str(photo), bars, why, *picks, note, picker,
                 attr_img, attr_text]
 
@@ -872,6 +896,7 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
                 raise UserError("no users yet: add one first (`active users add NAME --role reviewer`), "
                                 "or pass --no-auth for a local demo without sign-in")
     demo, app = build_app(project, services=services, auth=not no_auth)
+    app.warm_up()
     demo.queue(default_concurrency_limit=4)
     serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
                  auth_message="active-labeler: sign in with the name and password from `active users add`",

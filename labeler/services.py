@@ -35,6 +35,8 @@ class Services:
     resolve_dispute: Callable[..., Any]
     # (project, version_id, photo path) -> (embedding (d,), the version's top class for it)
     embed_photo: Callable[[Project, int, str], tuple[np.ndarray, str]] | None = None
+    # (project) -> whether it loaded the serving network: run once before the server listens
+    warm_up: Callable[[Project], bool] | None = None
 
 
 def default_services() -> Services:
@@ -81,5 +83,10 @@ def default_services() -> Services:
 
         return impl(project, version_id, path)
 
+    def warm_up(project: Project) -> bool:
+        from active.explain import warm_up as impl
+
+        return impl(project)
+
     return Services(explain_item, class_average, load_embeddings, maybe_refresh, open_disputes, resolve_dispute,
-                    embed_photo)
+                    embed_photo, warm_up)

@@ -234,3 +234,30 @@ def test_cycle_method_and_noop(labeller):
     assert method == "ig" and overlay and "Integrated Gradients" in text
     assert c.predict(True, "occlusion", api_name="/cycle_method")[0] == "gradcam"  # wraps around
     assert c.predict(api_name="/noop") == "ann"
+
+
+def test_pick_buttons_change_visibility_only_when_the_number_of_suggestions_does(labeller):
+    """Replies send the buttons plain texts while the page already shows as many of them (a
+    gr.update makes Gradio build a new component); an update whenever that number changes, so
+    buttons hidden on the "nothing left" page come back."""
+    from types import SimpleNamespace
+
+    from active import labeling
+
+    app, req = labeller.app, SimpleNamespace(username="ann", session_hash="page-1")
+    task = labeling.next_task(labeller.project, "ann")
+    n = len(task.ranked)  # 3 classes
+
+    def picks(out):  # noqa: ANN001, ANN202
+        return out[6:15]
+
+    first = picks(app.show(task, request=req))  # a page not seen yet: updates
+    assert [p.get("visible") for p in first] == [True] * n + ["hidden"] * (9 - n)
+    again = picks(app.show(task, request=req))  # same number of suggestions: plain texts
+    assert again[0] == f"1 · {task.ranked[0][0]} {task.ranked[0][1]:.0%}" and again[n] == f"{n + 1}"
+    nothing = picks(app.show(None, request=req))
+    assert all(p.get("visible") == "hidden" for p in nothing)
+    back = picks(app.show(task, request=req))  # shown again after the empty page
+    assert [p.get("visible") for p in back[:n]] == [True] * n
+    other = picks(app.show(task, request=SimpleNamespace(username="ann", session_hash="page-2")))
+    assert isinstance(other[0], dict)  # another page gets its own updates
