@@ -8,6 +8,10 @@ not belong and confirms the page: every other thumbnail becomes a human label of
 single-item Label tab with a note. Only thumbnails still leased to the annotator are recorded, so a
 page left open past its lease cannot label what a colleague has taken meanwhile. Undo takes back
 the whole latest page (append-only ``undo`` rows).
+
+A page is about one label field (`storage.fields`, ``Page.field``; the default unless one is
+named): its thumbnails are the items not labelled in that field that the serving version's head
+for the field puts in the class, and its labels are of that field.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from active.labeling import merged_probs
 from active.project import Project
 from storage import db, labels, pages, versions, work
 from storage.enums import Decision, Kind
+from storage.fields import DEFAULT_FIELD, field_classes, field_prediction
 from storage.tables import Label, ModelVersion
 
 PAGE_SIZE = 48
@@ -43,6 +48,7 @@ class Page:
     thumbs: tuple[pages.Thumb, ...]
     score_name: str  # what each thumbnail's score is: "confidence" or "cosine"
     seed_item: int | None = None  # the item a "more like this" page started from
+    field: str = DEFAULT_FIELD  # the label field the page labels (``cls`` is one of its classes)
 
     @property
     def item_ids(self) -> list[int]:
@@ -50,7 +56,7 @@ class Page:
 
     def to_state(self) -> dict[str, Any]:
         return {"page_id": self.page_id, "cls": self.cls, "version_id": self.version_id,
-                "item_ids": self.item_ids, "seed_item": self.seed_item}
+                "item_ids": self.item_ids, "seed_item": self.seed_item, "field": self.field}
 
 
 @dataclass(frozen=True)
@@ -72,29 +78,29 @@ def _size(size: int) -> int:
     return size
 
 
-def serving_version(session: Session) -> ModelVersion | None:
-    """The serving version (`storage.versions.serving`) when it has a classifier head: its
-    predictions sort the pages."""
+def serving_version(session: Session, field: str = DEFAULT_FIELD) -> ModelVersion | None:
+    """The serving version (`storage.versions.serving`) when it has a classifier head for
+    ``field``: its predictions sort the pages."""
     version = versions.serving(session)
-    return version if version is not None and version.classes else None
+    return version if version is not None and field_classes(version, field) else None
 
 
-def serving_id(project: Project) -> int | None:
+def serving_id(project: Project, field: str = DEFAULT_FIELD) -> int | None:
     """The id of `serving_version`, or None."""
     with db.session(project.engine) as s:
-        version = serving_version(s)
+        version = serving_version(s, field)
     return version.id if version is not None else None
 
 
-def class_counts(project: Project) -> tuple[int | None, dict[str, int]]:
-    """(serving version, class -> items it puts there that could go on a page now), in the
-    project's class order; (None, {}) before a version with a classifier exists."""
+def class_counts(project: Project, field: str = DEFAULT_FIELD) -> tuple[int | None, dict[str, int]]:
+    """(serving version, class of ``field`` -> items it puts there that could go on a page now),
+    in the field's class order; (None, {}) before a version with a head for the field exists."""
     with db.session(project.engine) as s:
-        version = serving_version(s)
+        version = serving_version(s, field)
         if version is None:
             return None, {}
-        counts = pages.class_counts(s, version.id)
-    ordered = {c: counts[c] for c in project.config.classes if c in counts}
+        counts = pages.class_counts(s, version.id, field=field)
+    ordered = {c: counts[c] for c in project.classes_of(field) if c in counts}
     return version.id, ordered | {c: n for c, n in counts.items() if c not in ordered}
 
 
@@ -108,56 +114,66 @@ def next_class(counts: dict[str, int], after: str | None) -> str | None:
     return names[(names.index(after) + 1) % len(names)]
 
 
-def _page(s: Session, rnd: Any, cls: str, score_name: str, seed: int | None = None) -> Page | None:
+def _page(s: Session, rnd: Any, cls: str, score_name: str, seed: int | None = None,
+          field: str = DEFAULT_FIELD) -> Page | None:
     if rnd is None:
         return None
-    return Page(rnd.id, cls, rnd.model_version_id, tuple(pages.thumbs(s, rnd.id)), score_name, seed)
+    return Page(rnd.id, cls, rnd.model_version_id, tuple(pages.thumbs(s, rnd.id, field=field)), score_name, seed,
+                field)
+
+
+def no_head(field: str) -> UserError:
+    """The error of a page asked for before a version has a head for ``field``."""
+    what = "this project's classes" if field == DEFAULT_FIELD else f"a head for field {field!r}"
+    return UserError(f"no model with {what} yet: run `active retrain` first")
 
 
 def open_class_page(project: Project, annotator: str, cls: str | None = None, *, after: str | None = None,
-                    size: int = PAGE_SIZE, version_id: int | None = None) -> Page | None:
-    """Lease a page of ``cls`` (default: the next class after ``after`` that has items) for the
-    annotator, releasing their previous page. None when no class has items left to confirm.
+                    size: int = PAGE_SIZE, version_id: int | None = None, field: str = DEFAULT_FIELD) -> Page | None:
+    """Lease a page of ``cls`` of ``field`` (default: the next class after ``after`` that has items)
+    for the annotator, releasing their previous page. None when no class has items left to confirm.
     ``version_id``: the serving version when the caller knows it (finding it scans the pool)."""
     size = _size(size)
+    project.check_field(field)
     if cls is not None:
-        project.check_class(cls)
+        project.check_class(cls, field)
     if cls is None:  # counting every class's free items is the slow part: only to find the next one
-        version_id, counts = class_counts(project)
+        version_id, counts = class_counts(project, field)
         cls = next_class(counts, after)
     elif version_id is None:
-        version_id = serving_id(project)
+        version_id = serving_id(project, field)
     if version_id is None:
-        raise UserError("no model with this project's classes yet: run `active retrain` first")
+        raise no_head(field)
     if cls is None:
         return None
 
     def fn(s: Session) -> Page | None:
-        rnd = pages.lease_class_page(s, annotator, version_id, cls, size=size, ttl=_ttl(project))
-        return _page(s, rnd, cls, "confidence")
+        rnd = pages.lease_class_page(s, annotator, version_id, cls, size=size, ttl=_ttl(project), field=field)
+        return _page(s, rnd, cls, "confidence", field=field)
 
     return db.write(project.engine, fn)
 
 
-def upcoming_class_page(project: Project, version_id: int, cls: str, *, size: int = PAGE_SIZE) -> list[tuple[int, str]]:
+def upcoming_class_page(project: Project, version_id: int, cls: str, *, size: int = PAGE_SIZE,
+                        field: str = DEFAULT_FIELD) -> list[tuple[int, str]]:
     """[(item_id, path)] of the page of ``cls`` that would be leased next (read-only; nothing is
     leased), to prefetch its thumbnails."""
     with db.session(project.engine) as s:
-        return pages.peek_class_page(s, version_id, cls, size=size)
+        return pages.peek_class_page(s, version_id, cls, size=size, field=field)
 
 
 def open_items_page(project: Project, annotator: str, scored: Sequence[tuple[int, float]], *, cls: str,
-                    seed_item: int | None = None, size: int = PAGE_SIZE) -> Page | None:
-    """Lease a page of the given [(item_id, cosine)] that are still free (e.g. an item's nearest
-    unlabelled neighbours), proposed as ``cls``."""
+                    seed_item: int | None = None, size: int = PAGE_SIZE, field: str = DEFAULT_FIELD) -> Page | None:
+    """Lease a page of the given [(item_id, cosine)] that are still free in ``field`` (e.g. an
+    item's nearest unlabelled neighbours), proposed as ``cls``."""
     size = _size(size)
-    project.check_class(cls)
+    project.check_class(cls, project.check_field(field))
 
     def fn(s: Session) -> Page | None:
-        version = serving_version(s)
+        version = serving_version(s, field)
         rnd = pages.lease_items_page(s, annotator, version.id if version else None, scored, score_name="cosine",
-                                     size=size, ttl=_ttl(project))
-        return _page(s, rnd, cls, "cosine", seed_item)
+                                     size=size, ttl=_ttl(project), field=field)
+        return _page(s, rnd, cls, "cosine", seed_item, field)
 
     return db.write(project.engine, fn)
 
@@ -168,10 +184,11 @@ def release(project: Project, annotator: str) -> None:
 
 
 def confirm(project: Project, annotator: str, page_id: int, shown: Sequence[int], marked: Sequence[int], *,
-            cls: str | None = None) -> Confirmed:
-    """Record the page: ``shown`` minus ``marked`` become human labels of the page's class (or
-    ``cls``, when the annotator changed it), ``marked`` go to the single-item queue. Only items of
-    this page still leased to the annotator count; the rest come back in ``lost``."""
+            cls: str | None = None, field: str = DEFAULT_FIELD) -> Confirmed:
+    """Record the page: ``shown`` minus ``marked`` become human labels of ``field`` of the page's
+    class (or ``cls``, when the annotator changed it), ``marked`` go to the single-item queue. Only
+    items of this page still leased to the annotator count; the rest come back in ``lost``."""
+    project.check_field(field)
     shown_ids = list(dict.fromkeys(int(i) for i in shown))
     marked_ids = {int(i) for i in marked}
     if not marked_ids <= set(shown_ids):
@@ -182,9 +199,9 @@ def confirm(project: Project, annotator: str, page_id: int, shown: Sequence[int]
         rnd = pages.get_page(s, page_id)
         if rnd is None:
             raise UserError(f"there is no page {page_id}")
-        thumbs = {t.item_id: t for t in pages.thumbs(s, page_id)}
+        thumbs = {t.item_id: t for t in pages.thumbs(s, page_id, field=field)}
         page_cls = cls or _page_class(s, page_id, thumbs)
-        project.check_class(page_cls)
+        project.check_class(page_cls, field)
         held = pages.leased_on_page(s, annotator, page_id)
         mine = [i for i in shown_ids if i in thumbs and i in held]
         lost = [i for i in shown_ids if i not in mine]
@@ -194,17 +211,17 @@ def confirm(project: Project, annotator: str, page_id: int, shown: Sequence[int]
         version = versions.get(s, rnd.model_version_id) if rnd.model_version_id else None
         rows = []
         for i in good:
-            pred = preds.get(i)
+            top = _top(preds.get(i), field)
             rows.append(Label(
-                item_id=i, annotator=annotator, label=page_cls, kind=HUMAN,
-                decision=Decision.ACCEPTED if pred is not None and pred.pred == page_cls else Decision.CORRECTED,
-                suggestion=pred.pred if pred else None, confidence=_prob(version, pred, page_cls),
+                item_id=i, field=field, annotator=annotator, label=page_cls, kind=HUMAN,
+                decision=Decision.ACCEPTED if top == page_cls else Decision.CORRECTED,
+                suggestion=top, confidence=_prob(version, preds.get(i), page_cls, field),
                 model_version_id=rnd.model_version_id, round_id=page_id))
         labels.append_many(s, rows)
         if bad:
             note = f"marked not {page_cls} on page {page_id}"
             pages.queue_marked(s, rnd.model_version_id,
-                               [(i, _prob(version, preds.get(i), page_cls) or 0.0) for i in bad], note)
+                               [(i, _prob(version, preds.get(i), page_cls, field) or 0.0) for i in bad], note)
         pages.release_pages(s, annotator, page_id)
         return Confirmed(page_id, page_cls, good, bad, lost)
 
@@ -219,11 +236,18 @@ def _page_class(s: Session, page_id: int, thumbs: dict[int, pages.Thumb]) -> str
     return preds.pop()
 
 
-def _prob(version: ModelVersion | None, pred: Any, cls: str) -> float | None:
-    """The version's calibrated probability of ``cls`` for the item (merged classes summed)."""
-    if version is None or pred is None or not pred.probs:
+def _top(pred: Any, field: str) -> str | None:
+    """The top class of ``field`` in a Prediction row (None without one)."""
+    part = field_prediction(pred, field) if pred is not None else None
+    return part.pred if part is not None else None
+
+
+def _prob(version: ModelVersion | None, pred: Any, cls: str, field: str = DEFAULT_FIELD) -> float | None:
+    """The version's calibrated probability of ``cls`` of ``field`` for the item (merged classes summed)."""
+    part = field_prediction(pred, field) if version is not None and pred is not None else None
+    if part is None or not part.probs:
         return None
-    return merged_probs(version.classes, pred.probs).get(cls, 0.0)
+    return merged_probs(field_classes(version, field), part.probs).get(cls, 0.0)
 
 
 def undo_page(project: Project, annotator: str) -> tuple[int, list[int]] | None:
@@ -243,12 +267,12 @@ def undo_page(project: Project, annotator: str) -> tuple[int, list[int]] | None:
     return db.write(project.engine, fn)
 
 
-def unlabelled_filter(project: Project):  # noqa: ANN201
+def unlabelled_filter(project: Project, field: str = DEFAULT_FIELD):  # noqa: ANN201
     """A filter for `SimilarityIndex.neighbours`: (m,) item ids -> (m,) True where no person has
-    labelled the item (one query per batch)."""
+    labelled ``field`` of the item (one query per batch)."""
     def allow(ids: np.ndarray) -> np.ndarray:
         with db.session(project.engine) as s:
-            free = pages.unlabelled(s, ids.tolist())
+            free = pages.unlabelled(s, ids.tolist(), field=field)
         return np.array([int(i) in free for i in ids], dtype=bool)
 
     return allow

@@ -6,8 +6,11 @@ of all labels, so the cost of serving the next item does not grow with the size 
 
 Label fields (`storage.fields`): a task is about one field of its item (``Task.field``, the
 default field first) with that field's suggestions. In a project with several fields a decision
-on one field keeps the item leased and serves its next field the annotator has not decided yet;
-the item is released after its last field. `switch_field` moves to the next field undecided.
+on one field keeps the item leased and serves its next field still open for the annotator
+(`storage.meaning.open_fields`: not decided by them, and not yet decided by ``overlap``
+annotators or settled by review); the item is released after its last one. An item left midway
+(the lease ran out) is served again to whoever asks next, its own annotator first, for its open
+fields only. `switch_field` moves to the next open field.
 """
 
 from __future__ import annotations
@@ -100,9 +103,13 @@ def _task(session: Session, q: work.Queued, label_field: str = DEFAULT_FIELD) ->
                 ranked, dict(item.meta or {}), label_field)
 
 
-def _fields_left(s: Session, project: Project, annotator: str, item_id: int) -> list[str]:
-    """The fields of the project this annotator has not decided on the item yet, in order."""
-    return [f for f in project.field_names if not labels.has_seen(s, annotator, item_id, field=f)]
+def _fields_left(s: Session, project: Project, annotator: str, item_id: int,
+                 rows: list[Label] | None = None) -> list[str]:
+    """The fields of the item still open for this annotator (`storage.meaning.open_fields`), in
+    order; ``rows``: the item's label rows when the caller has them already."""
+    if rows is None:
+        rows = labels.item_rows(s, item_id)
+    return labels.open_fields_in(rows, annotator, project.field_names, overlap=project.config.labeling.overlap)
 
 
 def switch_field(project: Project, annotator: str, task: Task) -> Task:
@@ -123,38 +130,33 @@ def switch_field(project: Project, annotator: str, task: Task) -> Task:
 
 def _lease(s: Session, project: Project, annotator: str) -> work.Queued | None:
     """The annotator's current item: their lease, kept (and renewed), or a new one."""
-    return work.lease_next(s, annotator, ttl=_ttl(project), overlap=project.config.labeling.overlap)
+    return work.lease_next(s, annotator, fields=project.field_names, ttl=_ttl(project),
+                           overlap=project.config.labeling.overlap)
 
 
 def _task_of(s: Session, q: work.Queued | None, project: Project, annotator: str) -> Task | None:
-    """The task of a leased item: its first field the annotator has not decided (with one field,
-    the default field without asking)."""
-    if q is None:
-        return None
-    if len(project.field_names) < 2:
-        return _task(s, q)
+    """The task of a leased item: its first field still open for the annotator (with one field,
+    the default field without asking). An item they hold whose fields were all settled meanwhile
+    (a reviewer decided its last open field) is released for their next item."""
+    if q is None or len(project.field_names) < 2:
+        return None if q is None else _task(s, q)
     left = _fields_left(s, project, annotator, q.item_id)
-    return _task(s, q, left[0] if left else DEFAULT_FIELD)
+    if not left:
+        work.release(s, annotator, q.item_id)
+        q = _lease(s, project, annotator)  # a new candidate has a field open for them
+        left = _fields_left(s, project, annotator, q.item_id) if q is not None else []
+    return None if q is None else _task(s, q, left[0] if left else DEFAULT_FIELD)
 
 
 def next_task(project: Project, annotator: str) -> Task | None:
     """Lease (or keep) the annotator's next item; None when the open rounds hold nothing for them.
     With several label fields an item they left midway (its lease ran out) comes back to them first."""
-    def fn(s: Session) -> Task | None:
-        if len(project.field_names) > 1:
-            left = work.unfinished(s, annotator, project.field_names)
-            if left is not None:
-                return _task_of(s, work.lease_again(s, annotator, left, ttl=_ttl(project)), project, annotator)
-        return _task_of(s, _lease(s, project, annotator), project, annotator)
-
-    return db.write(project.engine, fn)
-
-
+    return db.write(project.engine, lambda s: _task_of(s, _lease(s, project, annotator), project, annotator))
 
 def upcoming(project: Project, annotator: str, *, n: int = 1) -> list[Task]:
     """The items this annotator would get after the current one (read-only, for prefetching)."""
     with db.session(project.engine) as s:
-        ids = work.peek_next(s, annotator, n=n, overlap=project.config.labeling.overlap)
+        ids = work.peek_next(s, annotator, n=n, overlap=project.config.labeling.overlap, fields=project.field_names)
         return [_task(s, work.Queued(i, 0, 0, 0.0, "", "")) for i in ids]
 
 
@@ -207,7 +209,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
         # A confirmed given label is no longer suspect.
         store_disputes.follow_label(s, row, item_rows=[*rows, row])
         if several:
-            left = _fields_left(s, project, annotator, task.item_id)
+            left = _fields_left(s, project, annotator, task.item_id, [*rows, row])
             if left:  # the item's next field: it stays leased (and renewed) to this annotator
                 return row, _task(s, _lease(s, project, annotator), left[0])
         work.release(s, annotator)
@@ -255,10 +257,10 @@ def undo_last(project: Project, annotator: str, *, shown: int | None) -> tuple[L
                                undoes_id=last.id, model_version_id=last.model_version_id,
                                round_id=last.round_id))
         store_disputes.reopen(s, last.id)  # a suspicion the undone label settled is open again
-        q = work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=project.config.labeling.overlap)
-        if q is None and len(project.field_names) > 1 and labels.has_seen(s, annotator, last.item_id):
-            # Midway through the item's fields: it is still this annotator's to finish.
-            q = work.lease_again(s, annotator, last.item_id, ttl=_ttl(project))
+        # The undone field is open for them again unless a colleague has decided it (or holds
+        # the item) meanwhile: then their next item.
+        q = work.lease_item(s, annotator, last.item_id, ttl=_ttl(project), overlap=project.config.labeling.overlap,
+                            fields=project.field_names)
         q = q or _lease(s, project, annotator)
         return True, last, _task_of(s, q, project, annotator)
 
@@ -270,10 +272,11 @@ def undo_last(project: Project, annotator: str, *, shown: int | None) -> tuple[L
 
 def progress(project: Project, annotator: str, round_id: int | None) -> dict[str, int]:
     """Figures for the Label tab's progress line: the round's items by state (`work.RoundProgress`),
-    labelled items of all, and the annotator's effective decisions (an undone one is not counted)."""
+    labelled items of all (in every label field: done), and the annotator's effective decisions
+    (an undone one is not counted)."""
     with db.session(project.engine) as s:
-        rnd = work.round_progress(s, round_id) if round_id else work.RoundProgress(0, 0, 0, 0, 0)
-        labelled = labels.count_labelled(s)
+        rnd = work.round_progress(s, round_id, project.field_names) if round_id else work.RoundProgress(0, 0, 0, 0, 0)
+        labelled = labels.count_done(s, project.field_names)
         n_items = items.count(s)
         mine = sum(labels.decisions_by_annotator(s, annotator).get(annotator, {}).values())
     return {"round_labelled": rnd.labelled, "round_skipped": rnd.skipped, "round_unsure": rnd.unsure,

@@ -208,6 +208,14 @@ class Project:
             self.save()
         return added
 
+    def set_classes(self, names: list[str], field_name: str = DEFAULT_FIELD) -> None:
+        """Replace a field's class list (a rename or a merge; the caller records the alias) and save."""
+        if field_name == DEFAULT_FIELD:
+            self.config.classes = list(names)
+        else:
+            self.config.fields = {**self.config.fields, self.check_field(field_name): list(names)}
+        self.save()
+
     def check_class(self, name: str, field_name: str = DEFAULT_FIELD) -> str:
         classes = self.classes_of(field_name)
         if name not in classes:

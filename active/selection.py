@@ -168,7 +168,7 @@ def select_round(project: Project, *, strategy: str = strategies.DEFAULT_STRATEG
     from storage import db, work
 
     with db.session(project.engine) as s:
-        still_open = [(r, work.round_progress(s, r.id)) for r in work.open_rounds(s)]
+        still_open = [(r, work.round_progress(s, r.id, project.field_names)) for r in work.open_rounds(s)]
     if still_open and close_open:
         db.write(project.engine, lambda s: [work.close_round(s, r.id) for r, _ in still_open])
     elif still_open and not force:
@@ -193,7 +193,7 @@ def close_finished_rounds(project: Project) -> list[int]:
     def fn(s):  # noqa: ANN001, ANN202
         closed = []
         for rnd in work.open_rounds(s):
-            progress = work.round_progress(s, rnd.id)
+            progress = work.round_progress(s, rnd.id, project.field_names)
             if progress.total and progress.handled >= progress.total:
                 work.close_round(s, rnd.id)
                 closed.append(int(rnd.id))
@@ -207,4 +207,5 @@ def queued_left(project: Project) -> int:
     from storage import db, work
 
     with db.session(project.engine) as s:
-        return sum(p.total - p.handled for p in (work.round_progress(s, r.id) for r in work.open_rounds(s)))
+        progress = (work.round_progress(s, r.id, project.field_names) for r in work.open_rounds(s))
+        return sum(p.total - p.handled for p in progress)

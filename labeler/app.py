@@ -864,9 +864,10 @@ class LabelerApp:
         return demo
 
     def more_like(self, state: dict | None, request: gr.Request) -> list[Any]:
-        """The Grid tab, opened on the nearest unlabelled neighbours of the item shown here."""
+        """The Grid tab, opened on the nearest neighbours of the item shown here that are
+        unlabelled in the field shown here."""
         item_id = (state or {}).get("item_id")
-        return [*self.grid.more_like(int(item_id) if item_id is not None else None, request),
+        return [*self.grid.more_like(int(item_id) if item_id is not None else None, request, (state or {}).get("field")),
                 gr.Tabs(selected="grid")]
 
     def dashboard(self, request: gr.Request) -> list[Any]:

@@ -186,18 +186,14 @@ class DashboardCache:
 
     def render(self) -> list[Any]:
         """Outputs: by-class rows, by-annotator rows, agreement text, 3 plot paths, averages, note."""
-        from active.commands.status import (
-            ANNOTATOR_HEADERS,
-            CLASS_HEADERS,
-            annotator_rows,
-            class_rows,
-            collect,
-        )
+        from active.commands.status import annotator_table, class_table, collect
 
         st = collect(self.project)
+        names = self.project.field_names
         with db.session(self.project.engine) as s:
-            rep = agreement(labels.human_ratings(s), self.project.config.classes)
-        agree = agreement_markdown(rep)
+            reps = {f: agreement(labels.human_ratings(s, f), self.project.classes_of(f)) for f in names}
+        # Agreement is per field: two annotators agree on an item's colour, not on the item.
+        agree = "\n\n".join(agreement_markdown(rep, field=f if len(names) > 1 else None) for f, rep in reps.items())
         version_id = st["current_version"]
         notes = []
         earlier = [f"v{v['id']}" for v in st["model_versions"] if v["same_holdout"] is False]
@@ -226,7 +222,7 @@ class DashboardCache:
                     averages.append((str(fut.result()), cls))
             if pending:
                 notes.append(f"class-average attention: {pending} still being computed (Refresh to see them)")
-        return [_frame(class_rows(st), CLASS_HEADERS), _frame(annotator_rows(st), ANNOTATOR_HEADERS),
+        return [_frame(*class_table(st)), _frame(*annotator_table(st)),
                 agree, curve and str(curve), confusion and str(confusion), dist and str(dist), averages,
                 "  \n".join(_esc(n) for n in notes)]
 
@@ -237,12 +233,14 @@ def _frame(rows: list[list[Any]], headers: list[str]) -> Any:
     return pd.DataFrame(rows, columns=headers)
 
 
-def agreement_markdown(rep: dict) -> str:
+def agreement_markdown(rep: dict, *, field: str | None = None) -> str:
+    """The agreement report of `active.agreement.agreement` (of one label ``field``, named when given)."""
     from labeler.app import esc
 
+    title = "**Agreement**" + (f" on **{esc(field)}**" if field else "")
     if not rep["items"]:
-        return "**Agreement:** no item has been labelled by two annotators yet (set `overlap` > 1 in active.toml)."
-    lines = [f"**Agreement** on {rep['items']:,} items labelled by several annotators"]
+        return f"{title}: no item has been labelled by two annotators yet (set `overlap` > 1 in active.toml)."
+    lines = [f"{title} on {rep['items']:,} items labelled by several annotators"]
     if rep["fleiss"] is not None:
         lines[0] += f": Fleiss' κ = {rep['fleiss']:.2f}"
     for p in rep["pairs"]:

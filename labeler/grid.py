@@ -5,6 +5,10 @@ page). Marking happens in the browser (`GRID_JS`: click, or arrows + space); con
 of the thumbnails on screen and of the marked ones, read from the page itself, so the server
 records exactly what the annotator saw (and of that, only what is still leased to them: see
 `active.grid.confirm`). Business rules live in `active.grid`; this module renders and wires.
+
+With several label fields a field selector picks the field the pages label (a `gr.State` per
+browser, so the scripting API sets it with `/grid_field`); the class picker, the thumbnails'
+suggestions, the labels and the attention maps follow it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from active import grid, labeling, similarity
 from active.errors import UserError
 from models.images import ImageError, load_thumbnail
 from storage import db, labels, versions
+from storage.fields import DEFAULT_FIELD, field_prediction
 
 if TYPE_CHECKING:
     from labeler.app import LabelerApp
@@ -66,7 +71,7 @@ GRID_JS = """
     const p = page();
     if (!p) return "{}";
     const ts = thumbs();
-    return JSON.stringify({page: Number(p.dataset.page), cls: p.dataset.cls,
+    return JSON.stringify({page: Number(p.dataset.page), cls: p.dataset.cls, field: p.dataset.field,
       shown: ts.map(t => Number(t.dataset.item)),
       marked: ts.filter(t => t.classList.contains("marked")).map(t => Number(t.dataset.item))});
   };
@@ -190,8 +195,8 @@ def page_html(page: grid.Page, uris: list[str]) -> str:
         title = f"#{t.item_id} · {page.score_name} {score} · model: {t.pred or '?'}"
         tiles.append(f'<div class="grid-thumb" data-item="{t.item_id}" title="{html.escape(title, quote=True)}">'
                      f'<img src="{uri}" alt="item {t.item_id}"><span class="conf">{html.escape(score)}</span></div>')
-    return (f'<div class="grid-page" data-page="{page.page_id}" data-cls="{html.escape(page.cls, quote=True)}">'
-            + "".join(tiles) + "</div>")
+    return (f'<div class="grid-page" data-page="{page.page_id}" data-cls="{html.escape(page.cls, quote=True)}" '
+            f'data-field="{html.escape(page.field, quote=True)}">' + "".join(tiles) + "</div>")
 
 
 class GridTab:
@@ -208,11 +213,22 @@ class GridTab:
         self.thumbs.close()
 
     # -- showing a page --------------------------------------------------------------------------
-    def _render(self, page: grid.Page | None, note: str) -> list[Any]:
-        """Outputs of every event that changes the page: state, page HTML, header, note, class picker."""
-        picker = gr.Dropdown(value=page.cls if page is not None else None)
+    def _field(self, field: str | None) -> str:
+        """The field asked for (the default when none); a field the project lacks is an error on the page."""
+        if not field:
+            return DEFAULT_FIELD
+        if field not in self.project.field_names:
+            raise gr.Error(f"no label field {html.escape(field)!r} in this project")
+        return field
+
+    def _render(self, page: grid.Page | None, note: str, field: str = DEFAULT_FIELD) -> list[Any]:
+        """Outputs of every event that changes the page: state, page HTML, header, note, class
+        picker (the field's classes), field picker, field state."""
+        field = page.field if page is not None else field
+        picker = gr.Dropdown(choices=[NEXT, *self.project.classes_of(field)], value=page.cls if page else None)
+        fields = [gr.Dropdown(value=field), field]
         if page is None:
-            return [None, "", "**Nothing to confirm** in that class: pick another or press `n`.", note, picker]
+            return [None, "", "**Nothing to confirm** in that class: pick another or press `n`.", note, picker, *fields]
         uris = self.thumbs.many([(t.item_id, t.path) for t in page.thumbs])
         keep, shown_uris = [], []
         for t, uri in zip(page.thumbs, uris, strict=True):
@@ -222,64 +238,83 @@ class GridTab:
             else:
                 keep.append(t)
                 shown_uris.append(uri)
-        page = grid.Page(page.page_id, page.cls, page.version_id, tuple(keep), page.score_name, page.seed_item)
+        page = grid.Page(page.page_id, page.cls, page.version_id, tuple(keep), page.score_name, page.seed_item,
+                         page.field)
         if page.score_name == "confidence" and page.version_id is not None:
-            self._warm_next(page.version_id, page.cls)
+            self._warm_next(page.version_id, page.cls, page.field)
         what = (f"nearest unlabelled items to #{page.seed_item}" if page.seed_item is not None
                 else "most confident first" if page.score_name == "confidence" else "nearest to your photo")
-        head = (f"**Page {page.page_id}: {len(keep)} × {html.escape(page.cls)}** ({what}, model v{page.version_id}) · "
-                "mark the ones that do not belong, then Enter")
-        return [page.to_state() | {"score_name": page.score_name}, page_html(page, shown_uris), head, note, picker]
+        of = f" ({html.escape(page.field)})" if len(self.project.field_names) > 1 else ""
+        head = (f"**Page {page.page_id}: {len(keep)} × {html.escape(page.cls)}**{of} ({what}, model "
+                f"v{page.version_id}) · mark the ones that do not belong, then Enter")
+        return [page.to_state() | {"score_name": page.score_name}, page_html(page, shown_uris), head, note, picker,
+                *fields]
 
-    def _class_page(self, annotator: str, cls: str | None, *, after: str | None = None) -> grid.Page | None:
+    def _class_page(self, annotator: str, cls: str | None, *, after: str | None = None,
+                    field: str = DEFAULT_FIELD) -> grid.Page | None:
         try:
-            return grid.open_class_page(self.project, annotator, cls, after=after,
-                                        version_id=grid.serving_id(self.project) if cls else None)
+            return grid.open_class_page(self.project, annotator, cls, after=after, field=field,
+                                        version_id=grid.serving_id(self.project, field) if cls else None)
         except UserError as exc:
             raise gr.Error(html.escape(str(exc))) from None
 
-    def _warm_next(self, version_id: int, cls: str) -> None:
+    def _warm_next(self, version_id: int, cls: str, field: str) -> None:
         """Prepare the thumbnails of the class's next page while the annotator looks at this one."""
         def work() -> None:
             try:
-                self.thumbs.warm(grid.upcoming_class_page(self.project, version_id, cls))
+                self.thumbs.warm(grid.upcoming_class_page(self.project, version_id, cls, field=field))
             except Exception:  # a failed prefetch only costs speed
                 log.exception("prefetching the next page failed")
 
         threading.Thread(target=work, name="grid-prefetch", daemon=True).start()
 
-    def open(self, choice: str | None, state: dict | None, request: gr.Request) -> list[Any]:
+    def open(self, choice: str | None, state: dict | None, field: str | None, request: gr.Request) -> list[Any]:
         annotator = self.app.user(request)
+        field = self._field(field)
         cls = _class_of(choice)
-        if cls is not None and state and state.get("seed_item") is not None and state.get("page_id"):
+        if cls is not None and state and state.get("seed_item") is not None and state.get("page_id") \
+                and state.get("field", DEFAULT_FIELD) == field:
             # A "more like this" page: picking a class says what to record it as, keeping the items.
             return self._recast(state, cls)
-        return self._render(self._class_page(annotator, cls, after=None if cls else (state or {}).get("cls")), "")
+        after = None if cls else (state or {}).get("cls")
+        return self._render(self._class_page(annotator, cls, after=after, field=field), "", field)
 
-    def next_class(self, state: dict | None, request: gr.Request) -> list[Any]:
+    def next_class(self, state: dict | None, field: str | None, request: gr.Request) -> list[Any]:
         annotator = self.app.user(request)
-        return self._render(self._class_page(annotator, None, after=(state or {}).get("cls")), "")
+        field = self._field(field)
+        after = (state or {}).get("cls") if (state or {}).get("field", DEFAULT_FIELD) == field else None
+        return self._render(self._class_page(annotator, None, after=after, field=field), "", field)
+
+    def pick_field(self, field: str | None, request: gr.Request) -> list[Any]:
+        """The field selector: pages of ``field`` from now on, starting with its first class that has items."""
+        annotator = self.app.user(request)
+        field = self._field(field)
+        return self._render(self._class_page(annotator, None, field=field), "", field)
 
     def _recast(self, state: dict, cls: str) -> list[Any]:
+        field = state.get("field") or DEFAULT_FIELD
         with db.session(self.project.engine) as s:
             from storage import pages
 
-            thumbs = tuple(pages.thumbs(s, int(state["page_id"])))
+            thumbs = tuple(pages.thumbs(s, int(state["page_id"]), field=field))
         page = grid.Page(int(state["page_id"]), cls, state.get("version_id"), thumbs, state.get("score_name", "cosine"),
-                         state.get("seed_item"))
+                         state.get("seed_item"), field)
         return self._render(page, f"this page will be recorded as **{html.escape(cls)}**")
 
     # -- deciding --------------------------------------------------------------------------------
-    def confirm(self, state: dict | None, payload: str, request: gr.Request) -> list[Any]:
+    def confirm(self, state: dict | None, payload: str, field: str | None, request: gr.Request) -> list[Any]:
         annotator = self.app.user(request)
         try:
             data = json.loads(payload or "{}")
             page_id, shown, marked = int(data["page"]), list(map(int, data["shown"])), list(map(int, data["marked"]))
             cls = str(data["cls"])
+            # The field of the page on screen (its labels are of that field), else the one selected.
+            field = self._field(str(data.get("field") or (state or {}).get("field") or field or DEFAULT_FIELD))
         except (ValueError, KeyError, TypeError):
-            return self._render(None, "no page on screen to confirm") if not state else self._same(state, "")
+            return self._render(None, "no page on screen to confirm", self._field(field)) if not state \
+                else self._same(state, "")
         try:
-            done = grid.confirm(self.project, annotator, page_id, shown, marked, cls=cls)
+            done = grid.confirm(self.project, annotator, page_id, shown, marked, cls=cls, field=field)
         except UserError as exc:
             raise gr.Error(html.escape(str(exc))) from None
         note = f"page {done.page_id}: {len(done.labelled)} labelled {html.escape(done.cls)}"
@@ -288,10 +323,10 @@ class GridTab:
         if done.lost:
             note += f"; {len(done.lost)} not recorded (your lease on them ran out and they were taken)"
         self.app.after_grid(annotator)
-        page = self._class_page(annotator, done.cls) if (state or {}).get("seed_item") is None else None
+        page = self._class_page(annotator, done.cls, field=field) if (state or {}).get("seed_item") is None else None
         if page is None:
-            page = self._class_page(annotator, None, after=done.cls)
-        return self._render(page, note)
+            page = self._class_page(annotator, None, after=done.cls, field=field)
+        return self._render(page, note, field)
 
     def _same(self, state: dict, note: str) -> list[Any]:
         """The page on screen again (what is still on it), with ``note``."""
@@ -299,20 +334,23 @@ class GridTab:
         out[3] = note
         return out
 
-    def undo(self, state: dict | None, request: gr.Request) -> list[Any]:
+    def undo(self, state: dict | None, field: str | None, request: gr.Request) -> list[Any]:
         annotator = self.app.user(request)
+        field = self._field(field)
         undone = grid.undo_page(self.project, annotator)
         if undone is None:
-            return self._same(state, "no page to undo") if state else self._render(None, "no page to undo")
+            return self._same(state, "no page to undo") if state else self._render(None, "no page to undo", field)
         page_id, items = undone
         with db.session(self.project.engine) as s:
             from storage import pages
 
-            cls = next((t.pred for t in pages.thumbs(s, page_id) if t.pred), None)
             rows = labels.for_items(s, items[:1]).get(items[0], []) if items else []
-        cls = next((r.label for r in rows if r.round_id == page_id and r.label), cls)
-        page = self._class_page(annotator, cls) if cls else None
-        return self._render(page, f"undid page {page_id}: {len(items)} labels taken back")
+            mine = [r for r in rows if r.round_id == page_id and r.label]
+            field = mine[-1].field if mine else field  # the undone page's field
+            cls = next((t.pred for t in pages.thumbs(s, page_id, field=field) if t.pred), None)
+        cls = mine[-1].label if mine else cls
+        page = self._class_page(annotator, cls, field=field) if cls else None
+        return self._render(page, f"undid page {page_id}: {len(items)} labels taken back", field)
 
     # -- attention and neighbours ------------------------------------------------------------------
     def attention(self, state: dict | None, focus: str) -> tuple[Any, str]:
@@ -320,46 +358,61 @@ class GridTab:
             return None, ""
         try:
             path = self.app.prefetch.attribution(self.project, int(focus), int(state["version_id"]),
-                                                 target=state["cls"])
+                                                 target=state["cls"], field=state.get("field") or DEFAULT_FIELD)
         except Exception as exc:  # the page stays usable without the map
             log.exception("grid attribution failed")
             return None, f"attention map failed: {html.escape(str(exc))}"
         return str(path), f"#{int(focus)}: where the model looked for **{html.escape(state['cls'])}**"
 
-    def more_like(self, item_id: int | None, request: gr.Request) -> list[Any]:
-        """A page of the nearest unlabelled neighbours of ``item_id`` in the serving version's space."""
-        annotator = self.app.user(request)
-        if item_id is None:
-            return self._render(None, "no item to start from")
+    def _top_class(self, version_id: int, item_id: int, field: str) -> str | None:
+        """The serving version's top class of ``field`` for one item (None without a prediction)."""
         with db.session(self.project.engine) as s:
-            version = grid.serving_version(s)
-            cur = labels.current(s, [item_id]).get(item_id)
-            pred = versions.predictions(s, version.id, [item_id]).get(item_id) if version else None
+            pred = versions.predictions(s, version_id, [item_id]).get(item_id)
+        part = field_prediction(pred, field) if pred is not None else None
+        return part.pred if part is not None else None
+
+    def more_like(self, item_id: int | None, request: gr.Request, field: str | None = None) -> list[Any]:
+        """A page of the nearest neighbours of ``item_id`` unlabelled in ``field``, in the serving
+        version's space, proposed as the item's class of that field."""
+        annotator = self.app.user(request)
+        field = self._field(field)
+        if item_id is None:
+            return self._render(None, "no item to start from", field)
+        with db.session(self.project.engine) as s:
+            version = grid.serving_version(s, field)
+            cur = labels.current(s, [item_id], field=field).get(item_id)
         if version is None:
-            raise gr.Error("no model with this project's classes yet: run `active retrain` first")
+            raise gr.Error(html.escape(str(grid.no_head(field))))
         index = self.index.get(version.id)
         query = index.vector(item_id)
         if query is None:
-            return self._render(None, f"#{item_id} has no embedding in model v{version.id} yet")
-        cls = cur.label if cur is not None else (pred.pred if pred else None) or self.project.config.classes[0]
-        return self._neighbours_page(annotator, index, query, cls, seed=item_id)
+            return self._render(None, f"#{item_id} has no embedding in model v{version.id} yet", field)
+        cls = (cur.label if cur is not None else self._top_class(version.id, item_id, field)) \
+            or self.project.classes_of(field)[0]
+        return self._neighbours_page(annotator, index, query, cls, seed=item_id, field=field, version_id=version.id)
 
-    def _neighbours_page(self, annotator: str, index: similarity.SimilarityIndex, query: np.ndarray, cls: str, *,
-                         seed: int | None) -> list[Any]:
-        found = index.neighbours(query, 2 * grid.PAGE_SIZE, allow=grid.unlabelled_filter(self.project),
+    def _neighbours_page(self, annotator: str, index: similarity.SimilarityIndex, query: np.ndarray, cls: str | None,
+                         *, seed: int | None, field: str, version_id: int) -> list[Any]:
+        """A page of the items nearest to ``query`` unlabelled in ``field``, proposed as ``cls``
+        (None: the serving version's class of the field for the nearest of them)."""
+        found = index.neighbours(query, 2 * grid.PAGE_SIZE, allow=grid.unlabelled_filter(self.project, field),
                                  exclude=[] if seed is None else [seed])
-        page = grid.open_items_page(self.project, annotator, found, cls=cls, seed_item=seed)
-        return self._render(page, "")
+        if cls is None:
+            cls = (self._top_class(version_id, found[0][0], field) if found else None) \
+                or self.project.classes_of(field)[0]
+        page = grid.open_items_page(self.project, annotator, found, cls=cls, seed_item=seed, field=field)
+        return self._render(page, "", field)
 
-    def search_photo(self, path: str | None, request: gr.Request) -> list[Any]:
+    def search_photo(self, path: str | None, field: str | None, request: gr.Request) -> list[Any]:
         """A page of the unlabelled items nearest to an uploaded photo (embedded with the serving model)."""
         annotator = self.app.user(request)
+        field = self._field(field)
         if not path:
-            return self._render(None, "")
+            return self._render(None, "", field)
         with db.session(self.project.engine) as s:
-            version = grid.serving_version(s)
+            version = grid.serving_version(s, field)
         if version is None:
-            raise gr.Error("no model with this project's classes yet: run `active retrain` first")
+            raise gr.Error(html.escape(str(grid.no_head(field))))
         if self.app.services.embed_photo is None:
             raise gr.Error("search by photo is not available in this server")
         try:
@@ -367,15 +420,22 @@ class GridTab:
         except UserError as exc:
             raise gr.Error(html.escape(str(exc))) from None
         query = similarity.normalise(np.asarray(vec, dtype=np.float32)[None, :])[0]
-        out = self._neighbours_page(annotator, self.index.get(version.id), query, cls, seed=None)
-        out[3] = f"items nearest to your photo; the model calls it **{html.escape(cls)}**"
+        # The photo's class is the default field's head's; another field is proposed by its neighbours.
+        out = self._neighbours_page(annotator, self.index.get(version.id), query,
+                                    cls if field == DEFAULT_FIELD else None, seed=None, field=field,
+                                    version_id=version.id)
+        out[3] = (f"items nearest to your photo; the model calls it **{html.escape(cls)}**" if field == DEFAULT_FIELD
+                  else "items nearest to your photo")
         return out
 
     # -- layout -----------------------------------------------------------------------------------
     def build(self) -> dict[str, Any]:
         """The tab's components (call inside the `gr.Tab`); returns those the app wires to other tabs."""
         gstate = gr.State(None)
+        gfield = gr.State(DEFAULT_FIELD)
         with gr.Row():
+            fieldpick = gr.Dropdown(self.project.field_names, value=DEFAULT_FIELD, label="Field", elem_id="grid-field",
+                                    visible=len(self.project.field_names) > 1, scale=1)
             picker = gr.Dropdown([NEXT, *self.project.config.classes], value=None, label="Class to confirm",
                                  filterable=True, elem_id="grid-class", scale=3)
             nxt = gr.Button("Next class (n)", elem_id="grid-next", scale=1)
@@ -397,24 +457,25 @@ class GridTab:
         attn_btn = gr.Button("map", elem_id="grid-attn", visible="hidden")
         more = gr.Button("more like this", elem_id="grid-more", visible="hidden")
 
-        outs = [gstate, board, head, note, picker]
+        outs = [gstate, board, head, note, picker, fieldpick, gfield]
         fast = {"show_progress": "hidden"}
-        picker.input(self.open, [picker, gstate], outs, api_name="grid_open", **fast)
-        nxt.click(self.next_class, [gstate], outs, api_name="grid_next", **fast)
-        confirm.click(self.confirm, [gstate, payload], outs, api_name="grid_confirm",
-                      js="(s, p) => [s, window.activeGrid ? window.activeGrid.payload() : '{}']", **fast)
-        undo.click(self.undo, [gstate], outs, api_name="grid_undo", **fast)
+        fieldpick.input(self.pick_field, [fieldpick], outs, api_name="grid_field", **fast)
+        picker.input(self.open, [picker, gstate, gfield], outs, api_name="grid_open", **fast)
+        nxt.click(self.next_class, [gstate, gfield], outs, api_name="grid_next", **fast)
+        confirm.click(self.confirm, [gstate, payload, gfield], outs, api_name="grid_confirm",
+                      js="(s, p, f) => [s, window.activeGrid ? window.activeGrid.payload() : '{}', f]", **fast)
+        undo.click(self.undo, [gstate, gfield], outs, api_name="grid_undo", **fast)
         attn_btn.click(self.attention, [gstate, focus], [attn, attn_note], api_name=False, concurrency_limit=2,
                        concurrency_id="attribution", trigger_mode="always_last",
                        js="(s, f) => [s, window.activeGrid ? window.activeGrid.focused() : '']")
-        more.click(self._more_from_focus, [focus], outs, api_name="grid_more",
-                   js="(f) => [window.activeGrid ? window.activeGrid.focused() : '']", **fast)
-        photo.upload(self.search_photo, [photo], outs, api_name="grid_photo", concurrency_limit=1,
+        more.click(self._more_from_focus, [focus, gfield], outs, api_name="grid_more",
+                   js="(f, g) => [window.activeGrid ? window.activeGrid.focused() : '', g]", **fast)
+        photo.upload(self.search_photo, [photo, gfield], outs, api_name="grid_photo", concurrency_limit=1,
                      concurrency_id="embed", **fast)
         return {"outputs": outs, "state": gstate}
 
-    def _more_from_focus(self, focus: str, request: gr.Request) -> list[Any]:
-        return self.more_like(int(focus) if focus and focus.isdigit() else None, request)
+    def _more_from_focus(self, focus: str, field: str | None, request: gr.Request) -> list[Any]:
+        return self.more_like(int(focus) if focus and focus.isdigit() else None, request, field)
 
 
 def _class_of(choice: str | None) -> str | None:

@@ -175,9 +175,16 @@ def _add_job_table(conn: Any) -> None:  # noqa: ANN401
     SQLModel.metadata.create_all(conn, tables=[Job.__table__], checkfirst=True)
 
 
+def _v5_alias_fields(conn: Any) -> None:  # noqa: ANN401
+    # Class aliases per label field: every alias so far renamed a class of the default field (the
+    # only one `classes rename` took), and the server default says so.
+    if "field" not in {c["name"] for c in inspect(conn).get_columns("classalias")}:
+        conn.execute(text(f"ALTER TABLE classalias ADD COLUMN field VARCHAR(64) NOT NULL DEFAULT '{DEFAULT_FIELD}'"))
+
+
 # version -> the step that upgrades a database of that version to the next one, in place.
 MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions, 3: _v3_label_fields,
-                                                 4: _add_job_table}
+                                                 4: _add_job_table, 5: _v5_alias_fields}
 
 
 def migrate(engine: Engine) -> int | None:

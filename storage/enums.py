@@ -92,8 +92,9 @@ class RoundState(StrEnum):
 
 # Decisions with a class, per kind of row that may carry them.
 CLASS_DECISIONS = (Decision.ACCEPTED, Decision.CORRECTED)
-# Decisions that mean an annotator has dealt with an item (it is not served to them again).
+# Decisions that mean an annotator has dealt with a field of an item (they are not asked about
+# it again; `storage.meaning.open_fields`).
 SEEN_DECISIONS = (Decision.ACCEPTED, Decision.CORRECTED, Decision.UNSURE, Decision.SKIPPED)
-# Decisions that take an item out of the hand-out for the other annotators (a skip does not:
-# someone else may know the class).
+# Decisions that count towards a field's ``overlap`` in the hand-out (a skip does not: someone
+# else may know the class).
 DONE_DECISIONS = (Decision.ACCEPTED, Decision.CORRECTED, Decision.UNSURE)

@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import func
 from sqlmodel import Session, select
 
+from storage import meaning
 from storage.aliases import all_aliases
 from storage.db import in_chunks
 from storage.enums import CLASS_DECISIONS, Decision, Kind
@@ -36,7 +37,7 @@ from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 __all__ = [
     "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current",
     "current_by_field", "decisions_by_annotator",
-    "derive", "effective", "for_items", "has_seen", "human_ratings", "item_ids_since", "last_human", "latest_given",
+    "derive", "effective", "for_items", "has_seen", "open_fields", "open_fields_in", "human_ratings", "item_ids_since", "last_human", "latest_given",
     "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
 
@@ -103,8 +104,8 @@ def through_aliases(session: Session, rows: Sequence[Label], *, upto_alias_id: i
         return list(rows)
     out = []
     for r in rows:
-        label = resolve_class(r.label, aliases, label_id=r.id)
-        suggestion = resolve_class(r.suggestion, aliases, label_id=r.id)
+        label = resolve_class(r.label, aliases, label_id=r.id, field=r.field)
+        suggestion = resolve_class(r.suggestion, aliases, label_id=r.id, field=r.field)
         if (label, suggestion) == (r.label, r.suggestion):
             out.append(r)
         else:
@@ -143,6 +144,17 @@ def last_human(session: Session, annotator: str, *, kind: str = Kind.HUMAN) -> L
     ).all()
     kept = effective(list(reversed(rows)))
     return kept[-1] if kept else None
+
+
+def open_fields(session: Session, annotator: str, item_id: int, fields: Sequence[str], *, overlap: int) -> list[str]:
+    """The fields of ``item_id`` still open for ``annotator`` (`storage.meaning.open_fields`; the
+    leases on the item are not counted: they hold it themselves)."""
+    return open_fields_in(item_rows(session, item_id), annotator, fields, overlap=overlap)
+
+
+def open_fields_in(rows: Sequence[Label], annotator: str, fields: Sequence[str], *, overlap: int) -> list[str]:
+    """`open_fields` on an item's rows already read (`item_rows`)."""
+    return meaning.open_fields(rows, annotator, fields, overlap=overlap)
 
 
 def has_seen(session: Session, annotator: str, item_id: int, *, field: str | None = None) -> bool:
@@ -202,14 +214,18 @@ def labelled_by_split(session: Session, field: str = DEFAULT_FIELD) -> dict[str,
     return {split: int(n) for split, n in rows}
 
 
-def decisions_by_annotator(session: Session, annotator: str | None = None) -> dict[str, Counter]:
-    """annotator -> Counter(decision) of their effective human and review rows (undone
-    decisions and the undo rows themselves are not counted)."""
+def decisions_by_annotator(session: Session, annotator: str | None = None, *,
+                           field: str | None = None) -> dict[str, Counter]:
+    """annotator -> Counter(decision) of their effective human and review rows about ``field``
+    (every field when None: a decision per field of an item; undone decisions and the undo rows
+    themselves are not counted)."""
     lab, eff = _effective_rows()
     query = (select(lab.c.annotator, lab.c.decision, func.count()).select_from(lab)
              .where(lab.c.kind != Kind.IMPORTED.value, eff).group_by(lab.c.annotator, lab.c.decision))
     if annotator is not None:
         query = query.where(lab.c.annotator == annotator)
+    if field is not None:
+        query = query.where(lab.c.field == field)
     out: dict[str, Counter] = {}
     for name, decision, n in session.execute(query):
         out.setdefault(name, Counter())[decision] += int(n)
@@ -238,7 +254,7 @@ def human_ratings(session: Session, field: str = DEFAULT_FIELD) -> dict[int, dic
     aliases = all_aliases(session)
     out: dict[int, dict[str, str]] = {}
     for label_id, item_id, annotator, label in session.execute(query):
-        out.setdefault(item_id, {})[annotator] = resolve_class(label, aliases, label_id=label_id)
+        out.setdefault(item_id, {})[annotator] = resolve_class(label, aliases, label_id=label_id, field=field)
     return out
 
 
@@ -249,14 +265,14 @@ def item_ids_since(session: Session, since: datetime) -> set[int]:
 
 def uses_by_class(session: Session, field: str = DEFAULT_FIELD) -> dict[str, int]:
     """Label rows of ``field`` per class name read through the aliases (all kinds, undone ones included)."""
-    aliases = all_aliases(session)
+    aliases = all_aliases(session, field)
     named = (Label.label.is_not(None), Label.field == field)
     if not aliases:
         rows = session.exec(select(Label.label, func.count()).where(*named).group_by(Label.label))
         return {name: int(n) for name, n in rows}
     out: Counter = Counter()
     for label_id, name in session.exec(select(Label.id, Label.label).where(*named)):
-        out[resolve_class(name, aliases, label_id=label_id)] += 1
+        out[resolve_class(name, aliases, label_id=label_id, field=field)] += 1
     return dict(out)
 
 

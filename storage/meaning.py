@@ -10,17 +10,21 @@ says what "labelled" or "current" is.
 - person class label: a human class label or a review label; an item with one for a field is
   *labelled* in that field. An imported (given) label alone does not make an item labelled: it is
   what the tool checks. An item is *done* when it is labelled in every field of the project.
-- seen by an annotator: an effective human decision of theirs on the item (any of
-  ``SEEN_DECISIONS``, about any field); it is not served to them again (they decide its fields
-  one after the other while they hold its lease).
-- done for a round's hand-out: an effective human decision in ``DONE_DECISIONS`` (a skip
-  leaves the item to others); with ``overlap`` such annotators the item is no longer served.
-- round state of a queued item: labelled (in the default field), else unsure, else skipped (in
-  any field), else unreadable, else open.
+- seen by an annotator in a field: an effective human decision of theirs about that field (any
+  of ``SEEN_DECISIONS``); they are not asked about that field of the item again.
+- done in a field for the hand-out: an effective human decision in ``DONE_DECISIONS`` about it
+  (a skip leaves the field to others); a review label settles the field.
+- open for an annotator (the hand-out, `open_fields`): the fields of an item they have not seen,
+  that no reviewer settled, and that fewer than ``overlap`` annotators are done with (the leases
+  held on the item count against every field). An item is served while one of its fields is open
+  for the annotator, and they are asked about those fields only: an item left midway goes to
+  whoever asks next (its own annotator first), and an item is finished when every field is.
+- round state of a queued item: labelled (in every field of the project: done), else unsure,
+  else skipped (in any field), else unreadable, else open.
 - current label: the latest review label, else the majority of human class labels (a tie goes
   to the latest of the tied classes), else the latest imported label (``derive``).
-- class aliases: a renamed or merged class reads under its new name in the rows stored before
-  the rename (`resolve_class`); no row is rewritten.
+- class aliases: a renamed or merged class of a field reads under its new name in that field's
+  rows stored before the rename (`resolve_class`); no row is rewritten.
 - serving version: the newest model version whose predictions cover every readable pool item;
   until a version covers the pool the one before it serves (the newest of all when none does).
 """
@@ -55,9 +59,10 @@ from storage.tables import Item, Label, Prediction
 __all__ = [
     "CLASS_DECISIONS", "DEFAULT_FIELD", "DONE_DECISIONS", "SEEN_DECISIONS", "SOURCE_PRECEDENCE", "CurrentLabel",
     "Decision", "DisputeReason", "DisputeStatus", "Kind", "Role", "RoundState", "Source", "Split", "derive",
-    "effective", "in_field", "is_done", "is_human_class", "is_labelled", "is_person_class", "label_table",
-    "resolve_class", "round_state", "serving_id", "sql_covers_pool", "sql_done",
-    "sql_done_count", "sql_effective", "sql_human_class", "sql_labelled", "sql_person_class", "sql_reviewed",
+    "done_by", "effective", "in_field", "is_done", "is_human_class", "is_labelled", "is_person_class", "is_reviewed",
+    "label_table", "open_fields", "resolve_class", "round_state", "serving_id", "sql_covers_pool", "sql_done",
+    "sql_done_count", "sql_effective", "sql_human_class", "sql_labelled", "sql_open_for", "sql_person_class",
+    "sql_reviewed",
     "sql_round_state", "sql_seen_by", "seen_by",
 ]
 
@@ -155,18 +160,24 @@ def sql_done(item_id: Any, fields: Sequence[str]) -> ColumnElement[bool]:  # noq
     return and_(true(), *[sql_labelled(item_id, f) for f in fields])
 
 
-def sql_reviewed(item_id: Any) -> ColumnElement[bool]:  # noqa: ANN401
-    """A reviewer has settled the item (review rows are never undone)."""
+def is_reviewed(rows: Sequence[Label], field: str | None = None) -> bool:
+    """Whether a reviewer has settled the item in ``field`` (in any field when None; review rows
+    are never undone)."""
+    return any(r.kind == Kind.REVIEW for r in in_field(rows, field))
+
+
+def sql_reviewed(item_id: Any, field: str | None = None) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of `is_reviewed`."""
     lab = label_table("reviewed")
-    return exists(select(literal(1)).where(lab.c.item_id == item_id, lab.c.kind == Kind.REVIEW.value))
+    return exists(select(literal(1)).where(lab.c.item_id == item_id, lab.c.kind == Kind.REVIEW.value,
+                                           _sql_in_field(lab, field)))
 
 
 # ---------------------------------------------------------------- the hand-out
 
 def seen_by(rows: Sequence[Label], annotator: str, field: str | None = None) -> bool:
-    """Whether ``annotator`` has dealt with the item of these rows (it is not served to them
-    again), in ``field`` when given. The hand-out (`sql_seen_by`) asks about any field: an item
-    is served once per annotator, who then decides its fields one after the other."""
+    """Whether ``annotator`` has dealt with ``field`` of the item of these rows (any field when
+    None): the hand-out does not ask them about that field again (`open_fields`)."""
     return any(r.annotator == annotator and r.kind == Kind.HUMAN and r.decision in SEEN_DECISIONS
                for r in in_field(effective(rows), field))
 
@@ -174,32 +185,55 @@ def seen_by(rows: Sequence[Label], annotator: str, field: str | None = None) -> 
 def sql_seen_by(item_id: Any, annotator: str, field: str | None = None) -> ColumnElement[bool]:  # noqa: ANN401
     """SQL twin of `seen_by`."""
     lab = label_table("seen")
-    also = () if field is None else (lab.c.field == field,)  # the hand-out's own query stays as it was
     return exists(select(literal(1)).where(
         lab.c.item_id == item_id, lab.c.annotator == annotator, lab.c.kind == Kind.HUMAN.value,
-        lab.c.decision.in_([d.value for d in SEEN_DECISIONS]), *also, sql_effective(lab)))
+        lab.c.decision.in_([d.value for d in SEEN_DECISIONS]), _sql_in_field(lab, field), sql_effective(lab)))
 
 
-def done_by(rows: Sequence[Label]) -> set[str]:
-    """The annotators whose decision takes the item of these rows out of the hand-out."""
-    return {r.annotator for r in effective(rows) if r.kind == Kind.HUMAN and r.decision in DONE_DECISIONS}
+def done_by(rows: Sequence[Label], field: str | None = None) -> set[str]:
+    """The annotators who are done with ``field`` of the item of these rows (any field when None)."""
+    return {r.annotator for r in in_field(effective(rows), field)
+            if r.kind == Kind.HUMAN and r.decision in DONE_DECISIONS}
 
 
-def sql_done_count(item_id: Any) -> Any:  # noqa: ANN401 - a scalar subquery
-    """SQL twin of ``len(done_by(rows))``."""
+def sql_done_count(item_id: Any, field: str | None = None) -> Any:  # noqa: ANN401 - a scalar subquery
+    """SQL twin of ``len(done_by(rows, field))``."""
     lab = label_table("done")
     return (select(func.count(func.distinct(lab.c.annotator)))
             .where(lab.c.item_id == item_id, lab.c.kind == Kind.HUMAN.value,
-                   lab.c.decision.in_([d.value for d in DONE_DECISIONS]), sql_effective(lab))
+                   lab.c.decision.in_([d.value for d in DONE_DECISIONS]), _sql_in_field(lab, field), sql_effective(lab))
             .scalar_subquery())
+
+
+def open_fields(rows: Sequence[Label], annotator: str, fields: Sequence[str], *, overlap: int,
+                leases: int = 0) -> list[str]:
+    """The fields (of ``fields``, the project's, in order) of the item of these rows that the
+    hand-out still asks ``annotator`` about: not seen by them, not settled by a reviewer, and done
+    by fewer than ``overlap`` annotators, counting the ``leases`` held on the item against every
+    field (the hand-out counts them all; an annotator choosing the next field of the item they
+    hold passes 0). The item is served to them while this is not empty."""
+    return [f for f in fields if not seen_by(rows, annotator, f) and not is_reviewed(rows, f)
+            and len(done_by(rows, f)) + leases < overlap]
+
+
+def sql_open_for(item_id: Any, annotator: Any, fields: Sequence[str], *, overlap: Any,  # noqa: ANN401
+                 leases: Any = 0) -> ColumnElement[bool]:  # noqa: ANN401
+    """SQL twin of ``bool(open_fields(...))``; ``annotator``, ``overlap`` and ``leases`` may be
+    values, bound parameters or (scalar) column expressions."""
+    if not fields:
+        raise ValueError("a project has at least one label field")
+    return or_(*[and_(~sql_seen_by(item_id, annotator, f), ~sql_reviewed(item_id, f),
+                      sql_done_count(item_id, f) + leases < overlap) for f in fields])
 
 
 # ---------------------------------------------------------------- round progress
 
-def round_state(rows: Sequence[Label], *, unreadable: bool = False) -> RoundState:
-    """What became of a queued item: labelled, else unsure, else skipped, else unreadable, else open."""
+def round_state(rows: Sequence[Label], fields: Sequence[str] = (DEFAULT_FIELD,), *,
+                unreadable: bool = False) -> RoundState:
+    """What became of a queued item: labelled (in every one of ``fields``, the project's: `is_done`),
+    else unsure, else skipped (in any field), else unreadable, else open."""
     eff = effective(rows)
-    if any(is_person_class(r) for r in in_field(eff)):
+    if is_done(eff, fields):
         return RoundState.LABELLED
     human = {r.decision for r in eff if r.kind == Kind.HUMAN}
     if Decision.UNSURE in human:
@@ -215,9 +249,10 @@ def _sql_human_decision(item_id: Any, decision: Decision) -> ColumnElement[bool]
                                            lab.c.decision == decision.value, sql_effective(lab)))
 
 
-def sql_round_state(item_id: Any, item_error: Any) -> dict[RoundState, ColumnElement[bool]]:  # noqa: ANN401
+def sql_round_state(item_id: Any, item_error: Any,  # noqa: ANN401
+                    fields: Sequence[str] = (DEFAULT_FIELD,)) -> dict[RoundState, ColumnElement[bool]]:
     """SQL twin of `round_state`: one mutually exclusive condition per state but OPEN."""
-    labelled = sql_labelled(item_id)
+    labelled = sql_done(item_id, fields)
     unsure = _sql_human_decision(item_id, Decision.UNSURE)
     skipped = _sql_human_decision(item_id, Decision.SKIPPED)
     return {
@@ -290,6 +325,7 @@ def contradicts_import(cur: CurrentLabel | None) -> bool | None:
 # ---------------------------------------------------------------- class aliases
 
 class AliasLike(Protocol):
+    field: str
     old: str
     new: str
     label_upto: int
@@ -297,13 +333,16 @@ class AliasLike(Protocol):
 
 
 def resolve_class(name: str | None, aliases: Sequence[AliasLike], *, label_id: int | None = None,
-                  version_id: int | None = None) -> str | None:
-    """The name today of a class stored as ``name`` in label row ``label_id`` (or in model version
-    ``version_id``): the aliases recorded after that row apply in order (a rename of a rename
-    follows the chain; a class added again later under an old name is not touched)."""
+                  version_id: int | None = None, field: str = DEFAULT_FIELD) -> str | None:
+    """The name today of a class of ``field`` stored as ``name`` in label row ``label_id`` (or in
+    model version ``version_id``): that field's aliases recorded after that row apply in order (a
+    rename of a rename follows the chain; a class added again later under an old name is not
+    touched; a class of the same name in another field is another class)."""
     if name is None:
         return None
     for a in aliases:
+        if a.field != field:
+            continue
         applies = (label_id is not None and label_id <= a.label_upto) or (
             version_id is not None and version_id <= a.version_upto)
         if applies and name == a.old:

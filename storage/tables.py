@@ -17,7 +17,7 @@ from storage.fields import DEFAULT_FIELD
 
 # Bump when a table changes, with a step in `storage.db.MIGRATIONS` that upgrades the previous
 # version in place; `storage.db.open_engine` refuses versions it cannot upgrade.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 APP_ID = "active-labeler"
 
 # The columns below hold these enums' values as plain strings (see storage.enums).
@@ -161,11 +161,13 @@ class Dispute(SQLModel, table=True):
 
 
 class ClassAlias(SQLModel, table=True):
-    """A class renamed or merged: ``old`` reads as ``new`` in the label rows up to ``label_upto``
-    and the model versions up to ``version_upto`` (added in schema 2). Rows are never rewritten:
-    the alias is applied when they are read (`storage.meaning.resolve_class`)."""
+    """A class of label field ``field`` renamed or merged: ``old`` reads as ``new`` in that field's
+    label rows up to ``label_upto`` and its classes in the model versions up to ``version_upto``
+    (added in schema 2; per field since schema 6, older aliases are the default field's). Rows are
+    never rewritten: the alias is applied when they are read (`storage.meaning.resolve_class`)."""
 
     id: int | None = Field(default=None, primary_key=True)
+    field: str = field_column()
     old: str = Field(max_length=256)
     new: str = Field(max_length=256)
     label_upto: int = 0

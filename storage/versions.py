@@ -18,22 +18,34 @@ from storage.tables import Item, ModelVersion, Prediction
 
 
 def _named(session: Session, rows: list) -> list:
-    """Versions (``classes``) or predictions (``pred``) with class names read through the aliases.
-    A row a rename applies to is detached from the session first, so it is never written back."""
+    """Versions (the classes of every field's head) or predictions (every field's ``pred``) with
+    class names read through each field's aliases (`storage.meaning.resolve_class`). A row an
+    alias applies to is detached from the session first, so it is never written back."""
     aliases = all_aliases(session)
     if not aliases:
         return rows
     for row in rows:
         if isinstance(row, ModelVersion):
             names = [resolve_class(c, aliases, version_id=row.id) for c in row.classes]
-            if names != row.classes:
+            heads = (row.artifacts or {}).get("fields") or {}
+            other = {f: {**head, "classes": [resolve_class(c, aliases, version_id=row.id, field=f)
+                                             for c in head.get("classes") or []]}
+                     for f, head in heads.items() if isinstance(head, dict)}
+            if names != row.classes or any(other[f] != heads[f] for f in other):
                 session.expunge(row)
                 row.classes = names
+                if other:
+                    row.artifacts = {**row.artifacts, "fields": {**heads, **other}}
         else:
             name = resolve_class(row.pred, aliases, version_id=row.model_version_id)
-            if name != row.pred:
+            preds = {f: {**got, "pred": resolve_class(got.get("pred"), aliases, version_id=row.model_version_id,
+                                                      field=f)}
+                     for f, got in (row.fields or {}).items() if isinstance(got, dict)}
+            if name != row.pred or any(preds[f] != row.fields[f] for f in preds):
                 session.expunge(row)
                 row.pred = name
+                if preds:
+                    row.fields = {**row.fields, **preds}
     return rows
 
 

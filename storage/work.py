@@ -2,7 +2,9 @@
 
 `lease_next` hands out one item with a single INSERT ... SELECT inside a write transaction
 (SQLite: BEGIN IMMEDIATE, which takes the write lock first), so two annotators never get the
-same item unless the project asks for overlap. On PostgreSQL a transaction-scoped advisory lock
+same item unless the project asks for overlap. What is still to hand out is per label field
+(`storage.meaning.open_fields`): an item is served while one of the project's fields is open for
+the annotator, so an item left midway by one annotator goes to the next who asks. On PostgreSQL a transaction-scoped advisory lock
 serialises the hand-out in the same way (READ COMMITTED alone would let two INSERT ... SELECTs
 pick the same row).
 """
@@ -11,13 +13,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Integer,
     String,
-    and_,
     bindparam,
     case,
     delete,
@@ -30,7 +32,8 @@ from sqlalchemy import (
 from sqlmodel import Session
 
 from storage.enums import RoundState
-from storage.meaning import sql_done_count, sql_reviewed, sql_round_state, sql_seen_by
+from storage.fields import DEFAULT_FIELD
+from storage.meaning import sql_labelled, sql_open_for, sql_round_state, sql_seen_by
 from storage.tables import Item, Lease, QueueEntry, Round, utcnow
 
 DEFAULT_LEASE_TTL = timedelta(minutes=10)
@@ -44,13 +47,15 @@ PAGE_STRATEGY = "page"
 @dataclass(frozen=True)
 class RoundProgress:
     """What became of a round's queued items (`storage.meaning.round_state`): each item counts
-    once, in ``labelled``, ``unsure``, ``skipped``, ``unreadable`` or neither (still open)."""
+    once, in ``labelled`` (in every field of the project), ``unsure``, ``skipped``, ``unreadable``
+    or neither (still open). ``by_field``: with several fields, the items labelled in each."""
 
     labelled: int
     skipped: int
     unsure: int
     unreadable: int
     total: int
+    by_field: dict[str, int] = field(default_factory=dict)
 
     @property
     def handled(self) -> int:
@@ -58,9 +63,12 @@ class RoundProgress:
         skip would keep its round open forever)."""
         return self.labelled + self.skipped + self.unsure + self.unreadable
 
-    def to_dict(self) -> dict[str, int]:
-        return {"labelled": self.labelled, "skipped": self.skipped, "unsure": self.unsure,
-                "unreadable": self.unreadable, "total": self.total}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"labelled": self.labelled, "skipped": self.skipped, "unsure": self.unsure,
+                               "unreadable": self.unreadable, "total": self.total}
+        if self.by_field:
+            out["by_field"] = dict(self.by_field)
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,7 @@ def lease_next(
     session: Session,
     annotator: str,
     *,
+    fields: Sequence[str] = (DEFAULT_FIELD,),
     ttl: timedelta = DEFAULT_LEASE_TTL,
     overlap: int = 1,
     now: datetime | None = None,
@@ -145,8 +154,10 @@ def lease_next(
     """Lease the next queued item for ``annotator`` and return it, or None when nothing is left.
 
     An annotator keeps their own unexpired lease (a reload shows the same item). An item is
-    served while fewer than ``overlap`` annotators have labelled or leased it, and never to an
-    annotator who already labelled or skipped it.
+    served while one of ``fields`` (the project's label fields) is open for the annotator
+    (`storage.meaning.open_fields`: not decided by them, not settled by review, and fewer than
+    ``overlap`` annotators done with it or holding the item). With several fields, an item the
+    annotator left midway comes first.
     """
     if overlap < 1:
         raise ValueError("overlap must be at least 1")
@@ -158,47 +169,46 @@ def lease_next(
     if own is not None:
         session.execute(_renew_own_lease(), params)
         return _queued(session, own.item_id, own.round_id)
-    session.execute(_lease_first_candidate(), params)
+    session.execute(_lease_first_candidate(tuple(fields)), params)
     got = session.execute(_own_lease(), params).first()
     return None if got is None else _queued(session, got.item_id, got.round_id)
 
 
-# The hand-out's statements are built once, with bound parameters (:who, :overlap,
-# :expires, :n), and reused: building and cache-keying these nested selects anew cost several
-# times the SQL itself on every label.
+# The hand-out's statements are built once per tuple of fields, with bound parameters (:who,
+# :overlap, :expires, :n), and reused: building and cache-keying these nested selects anew cost
+# several times the SQL itself on every label.
 _ANNOTATOR = bindparam("who", type_=String)  # not "annotator": a column of lease
 _EXPIRES = bindparam("expires", type_=Lease.__table__.c.expires_at.type)
 
 
 @functools.cache
-def _candidates():  # noqa: ANN202
-    """SELECT item_id, round_id of the items annotator :who may be served next, best first, while
-    fewer than :overlap annotators have labelled or leased them."""
+def _candidates(fields: tuple[str, ...] = (DEFAULT_FIELD,)):  # noqa: ANN202
+    """SELECT item_id, round_id of the items annotator :who may be served next, best first: those
+    with a field open for them (`storage.meaning.sql_open_for`, :overlap)."""
     q = QueueEntry.__table__.alias("q")
     r = Round.__table__.alias("r")
     lease = Lease.__table__.alias("l")
-    seen_by_me = sql_seen_by(q.c.item_id, _ANNOTATOR)
-    reviewed = sql_reviewed(q.c.item_id)
-    done_count = sql_done_count(q.c.item_id)
     lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
     item = Item.__table__.alias("i")
+    order = [r.c.id, q.c.priority]
+    if len(fields) > 1:  # an item this annotator left midway first (its other fields are open for them)
+        order.insert(0, case((sql_seen_by(q.c.item_id, _ANNOTATOR), 0), else_=1))
     return (
         select(q.c.item_id, q.c.round_id)
         .select_from(q.join(r, r.c.id == q.c.round_id).join(item, item.c.id == q.c.item_id))
         .where(
             r.c.closed_at.is_(None),
             item.c.error.is_(None),  # unreadable files are never served
-            ~seen_by_me,
-            ~reviewed,
-            done_count + lease_count < bindparam("overlap", type_=Integer),
+            sql_open_for(q.c.item_id, _ANNOTATOR, fields, overlap=bindparam("overlap", type_=Integer),
+                         leases=lease_count),
         )
-        .order_by(r.c.id, q.c.priority)
+        .order_by(*order)
     )
 
 
 @functools.cache
-def _lease_first_candidate():  # noqa: ANN202
-    base = _candidates()
+def _lease_first_candidate(fields: tuple[str, ...]):  # noqa: ANN202
+    base = _candidates(fields)
     item_col, round_col = base.selected_columns
     candidate = base.with_only_columns(item_col, _ANNOTATOR, round_col, _EXPIRES).limit(1)
     # The Table, not the class: with parameters, an ORM insert would mean "these rows, in bulk".
@@ -217,22 +227,24 @@ def _renew_own_lease():  # noqa: ANN202
 
 
 @functools.cache
-def _peek():  # noqa: ANN202
-    return _candidates().limit(bindparam("n", type_=Integer))
+def _peek(fields: tuple[str, ...]):  # noqa: ANN202
+    return _candidates(fields).limit(bindparam("n", type_=Integer))
 
 
-def peek_next(session: Session, annotator: str, *, n: int = 1, overlap: int = 1) -> list[int]:
+def peek_next(session: Session, annotator: str, *, n: int = 1, overlap: int = 1,
+              fields: Sequence[str] = (DEFAULT_FIELD,)) -> list[int]:
     """The items ``annotator`` would be leased next (read-only; nothing is leased).
 
     Items leased by anyone (including the annotator's own current lease) are not counted, so
     with overlap 1 this is what comes after the current item. Used to prefetch.
     """
-    rows = session.execute(_peek(), {"who": annotator, "overlap": overlap, "n": n}).all()
+    rows = session.execute(_peek(tuple(fields)), {"who": annotator, "overlap": overlap, "n": n}).all()
     return [int(r.item_id) for r in rows]
 
 
 def lease_item(session: Session, annotator: str, item_id: int, *, ttl: timedelta = DEFAULT_LEASE_TTL,
-               overlap: int = 1, now: datetime | None = None) -> Queued | None:
+               overlap: int = 1, fields: Sequence[str] = (DEFAULT_FIELD,),
+               now: datetime | None = None) -> Queued | None:
     """Give ``annotator`` a lease on one given item (undo re-serves the undone item this way),
     dropping their other leases, if the item is still theirs to take under `lease_next`'s rules.
 
@@ -242,7 +254,7 @@ def lease_item(session: Session, annotator: str, item_id: int, *, ttl: timedelta
     now = now or utcnow()
     begin_handout(session, now)
     release(session, annotator)
-    cand = _candidates().subquery()
+    cand = _candidates(tuple(fields)).subquery()
     row = session.execute(select(cand.c.item_id, cand.c.round_id).where(cand.c.item_id == item_id).limit(1),
                           {"who": annotator, "overlap": overlap}).first()
     if row is None:
@@ -250,38 +262,6 @@ def lease_item(session: Session, annotator: str, item_id: int, *, ttl: timedelta
     session.add(Lease(item_id=item_id, annotator=annotator, round_id=row.round_id, expires_at=now + ttl))
     session.flush()
     return _queued(session, item_id, row.round_id)
-
-
-def lease_again(session: Session, annotator: str, item_id: int, *, ttl: timedelta = DEFAULT_LEASE_TTL,
-                now: datetime | None = None) -> Queued | None:
-    """Give ``annotator`` back a lease on an item they are midway through whatever `lease_next`'s
-    rules say (several label fields: they decided some fields of it and undid another, so the item
-    counts as seen by them), dropping their other leases. None when no open round queues it."""
-    now = now or utcnow()
-    round_id = session.execute(
-        select(QueueEntry.round_id).join(Round, Round.id == QueueEntry.round_id)
-        .where(QueueEntry.item_id == item_id, Round.closed_at.is_(None)).order_by(QueueEntry.round_id.desc()).limit(1)
-    ).scalar()
-    if round_id is None:
-        return None
-    release(session, annotator)
-    session.add(Lease(item_id=item_id, annotator=annotator, round_id=round_id, expires_at=now + ttl))
-    session.flush()
-    return _queued(session, item_id, round_id)
-
-
-def unfinished(session: Session, annotator: str, fields: Sequence[str]) -> int | None:
-    """An item queued in an open round that ``annotator`` decided some but not all ``fields`` of
-    (several label fields: they left it midway, and the hand-out counts it as seen by them), the
-    earliest queued first; None when there is none."""
-    q = QueueEntry.__table__.alias("uq")
-    r = Round.__table__.alias("ur")
-    every = and_(*[sql_seen_by(q.c.item_id, annotator, f) for f in fields])
-    return session.execute(
-        select(q.c.item_id).select_from(q.join(r, r.c.id == q.c.round_id))
-        .where(r.c.closed_at.is_(None), sql_seen_by(q.c.item_id, annotator), ~every)
-        .order_by(q.c.round_id, q.c.priority).limit(1)
-    ).scalar()
 
 
 def _queued(session: Session, item_id: int, round_id: int | None) -> Queued:
@@ -334,19 +314,23 @@ def active_leases(session: Session, *, now: datetime | None = None) -> list[Leas
     return list(session.scalars(select(Lease).where(Lease.expires_at >= now)))
 
 
-def round_progress(session: Session, round_id: int) -> RoundProgress:
-    """How far a round is: its queued items by `storage.meaning.round_state`."""
+def round_progress(session: Session, round_id: int, fields: Sequence[str] = (DEFAULT_FIELD,)) -> RoundProgress:
+    """How far a round is: its queued items by `storage.meaning.round_state` over ``fields`` (the
+    project's label fields), and with several fields the items labelled in each."""
     q = QueueEntry.__table__.alias("q")
     item = Item.__table__.alias("i")
-    states = sql_round_state(q.c.item_id, item.c.error)
+    states = sql_round_state(q.c.item_id, item.c.error, fields)
+    per_field = list(fields) if len(fields) > 1 else []
     counts = [func.count(case((cond, 1))) for cond in states.values()]
+    counts += [func.count(case((sql_labelled(q.c.item_id, f), 1))) for f in per_field]
     row = session.execute(
         select(func.count(), *counts).select_from(q.join(item, item.c.id == q.c.item_id)).where(q.c.round_id == round_id)
     ).one()
-    got = dict(zip(states, row[1:], strict=True))
+    got = dict(zip(states, row[1:1 + len(states)], strict=True))
+    by_field = {f: int(n or 0) for f, n in zip(per_field, row[1 + len(states):], strict=True)}
     return RoundProgress(labelled=int(got[RoundState.LABELLED] or 0), skipped=int(got[RoundState.SKIPPED] or 0),
                          unsure=int(got[RoundState.UNSURE] or 0), unreadable=int(got[RoundState.UNREADABLE] or 0),
-                         total=int(row[0]))
+                         total=int(row[0]), by_field=by_field)
 
 
 def queued_in_open_rounds(session: Session) -> set[int]:

@@ -22,9 +22,12 @@ def collect(project) -> dict:  # noqa: ANN001
     effective decisions are counted (an undone one is not); per open round, its items by state;
     ``current_version`` is the serving version; ``on_page``: per annotator, their effective
     human labels given on a page of the Grid tab (a part of their accepted + corrected).
-    ``fields``: per label field, its items labelled and per class by source, its open disputes and
-    the serving version's holdout figures for it; ``done``: items labelled in every field. The
-    figures above ``fields`` are the default field's."""
+    ``fields``: per label field, its items labelled (in all and per split) and per class by source,
+    its annotators' decisions about it (and their labels on a page), its open disputes and the
+    serving version's holdout figures for it; ``done``: items labelled in every field. Per open
+    round, ``labelled`` counts the items labelled in every field (with several fields,
+    ``by_field`` those labelled in each). The split and class figures above ``fields`` are the
+    default field's; ``annotators`` and ``on_page`` count the decisions about every field."""
     from active.retrain import holdout_hash
     from storage import db, items, labels, pages, versions, work
     from storage import disputes as store_disputes
@@ -42,21 +45,25 @@ def collect(project) -> dict:  # noqa: ANN001
         serving = versions.serving(s)
         disputes = store_disputes.count_open(s)
         field_disputes = store_disputes.count_open_by_field(s)
+        several = len(project.field_names) > 1
         fields = {f: {"labelled": labels.count_labelled(s, f),
-                      "current": current if f == project.field_names[0] else labels.current(s, field=f)}
+                      "current": current if f == project.field_names[0] else labels.current(s, field=f),
+                      "by_split": labels.labelled_by_split(s, f) if several else labelled,
+                      "annotators": labels.decisions_by_annotator(s, field=f) if several else annotators,
+                      "on_page": pages.page_label_counts(s, f) if several else on_page}
                   for f in project.field_names}
         done = labels.count_done(s, project.field_names)
-        rounds = [{"id": r.id, "strategy": r.strategy, **work.round_progress(s, r.id).to_dict()}
-                  for r in work.open_rounds(s)]
+        rounds = [{"id": r.id, "strategy": r.strategy,
+                   **work.round_progress(s, r.id, project.field_names).to_dict()} for r in work.open_rounds(s)]
     holdout = holdout_hash(project)
 
     per_split = {}
     for split in Split:
         total = splits.get(split, 0)
         given_only = sum(1 for i, c in current.items() if split_of.get(i) == split and c.source == Source.IMPORTED)
-        done = labelled.get(split, 0)
-        per_split[split] = {"items": total, "labelled": done, "given_only": given_only,
-                            "unlabelled": total - done - given_only}
+        n_labelled = labelled.get(split, 0)  # not `done`: that is the items labelled in every field
+        per_split[split] = {"items": total, "labelled": n_labelled, "given_only": given_only,
+                            "unlabelled": total - n_labelled - given_only}
     by_class: dict[str, Counter] = {c: Counter() for c in project.config.classes}
     for cur in current.values():
         by_class.setdefault(cur.label, Counter())[cur.source] += 1
@@ -67,6 +74,8 @@ def collect(project) -> dict:  # noqa: ANN001
             counts.setdefault(cur.label, Counter())[cur.source] += 1
         holdout_m = field_metrics(serving.metrics if serving else None, f).get("holdout") or {}
         per_field[f] = {"labelled": got["labelled"], "open_disputes": field_disputes.get(f, {}),
+                        "labelled_by_split": {split: got["by_split"].get(split, 0) for split in Split},
+                        "annotators": {a: dict(c) for a, c in got["annotators"].items()}, "on_page": got["on_page"],
                         "classes": {c: dict(cnt) | {"total": sum(cnt.values())} for c, cnt in counts.items()},
                         "holdout": {k: holdout_m.get(k) for k in ("n", "accuracy", "macro_f1", "ece")}
                         if holdout_m else None}
@@ -122,6 +131,23 @@ def annotator_rows(st: dict) -> list[list]:
 ANNOTATOR_HEADERS = ["annotator", "decisions", "accepted", "corrected", "unsure", "skipped", "resolved", "on a page"]
 
 
+def _several(st: dict) -> dict:
+    """The per-field figures when the project has several label fields, else {}."""
+    fields = st.get("fields") or {}
+    return fields if len(fields) > 1 else {}
+
+
+def annotator_table(st: dict) -> tuple[list[list], list[str]]:
+    """(rows, headers) of decisions per annotator: `annotator_rows`, or with several label fields
+    one row per annotator and field (a decision is about one field of an item)."""
+    fields = _several(st)
+    if not fields:
+        return annotator_rows(st), ANNOTATOR_HEADERS
+    rows = [[row[0], f, *row[1:]] for f, v in fields.items()
+            for row in annotator_rows({"annotators": v["annotators"], "on_page": v["on_page"]})]
+    return sorted(rows, key=lambda r: r[0]), [ANNOTATOR_HEADERS[0], "field", *ANNOTATOR_HEADERS[1:]]
+
+
 def class_rows(st: dict) -> list[list]:
     """One row per class: items whose current label it is, by source (shared with the dashboard)."""
     return [[c, v["total"], v.get("review", 0), v.get("consensus", 0) + v.get("single", 0), v.get("imported", 0)]
@@ -133,9 +159,21 @@ def class_rows(st: dict) -> list[list]:
 CLASS_HEADERS = ["class", "items (current label)", "review", "human", "imported"]
 
 
+def class_table(st: dict) -> tuple[list[list], list[str]]:
+    """(rows, headers) of items per class: `class_rows` of the default field, or with several
+    label fields one row per field and class."""
+    fields = _several(st)
+    if not fields:
+        return class_rows(st), CLASS_HEADERS
+    return [[f, *row] for f, v in fields.items() for row in class_rows(v)], ["field", *CLASS_HEADERS]
+
+
 def round_line(r: dict) -> str:
-    """"open round 3 (margin): 25 / 100 labelled, 2 skipped, 1 unsure" (also the Label tab's wording)."""
-    return (f"open round {r['id']} ({r['strategy']}): {r['labelled']} / {r['total']} labelled, "
+    """"open round 3 (margin): 25 / 100 labelled, 2 skipped, 1 unsure" (also the Label tab's
+    wording); with several fields "labelled" is in every field, then per field."""
+    per_field = r.get("by_field") or {}
+    each = f" ({', '.join(f'{f} {n}' for f, n in per_field.items())})" if per_field else ""
+    return (f"open round {r['id']} ({r['strategy']}): {r['labelled']} / {r['total']} labelled{each}, "
             f"{r['skipped']} skipped, {r['unsure']} unsure")
 
 
@@ -145,9 +183,9 @@ def render(st: dict) -> str:
                      ["split", "items", "labelled", "given label only", "unlabelled"]))
     if st["unreadable"]:
         out.append(f"unreadable items (skipped by scoring): {st['unreadable']}")
-    out += ["", table(class_rows(st), CLASS_HEADERS)]
+    out += ["", table(*class_table(st))]
     if st["annotators"]:
-        out += ["", table(annotator_rows(st), ANNOTATOR_HEADERS)]
+        out += ["", table(*annotator_table(st))]
     if st["model_versions"]:
         rows = []
         for v in st["model_versions"]:

@@ -39,10 +39,14 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ANN001
 
 
 def _stop_with(parent: int, stop: threading.Event) -> None:
-    """Set ``stop`` once ``parent`` has gone (this worker was started by `active serve`)."""
+    """Stop once ``parent`` has gone (this worker was started by `active serve`): as SIGTERM
+    does, so the job in hand is queued again now rather than run to its end for nobody (a head
+    refresh of a large project runs for minutes, and held the cores after its labeller had
+    stopped)."""
     while not stop.wait(PARENT_CHECK_S):
         if os.getppid() != parent:
             stop.set()
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run(args: argparse.Namespace) -> Result:

@@ -375,3 +375,48 @@ def test_sigkill_of_a_worker_during_a_fine_tune_fails_it_with_the_reason(tmp_pat
     check_scored(project, new, moment)
     check_clean(project, moment)
     assert label_rows(project) == before
+
+
+PARENT = r"""
+import os, subprocess, sys, time
+marks, argv = sys.argv[1], sys.argv[2:]
+worker = subprocess.Popen([sys.executable, "-c", os.environ["RUNNER"], *argv, "--parent", str(os.getpid())],
+                          stdout=subprocess.DEVNULL, stderr=open(marks + ".stderr", "wb"))
+print(worker.pid, flush=True)
+while not os.path.exists(marks):  # the worker is inside its job
+    time.sleep(0.05)
+os._exit(0)  # the labeller that started it goes away without stopping it (killed, or a crash)
+"""
+
+
+def test_a_worker_whose_labeller_went_away_stops_mid_job_and_queues_it_again(tmp_path: Path, make_image,  # noqa: ANN001
+                                                                            cli) -> None:  # noqa: ANN001
+    """`active serve` starts its worker with --parent: when that process is gone, the job in hand
+    is queued again at once (as SIGTERM does), not run to its end on cores nobody needs now."""
+    from active import jobs
+    from active.commands.worker import PARENT_CHECK_S
+
+    project = make_tiny_project(tmp_path, make_image, per_class=3)
+    retrain(project, mode="head", num_workers=0)
+    add_pool(project, tmp_path, cli, 20)
+    job, _ = jobs.enqueue(project, "score", {"num_workers": 0, "batch_size": 4})
+    marks = tmp_path / "marks"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RUNNER": RUNNER, "CRASH_MARKS": str(marks),
+           "CRASH_PAUSE": "60", "CRASH_CHECKPOINTS": PREDICTIONS, "CRASH_CHUNK": str(CHUNK)}
+    parent = subprocess.run([sys.executable, "-c", PARENT, str(marks), "--project", str(project.root), "worker",
+                             "--name", "orphan"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=START_TIMEOUT_S)
+    worker = int(parent.stdout.split()[0])
+    # Paused 60 s inside the job's first transaction; it must be gone long before that.
+    deadline = time.monotonic() + 5 * PARENT_CHECK_S + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker ran on after its labeller went away")
+    row = _job_row(project, job.id)
+    assert row.state == "queued" and row.worker is None, (row.state, row.worker, row.reason)

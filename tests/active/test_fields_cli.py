@@ -48,11 +48,49 @@ def test_classes_per_field(project_dir: Path, capsys: pytest.CaptureFixture) -> 
     (["fields", "add", "category", "--classes", "a"], "exists already"),
     (["fields", "add", "Colour"], "field name"),
     (["classes", "--field", "season", "list"], "no label field 'season'"),
-    (["classes", "--field", "colour", "rename", "black", "noir"], "default field"),
+    (["classes", "--field", "colour", "rename", "blue", "noir"], "is not in field 'colour'"),
+    (["classes", "rename", "black", "noir", "--field", "colour"], "exists already"),
+    (["classes", "remove", "black", "--into", "dress", "--field", "colour"], "is not in field 'colour'"),
 ])
 def test_field_user_errors(project_dir: Path, capsys: pytest.CaptureFixture, argv: list[str], message: str) -> None:
-    assert main(["--project", str(project_dir), "fields", "add", "colour", "--classes", "black"]) == 0
+    assert main(["--project", str(project_dir), "fields", "add", "colour", "--classes", "black,noir"]) == 0
     capsys.readouterr()
     assert main(["--project", str(project_dir), *argv]) == 2
     assert message in capsys.readouterr().err
-    assert Project.load(project_dir).config.fields == {"colour": ["black"]}  # nothing changed
+    assert Project.load(project_dir).config.fields == {"colour": ["black", "noir"]}  # nothing changed
+
+
+def test_rename_and_merge_the_classes_of_another_field(project_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """`classes rename/remove --into --field colour`: an alias of that field only, even where a
+    class of the default field has the same name; no label row rewritten."""
+    from sqlmodel import select
+
+    from storage import db, items, labels
+    from storage.tables import Item, Label
+
+    p = ["--project", str(project_dir)]
+    assert main([*p, "fields", "add", "colour", "--classes", "navy,blue,black"]) == 0
+    assert main([*p, "classes", "add", "navy"]) == 0  # a category of the same name
+    project = Project.load(project_dir)
+
+    def seed(s):  # noqa: ANN001, ANN202
+        ids = [r.id for r in items.add(s, [Item(sha256=f"{k:064x}", path=f"/img/{k}.jpg", width=8, height=8,
+                                                mode="RGB") for k in range(3)])]
+        for i, (field, cls) in zip(ids, [("colour", "navy"), ("colour", "black"), ("category", "navy")], strict=True):
+            labels.append(s, Label(item_id=i, field=field, annotator="ann", label=cls, kind="human",
+                                   decision="accepted"))
+        return ids
+
+    ids = db.write(project.engine, seed)
+    got = run_json(capsys, *p, "classes", "rename", "navy", "marine", "--field", "colour")
+    assert (got["field"], got["label_rows"]) == ("colour", 1)
+    got = run_json(capsys, *p, "classes", "--field", "colour", "remove", "black", "--into", "marine")
+    assert (got["field"], got["label_rows"]) == ("colour", 1)
+    config = Project.load(project_dir).config
+    assert config.fields["colour"] == ["marine", "blue"] and config.classes == ["dress", "shirt", "shoes", "navy"]
+    assert run_json(capsys, *p, "classes", "list", "--field", "colour")["labels"] == {"marine": 2}
+    assert run_json(capsys, *p, "classes", "list")["labels"] == {"navy": 1}
+    with db.session(project.engine) as s:
+        assert {i: c.label for i, c in labels.current(s, field="colour").items()} == {ids[0]: "marine",
+                                                                                       ids[1]: "marine"}
+        assert sorted(s.exec(select(Label.label))) == ["black", "navy", "navy"]  # the rows as stored

@@ -11,6 +11,7 @@ from active import labeling, modelstore
 from active.errors import UserError
 from active.retrain import retrain
 from storage import db, labels, work
+from storage.tables import Label
 
 
 @pytest.fixture
@@ -70,3 +71,39 @@ def test_an_item_left_midway_comes_back_to_its_annotator(queued) -> None:  # noq
     _row, nxt = labeling.record(project, "ann", back, decision="corrected", label="black")
     assert (nxt.item_id, nxt.field) == (first[1], "category")
     assert labeling.next_task(project, "ann").item_id == first[1]  # nothing left midway now
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_an_item_left_midway_goes_to_the_next_annotator_for_its_open_fields(queued, overlap: int) -> None:  # noqa: ANN001
+    project, first = queued
+    project.config.labeling.overlap = overlap
+    task = labeling.next_task(project, "ann")
+    labeling.record(project, "ann", task, decision="corrected", label="shoes")
+    db.write(project.engine, lambda s: work.release(s, "ann"))  # ann left midway (her lease ran out)
+    bob = labeling.next_task(project, "bob")
+    assert (bob.item_id, bob.field) == (first[0], "colour" if overlap == 1 else "category")
+    while bob is not None and bob.item_id == first[0]:
+        _row, bob = labeling.record(project, "bob", bob, decision="corrected", label=bob.ranked[-1][0])
+    assert bob.item_id == first[1]  # first[0] is finished for bob
+    with db.session(project.engine) as s:
+        group = labels.for_items(s, [first[0]])[first[0]]
+        progress = labeling.progress(project, "ann", bob.round_id)
+    assert [r.annotator for r in group if r.field == "colour" and r.kind == "human"] == ["bob"]
+    assert progress["round_labelled"] == 1 and progress["labelled"] == 1
+    back = labeling.next_task(project, "ann")
+    if overlap == 1:  # every field of first[0] has its label; first[1] is bob's
+        assert back.item_id == first[2]
+    else:  # the second colour label is still wanted, and ann's item comes back to her first
+        assert (back.item_id, back.field) == (first[0], "colour")
+
+
+def test_an_item_settled_meanwhile_gives_way_to_the_next(queued) -> None:  # noqa: ANN001
+    project, first = queued
+    task = labeling.next_task(project, "ann")
+    _row, colour = labeling.record(project, "ann", task, decision="corrected", label="shoes")
+    assert (colour.item_id, colour.field) == (first[0], "colour")
+    # While ann looks at its colour, a reviewer settles it: nothing is left for her on that item.
+    db.write(project.engine, lambda s: labels.append(s, Label(item_id=first[0], field="colour", annotator="rev",
+                                                              label="black", kind="review", decision="resolved")))
+    again = labeling.next_task(project, "ann")  # a reload
+    assert (again.item_id, again.field) == (first[1], "category")

@@ -170,3 +170,15 @@ def test_the_upcoming_page_is_what_is_leased_next(project, scored):  # noqa: ANN
     assert [i for i, _ in upcoming] == ids[10:20] and upcoming[0][1].endswith(".jpg")
     grid.confirm(project, "ann", first.page_id, first.item_ids, [])
     assert grid.open_class_page(project, "ann", "dress", size=10).item_ids == [i for i, _ in upcoming]
+
+
+def test_a_field_without_a_head_has_no_pages(project, scored):  # noqa: ANN001
+    project.add_field("colour", ["black", "white"])
+    with pytest.raises(UserError, match="no model with a head for field 'colour' yet"):
+        grid.open_class_page(project, "ann", field="colour")
+    with pytest.raises(UserError, match="no label field 'season'"):
+        grid.open_class_page(project, "ann", field="season")
+    with pytest.raises(UserError, match="is not in field 'colour'"):
+        grid.open_class_page(project, "ann", "dress", field="colour")
+    assert grid.class_counts(project, "colour") == (None, {})
+    assert grid.open_class_page(project, "ann").field == "category"  # the default field's pages as before

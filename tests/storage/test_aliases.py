@@ -62,6 +62,7 @@ def test_resolve_class_applies_only_to_rows_stored_before() -> None:
     class A:
         def __init__(self, old: str, new: str, label_upto: int, version_upto: int) -> None:
             self.old, self.new, self.label_upto, self.version_upto = old, new, label_upto, version_upto
+            self.field = "category"
 
     rules = [A("a", "b", 10, 2), A("b", "a", 20, 3)]  # renamed there and back
     assert resolve_class("a", rules, label_id=5) == "a"
@@ -70,3 +71,41 @@ def test_resolve_class_applies_only_to_rows_stored_before() -> None:
     assert resolve_class("b", rules, version_id=3) == "a" and resolve_class("b", rules, version_id=4) == "b"
     assert resolve_class("a", rules[:1], label_id=5) == "b" and resolve_class("a", rules[:1], label_id=11) == "a"
     assert resolve_class(None, rules, label_id=1) is None
+    assert resolve_class("a", rules[:1], label_id=5, field="colour") == "a"  # another field's class
+
+
+def test_aliases_are_per_field(engine, add_items) -> None:  # noqa: ANN001
+    """A class called "navy" in two fields (a colour, and a category of a catalogue that has
+    one): renaming the colour leaves the category alone, in labels, heads and predictions."""
+    a, b = add_items(engine, 2)
+
+    def setup(s):  # noqa: ANN001, ANN202
+        for item, field in ((a, "colour"), (b, "category")):
+            labels.append(s, Label(item_id=item, field=field, annotator="ann", label="navy", kind="human",
+                                   decision="accepted", suggestion="navy"))
+        v = versions.publish(s, ModelVersion(backbone="b", weights="w", mode="head", classes=["navy", "shirt"],
+                                             artifacts={"fields": {"colour": {"classes": ["black", "navy"],
+                                                                              "head": "head-colour.npz"}}}))
+        versions.add_predictions(s, [Prediction(item_id=a, model_version_id=v.id, row=0, pred="navy",
+                                                probs=[0.9, 0.1], fields={"colour": {"pred": "navy",
+                                                                                     "probs": [0.3, 0.7]}})])
+        return v.id
+
+    vid = db.write(engine, setup)
+    db.write(engine, lambda s: aliases.add(s, "navy", "blue", field="colour"))
+    with db.session(engine) as s:
+        assert [x.field for x in aliases.all_aliases(s)] == ["colour"] and aliases.all_aliases(s, "category") == []
+        got = labels.for_items(s, [a, b])
+        assert (got[a][0].label, got[a][0].suggestion) == ("blue", "blue")
+        assert got[b][0].label == "navy"
+        assert labels.current(s, field="colour")[a].label == "blue" and labels.current(s)[b].label == "navy"
+        assert labels.uses_by_class(s, "colour") == {"blue": 1} and labels.uses_by_class(s) == {"navy": 1}
+        assert labels.human_ratings(s, "colour") == {a: {"ann": "blue"}}
+        version = versions.get(s, vid)
+        assert version.classes == ["navy", "shirt"]
+        assert version.artifacts["fields"]["colour"] == {"classes": ["black", "blue"], "head": "head-colour.npz"}
+        pred = versions.predictions(s, vid)[a]
+        assert pred.pred == "navy" and pred.fields["colour"] == {"pred": "blue", "probs": [0.3, 0.7]}
+    with db.session(engine) as s:  # nothing was written back
+        assert versions.get(s, vid, as_stored=True).artifacts["fields"]["colour"]["classes"] == ["black", "navy"]
+        assert s.get(Prediction, pred.id).fields["colour"]["pred"] == "navy"

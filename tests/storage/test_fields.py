@@ -138,21 +138,99 @@ def test_field_prediction_reads_every_field_alike() -> None:
     assert field_prediction(Prediction(item_id=1, model_version_id=1, row=0)) is None
 
 
-def test_unfinished_items_of_an_annotator(engine, add_items) -> None:  # noqa: ANN001
+def test_hand_out_rules_per_field_agree_with_sql(engine, add_items) -> None:  # noqa: ANN001
+    ids = add_items(engine, 50)
+    _history(engine, ids, seed=11)
+    checked = set()
+    with db.session(engine) as s:
+        rows = labels.for_items(s, ids)
+        for i in ids:
+            group = rows.get(i, [])
+            for who in ("a", "b", "c"):
+                for overlap, leases in ((1, 0), (2, 0), (2, 1), (3, 1)):
+                    want = meaning.open_fields(group, who, FIELDS, overlap=overlap, leases=leases)
+                    got = s.execute(select(meaning.sql_open_for(Item.id, who, FIELDS, overlap=overlap, leases=leases))
+                                    .where(Item.id == i)).scalar_one()
+                    assert bool(got) == bool(want)
+                    checked.add(tuple(want))
+            conds = meaning.sql_round_state(Item.id, Item.error, FIELDS)
+            got = [st for st, cond in conds.items() if s.execute(select(cond).where(Item.id == i)).scalar_one()]
+            want = meaning.round_state(group, FIELDS)
+            assert got == ([] if want == meaning.RoundState.OPEN else [want])
+    assert {(), (DEFAULT_FIELD,), ("colour",), FIELDS} <= checked  # every case of two fields was met
+
+
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_an_item_is_handed_out_until_every_field_is_decided(engine, add_items, overlap: int) -> None:  # noqa: ANN001
+    """ann decides one field of an item and leaves: bob gets it, asked the open fields only; it is
+    finished for the hand-out when ``overlap`` annotators decided each field."""
     from storage import work
 
-    a, b, c = add_items(engine, 3)
+    a, b = add_items(engine, 2)
+    db.write(engine, lambda s: work.open_round(s, strategy="margin", model_version_id=None, item_ids=[a, b],
+                                               scores=[0.2, 0.1], score_name="margin"))
 
-    def seed(s):  # noqa: ANN001, ANN202
-        work.open_round(s, strategy="margin", model_version_id=None, item_ids=[a, b, c], scores=[0.1, 0.2, 0.3],
-                        score_name="margin")
-        for item, fields in ((a, FIELDS), (b, FIELDS[:1]), (c, ())):
-            for f in fields:
-                labels.append(s, Label(item_id=item, field=f, annotator="ann", label=CLASSES[f][0], kind=Kind.HUMAN,
-                                       decision=Decision.ACCEPTED))
+    def lease(who: str) -> int | None:
+        got = db.write(engine, lambda s: work.lease_next(s, who, fields=FIELDS, overlap=overlap))
+        return None if got is None else got.item_id
 
-    db.write(engine, seed)
+    def decide(who: str, item: int, field: str, decision: Decision = Decision.ACCEPTED) -> None:
+        def fn(s):  # noqa: ANN001, ANN202
+            labels.append(s, Label(item_id=item, field=field, annotator=who, kind=Kind.HUMAN, decision=decision,
+                                   label=CLASSES[field][0] if decision in meaning.CLASS_DECISIONS else None))
+            work.release(s, who)
+        db.write(engine, fn)
+
+    def left(who: str, item: int) -> list[str]:
+        with db.session(engine) as s:
+            return labels.open_fields(s, who, item, FIELDS, overlap=overlap)
+
+    def progress():  # noqa: ANN202
+        with db.session(engine) as s:
+            rnd = work.open_rounds(s)[0]
+            return work.round_progress(s, rnd.id, FIELDS)
+
+    assert lease("ann") == a
+    decide("ann", a, DEFAULT_FIELD)  # ... and ann leaves: colour is still open
+    p = progress()
+    assert (p.labelled, p.by_field) == (0, {DEFAULT_FIELD: 1, "colour": 0})  # half-done is not labelled
+    assert lease("bob") == a  # not only ann's to finish
+    assert left("bob", a) == (["colour"] if overlap == 1 else list(FIELDS))
+    for f in left("bob", a):
+        decide("bob", a, f)
+    assert progress().labelled == 1
+    assert left("ann", a) == ([] if overlap == 1 else ["colour"])
+    # ann comes back: with overlap 2 her half-done item first; with overlap 1 it is finished.
+    assert lease("ann") == (b if overlap == 1 else a)
+    db.write(engine, lambda s: work.release(s, "ann"))
+    # A skip leaves a field to others; a review settles it.
+    decide("ann", b, DEFAULT_FIELD, Decision.SKIPPED)
+    decide("ann", b, "colour", Decision.ACCEPTED)
+    assert left("bob", b) == ([DEFAULT_FIELD] if overlap == 1 else list(FIELDS))
+    db.write(engine, lambda s: labels.append(s, Label(item_id=b, field=DEFAULT_FIELD, annotator="rev", label="dress",
+                                                      kind=Kind.REVIEW, decision=Decision.RESOLVED)))
+    assert left("bob", b) == ([] if overlap == 1 else ["colour"])
+    if overlap == 1:
+        assert lease("bob") is None and lease("ann") is None
+    else:
+        assert lease("bob") == b and lease("ann") == a  # ann still owes a's colour
+
+
+def test_an_item_left_midway_comes_back_first(engine, add_items) -> None:  # noqa: ANN001
+    from storage import work
+
+    a, b = add_items(engine, 2)
+    db.write(engine, lambda s: work.open_round(s, strategy="margin", model_version_id=None, item_ids=[a, b],
+                                               scores=[0.2, 0.1], score_name="margin"))
+
+    def fn(s):  # noqa: ANN001, ANN202
+        assert work.lease_item(s, "ann", b, fields=FIELDS).item_id == b
+        labels.append(s, Label(item_id=b, field="colour", annotator="ann", label="black", kind=Kind.HUMAN,
+                               decision=Decision.ACCEPTED))
+        work.release(s, "ann")
+
+    db.write(engine, fn)
     with db.session(engine) as s:
-        assert work.unfinished(s, "ann", FIELDS) == b  # a is done, c not started
-        assert work.unfinished(s, "bob", FIELDS) is None
-        assert work.unfinished(s, "ann", FIELDS[:1]) is None  # one field: nothing is ever midway
+        assert work.peek_next(s, "ann", n=2, fields=FIELDS) == [b, a]  # ann's half-done item first
+        assert work.peek_next(s, "bob", n=2, fields=FIELDS) == [a, b]  # others keep the round's order
+        assert work.peek_next(s, "ann", n=2) == [a, b]  # one field (category): nothing is midway

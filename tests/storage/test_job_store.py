@@ -150,9 +150,10 @@ def test_the_upgrade_adds_the_job_table_and_keeps_labels_and_versions(store_url:
     db.write(eng, lambda s: versions.publish(s, ModelVersion(backbone="b", weights="w", mode="pretrained")))
     db.write(eng, lambda s: labels.append(s, Label(item_id=item, annotator="ann", label="dress", kind="human",
                                                    decision="corrected")))
-    with eng.begin() as conn:  # the store as the schema before this one left it: no job table
+    with eng.begin() as conn:  # the store as schema 4 left it: no job table (step 4 -> 5), aliases without a field
         conn.execute(sa.text("DROP TABLE job"))
-        conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION - 1)))
+        conn.execute(sa.text("ALTER TABLE classalias DROP COLUMN field"))
+        conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value="4"))
     eng.dispose()
     eng = db.open_engine(store_url)
     with db.session(eng) as s:

@@ -46,7 +46,8 @@ def make_v3(url: str) -> dict:
 
     wrote = db.write(eng, fill)
     with eng.begin() as conn:
-        for table, column in (("label", "field"), ("label", "source"), ("dispute", "field"), ("prediction", "fields")):
+        for table, column in (("label", "field"), ("label", "source"), ("dispute", "field"), ("prediction", "fields"),
+                              ("classalias", "field")):  # the last one added by a later step (5 -> 6)
             conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         conn.execute(sa.text("DROP TABLE job"))  # added by a later step (4 -> 5)
         conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value="3"))
