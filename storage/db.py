@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -80,6 +82,9 @@ def make_engine(url: str) -> Engine:
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+
+    if not memory:
+        _writers[engine] = threading.RLock()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # noqa: ANN001
@@ -226,10 +231,20 @@ def open_engine(url: str) -> Engine:
 def session(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     """One unit of work. ``write=True`` takes SQLite's write lock at BEGIN and commits at the end."""
     bind = engine.execution_options(immediate=True) if write else engine
-    with Session(bind, expire_on_commit=False) as s:
+    writer = _writers.get(engine) if write else None
+    with writer if writer is not None else contextlib.nullcontext(), Session(bind, expire_on_commit=False) as s:
         yield s
         if write:
             s.commit()
+
+
+# SQLite file engine -> the lock its write units take in this process before BEGIN IMMEDIATE.
+# SQLite admits one writer at a time anyway; the others wait in its busy handler, which sleeps
+# and polls (1, 2, 5, ... 100 ms), so under many annotators a writer kept missing the moment the
+# lock came free and labels waited seconds behind each other. Queued on a lock in the process
+# instead, the next writer starts the moment the last one commits. (Other processes, such as the
+# worker or a second labeller, still meet the busy handler.)
+_writers: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 
 
 def in_chunks(session: Session, query: Any, column: Any, values: Iterable[Any], *,  # noqa: ANN401
