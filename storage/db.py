@@ -19,7 +19,15 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine, select, text
 
 from storage.fields import DEFAULT_FIELD
-from storage.tables import APP_ID, SCHEMA_VERSION, UNREADABLE_INDEX, ClassAlias, Job, Meta
+from storage.tables import (
+    APP_ID,
+    QUEUE_ORDER_INDEX,
+    SCHEMA_VERSION,
+    UNREADABLE_INDEX,
+    ClassAlias,
+    Job,
+    Meta,
+)
 
 T = TypeVar("T")
 
@@ -187,9 +195,14 @@ def _v5_alias_fields(conn: Any) -> None:  # noqa: ANN401
         conn.execute(text(f"ALTER TABLE classalias ADD COLUMN field VARCHAR(64) NOT NULL DEFAULT '{DEFAULT_FIELD}'"))
 
 
+def _v6_queue_order_index(conn: Any) -> None:  # noqa: ANN401
+    # The hand-out walks the queue in (round, priority) order: an index, nothing else touched.
+    QUEUE_ORDER_INDEX.create(conn, checkfirst=True)
+
+
 # version -> the step that upgrades a database of that version to the next one, in place.
 MIGRATIONS: dict[int, Callable[[Any], None]] = {1: _v1_add_class_alias, 2: _v2_user_sessions, 3: _v3_label_fields,
-                                                 4: _add_job_table, 5: _v5_alias_fields}
+                                                 4: _add_job_table, 5: _v5_alias_fields, 6: _v6_queue_order_index}
 
 
 def migrate(engine: Engine) -> int | None:
