@@ -190,17 +190,19 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
     # One field: the item is seen once anything was decided on it (the hand-out's rule).
     seen_field = task.field if several else None
 
-    def fn(s: Session) -> tuple[Label | None, Task | None]:
+    # The transaction decides and leases; the next item's task (its photo path and suggestions)
+    # is read after the commit, so the write lock is not held for reads every writer waits on.
+    def fn(s: Session) -> tuple[Label | None, work.Queued | None, str | None]:
         work.lock_annotator(s, annotator)  # a second tab's submit waits, then sees this label
         # The common case first: the item on screen is still the one leased to them (read-only).
         # Otherwise the hand-out decides (it renews a lapsed lease when the item is still theirs).
         if work.current_item(s, annotator) != task.item_id:
             cur = _lease(s, project, annotator)
             if cur is None or cur.item_id != task.item_id:
-                return None, _task_of(s, cur, project, annotator)
+                return None, cur, None
         rows = labels.item_rows(s, task.item_id)  # read once: the seen check and the dispute check
         if labels.seen_in(rows, annotator, field=seen_field):
-            return None, _task_of(s, _lease(s, project, annotator), project, annotator)
+            return None, _lease(s, project, annotator), None
         row = labels.append(s, Label(
             item_id=task.item_id, field=task.field, annotator=annotator, label=label, kind=HUMAN, decision=decision,
             suggestion=top[0] if top else None, confidence=top[1] if top else None,
@@ -211,11 +213,14 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
         if several:
             left = _fields_left(s, project, annotator, task.item_id, [*rows, row])
             if left:  # the item's next field: it stays leased (and renewed) to this annotator
-                return row, _task(s, _lease(s, project, annotator), left[0])
+                return row, _lease(s, project, annotator), left[0]
         work.release(s, annotator)
-        return row, _task_of(s, _lease(s, project, annotator), project, annotator)
+        return row, _lease(s, project, annotator), None
 
-    return db.write(project.engine, fn)
+    row, q, next_field = db.write(project.engine, fn)
+    with db.session(project.engine) as s:
+        nxt = _task(s, q, next_field) if q is not None and next_field else _task_of(s, q, project, annotator)
+    return row, nxt
 
 
 def set_aside(project: Project, item_id: int, reason: str) -> None:

@@ -17,7 +17,7 @@ from storage.fields import DEFAULT_FIELD
 
 # Bump when a table changes, with a step in `storage.db.MIGRATIONS` that upgrades the previous
 # version in place; `storage.db.open_engine` refuses versions it cannot upgrade.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 APP_ID = "active-labeler"
 
 # The columns below hold these enums' values as plain strings (see storage.enums).
@@ -43,6 +43,12 @@ class Meta(SQLModel, table=True):
 # The few unreadable items, found without a scan (`storage.versions.serving` counts them per call).
 UNREADABLE_INDEX = Index("ix_item_unreadable", "id", sqlite_where=text("error IS NOT NULL"),
                          postgresql_where=text("error IS NOT NULL"))
+
+
+# The hand-out's order (`storage.work`): the first queued item still open is found by walking
+# this index, not by testing every queued item and sorting them (PostgreSQL did that: 32 ms a label
+# on a 2,000-item round).
+QUEUE_ORDER_INDEX = Index("ix_queueentry_round_priority", "round_id", "priority")
 
 
 class Item(SQLModel, table=True):
@@ -128,7 +134,7 @@ class Round(SQLModel, table=True):
 class QueueEntry(SQLModel, table=True):
     """An item queued by a round, with the score that put it there."""
 
-    __table_args__ = (UniqueConstraint("round_id", "item_id"),)
+    __table_args__ = (UniqueConstraint("round_id", "item_id"), QUEUE_ORDER_INDEX)
 
     id: int | None = Field(default=None, primary_key=True)
     round_id: int = Field(foreign_key="round.id", index=True)

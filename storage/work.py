@@ -190,7 +190,7 @@ def _candidates(fields: tuple[str, ...] = (DEFAULT_FIELD,)):  # noqa: ANN202
     lease = Lease.__table__.alias("l")
     lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
     item = Item.__table__.alias("i")
-    order = [r.c.id, q.c.priority]
+    order = [q.c.round_id, q.c.priority]  # the queue's own columns: its index gives this order
     if len(fields) > 1:  # an item this annotator left midway first (its other fields are open for them)
         order.insert(0, case((sql_seen_by(q.c.item_id, _ANNOTATOR), 0), else_=1))
     return (
