@@ -25,7 +25,7 @@ from sqlmodel import Session
 from active.errors import UserError
 from active.project import Project
 from active.similarity import SimilarityIndex
-from storage import db, items, labels, versions, work
+from storage import db, items, labels, meaning, versions, work
 from storage import disputes as store_disputes
 from storage.enums import CLASS_DECISIONS, SEEN_DECISIONS, Decision, Kind
 from storage.fields import DEFAULT_FIELD, field_classes, field_prediction
@@ -109,7 +109,7 @@ def _fields_left(s: Session, project: Project, annotator: str, item_id: int,
     order; ``rows``: the item's label rows when the caller has them already."""
     if rows is None:
         rows = labels.item_rows(s, item_id)
-    return labels.open_fields_in(rows, annotator, project.field_names, overlap=project.config.labeling.overlap)
+    return meaning.open_fields(rows, annotator, project.field_names, overlap=project.config.labeling.overlap)
 
 
 def switch_field(project: Project, annotator: str, task: Task) -> Task:
@@ -190,8 +190,9 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
     # One field: the item is seen once anything was decided on it (the hand-out's rule).
     seen_field = task.field if several else None
 
-    # The transaction decides and leases; the next item's task (its photo path and suggestions)
-    # is read after the commit, so the write lock is not held for reads every writer waits on.
+    # The transaction decides and leases; with one field the next item's task (its photo path and
+    # suggestions) is read after the commit, so the write lock is not held for reads every writer
+    # waits on.
     def fn(s: Session) -> tuple[Label | None, work.Queued | None, str | None]:
         work.lock_annotator(s, annotator)  # a second tab's submit waits, then sees this label
         # The common case first: the item on screen is still the one leased to them (read-only).
@@ -201,7 +202,7 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
             if cur is None or cur.item_id != task.item_id:
                 return None, cur, None
         rows = labels.item_rows(s, task.item_id)  # read once: the seen check and the dispute check
-        if labels.seen_in(rows, annotator, field=seen_field):
+        if meaning.seen_by(rows, annotator, seen_field):
             return None, _lease(s, project, annotator), None
         row = labels.append(s, Label(
             item_id=task.item_id, field=task.field, annotator=annotator, label=label, kind=HUMAN, decision=decision,
@@ -217,10 +218,15 @@ def record(project: Project, annotator: str, task: Task, *, decision: str,
         work.release(s, annotator)
         return row, _lease(s, project, annotator), None
 
-    row, q, next_field = db.write(project.engine, fn)
-    with db.session(project.engine) as s:
-        nxt = _task(s, q, next_field) if q is not None and next_field else _task_of(s, q, project, annotator)
-    return row, nxt
+    if several:  # choosing the next field may release an item settled meanwhile and lease another: a write
+        def whole(s: Session) -> tuple[Label | None, Task | None]:
+            row, q, next_field = fn(s)
+            return row, _task(s, q, next_field) if q is not None and next_field else _task_of(s, q, project, annotator)
+
+        return db.write(project.engine, whole)
+    row, q, _ = db.write(project.engine, fn)
+    with db.session(project.engine) as s:  # one field: the task is a read (`_task`), made after the commit
+        return row, _task_of(s, q, project, annotator)
 
 
 def set_aside(project: Project, item_id: int, reason: str) -> None:

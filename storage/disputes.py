@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import delete, func
 from sqlmodel import Session, select
 
+from storage import labels
 from storage.enums import HOLDOUT_QUEUE, POOL_QUEUE, DisputeReason, DisputeStatus, Kind
 from storage.fields import DEFAULT_FIELD
 from storage.meaning import contradicts_import, derive
@@ -113,8 +114,7 @@ def follow_label(session: Session, label: Label, *, item_rows: Sequence[Label] |
     if label.kind == Kind.IMPORTED or not label.label:
         return []
     field = label.field or DEFAULT_FIELD
-    rows = list(item_rows) if item_rows is not None else list(
-        session.exec(select(Label).where(Label.item_id == label.item_id).order_by(Label.id)))
+    rows = list(item_rows) if item_rows is not None else labels.item_rows(session, label.item_id)
     verdict = contradicts_import(derive(rows, field))
     if verdict is None:
         return []

@@ -37,7 +37,7 @@ from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 __all__ = [
     "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current",
     "current_by_field", "decisions_by_annotator",
-    "derive", "effective", "for_items", "has_seen", "open_fields", "open_fields_in", "human_ratings", "item_ids_since", "last_human", "latest_given",
+    "derive", "effective", "for_items", "has_seen", "open_fields", "item_rows", "human_ratings", "item_ids_since", "last_human", "latest_given",
     "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
 
@@ -149,28 +149,18 @@ def last_human(session: Session, annotator: str, *, kind: str = Kind.HUMAN) -> L
 def open_fields(session: Session, annotator: str, item_id: int, fields: Sequence[str], *, overlap: int) -> list[str]:
     """The fields of ``item_id`` still open for ``annotator`` (`storage.meaning.open_fields`; the
     leases on the item are not counted: they hold it themselves)."""
-    return open_fields_in(item_rows(session, item_id), annotator, fields, overlap=overlap)
-
-
-def open_fields_in(rows: Sequence[Label], annotator: str, fields: Sequence[str], *, overlap: int) -> list[str]:
-    """`open_fields` on an item's rows already read (`item_rows`)."""
-    return meaning.open_fields(rows, annotator, fields, overlap=overlap)
+    return meaning.open_fields(item_rows(session, item_id), annotator, fields, overlap=overlap)
 
 
 def has_seen(session: Session, annotator: str, item_id: int, *, field: str | None = None) -> bool:
     """Whether ``annotator`` has already dealt with ``item_id`` (`storage.meaning.seen_by`), in
     ``field`` when given (any field when None)."""
-    return seen_in(item_rows(session, item_id), annotator, field=field)
+    return seen_by(item_rows(session, item_id), annotator, field)
 
 
 def item_rows(session: Session, item_id: int) -> list[Label]:
     """Every label row of one item, oldest first (what the item-level rules of `storage.meaning` read)."""
     return list(session.exec(select(Label).where(Label.item_id == item_id).order_by(Label.id)))
-
-
-def seen_in(rows: Sequence[Label], annotator: str, *, field: str | None = None) -> bool:
-    """`has_seen` on an item's rows already read (`item_rows`)."""
-    return seen_by(rows, annotator, field)
 
 
 def _effective_rows():  # noqa: ANN202

@@ -62,14 +62,19 @@ def test_param_groups_split_head_and_backbone() -> None:
     assert len(body["params"]) == 2 and body["lr"] == 1e-4
 
 
-def test_fold_temperature_matches_scaled_softmax() -> None:
+def _logits_around_fold(n_out: int, *args, **kwargs) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN002, ANN003
+    """A tiny network's logits on fixed inputs before and after `fold_temperature(*args, **kwargs)`."""
     torch.manual_seed(0)
-    model = Tiny(3).eval()
+    model = Tiny(n_out).eval()
     x = torch.randn(4, 3, SIZE, SIZE)
     with torch.no_grad():
         before = model(x).numpy()
-        fold_temperature(model, 2.5)
-        after = model(x).numpy()
+        fold_temperature(model, *args, **kwargs)
+        return before, model(x).numpy()
+
+
+def test_fold_temperature_matches_scaled_softmax() -> None:
+    before, after = _logits_around_fold(3, 2.5)
     np.testing.assert_allclose(softmax(after), softmax(before, 2.5), rtol=1e-5, atol=1e-6)
 
 
@@ -181,14 +186,8 @@ def test_balance_draws_the_first_blocks_classes_and_weighs_the_others_labels() -
 
 
 def test_fold_temperature_per_output_block() -> None:
-    torch.manual_seed(0)
-    model = Tiny(5).eval()
-    x = torch.randn(4, 3, SIZE, SIZE)
-    with torch.no_grad():
-        before = model(x).numpy()
-        fold_temperature(model, [2.0, 0.5], outputs=[3, 2])
-        after = model(x).numpy()
+    before, after = _logits_around_fold(5, [2.0, 0.5], outputs=[3, 2])
     np.testing.assert_allclose(softmax(after[:, :3]), softmax(before[:, :3], 2.0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(softmax(after[:, 3:]), softmax(before[:, 3:], 0.5), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="as many temperatures"):
-        fold_temperature(model, [2.0], outputs=[3, 2])
+        fold_temperature(Tiny(5), [2.0], outputs=[3, 2])
