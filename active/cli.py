@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "status": "what the project holds: items, labels, classes, annotators, models, disputes",
     "classes": "list, add, rename or remove classes of the taxonomy (--field for another label field)",
     "fields": "list or add label fields (category, colour, ...): each with its own classes",
-    "explain": "attribution map of an item (Grad-CAM, IG, Guided Backprop, Occlusion) as a PNG",
+    "explain": "attribution map of an item (Grad-CAM, IG, Guided Backprop, Occlusion) as a picture",
     "users": "add or list the people who label (salted password hashes)",
     "serve": "start the labelling app in the browser",
     "score": "score the pool with the current model version (resumable)",

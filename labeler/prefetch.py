@@ -121,7 +121,7 @@ class Prefetcher:
         extra = {} if field == DEFAULT_FIELD else {"field": field}
         src = Path(self._explain(project, item_id, version_id=version_id, method=method, target=target, **extra))
         # A copy in our temp folder, so Gradio can serve it wherever the project lies.
-        out = self.folder / f"map-{item_id}-v{version_id}-{method}-{abs(hash((field, target))) % 10**8}.png"
+        out = self.folder / f"map-{item_id}-v{version_id}-{method}-{abs(hash((field, target))) % 10**8}{src.suffix}"
         if not out.exists():
             write_atomic(out, src.read_bytes(), fsync=False)
         return out

@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="instead of one item: the mean map of the items predicted as CLASS")
     p.add_argument("--limit", type=int, default=CLASS_AVERAGE_LIMIT,
                    help=f"items in a class average (default: {CLASS_AVERAGE_LIMIT})")
-    p.add_argument("--out", type=Path, metavar="FILE.png", help="copy the overlay PNG here")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="write the overlay here too, in the format its suffix names (.jpg, .png, .webp...)")
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -38,23 +39,41 @@ def run(args: argparse.Namespace) -> Result:
         raise UserError("give either an ITEM id or --class-average CLASS")
     project = Project.load(args.project)
     if args.class_average is not None:
-        png = explain.class_average(project, args.class_average, version_id=args.version,
+        image = explain.class_average(project, args.class_average, version_id=args.version,
                                     method=args.method, limit=args.limit, progress=not args.json)
-        data = {"class": args.class_average, "method": args.method, "path": str(png)}
+        data = {"class": args.class_average, "method": args.method, "path": str(image)}
         what = f"class average of {args.class_average!r} ({args.method})"
     else:
         field = project.check_field(args.field) if args.field else project.field_names[0]
         done = explain.explain(project, args.item, version_id=args.version, method=args.method,
                                target=args.target, field=field)
-        png = done.png
+        image = done.image
         data = {"item": done.item_id, "field": field, "version": done.version_id, "method": done.method,
-                "target": done.target, "path": str(png), "heatmap": str(done.heatmap), "cached": done.cached}
+                "target": done.target, "path": str(image), "heatmap": str(done.heatmap), "cached": done.cached}
         what = (f"item {done.item_id}, model v{done.version_id}, {done.method}, "
                 f"class {done.target if done.target is not None else '(top output)'}")
     if args.out is not None:
         out = args.out.expanduser()
         if out.parent and not out.parent.is_dir():
             raise UserError(f"--out: folder {out.parent} does not exist")
-        shutil.copyfile(png, out)
+        _write_as(image, out)
         data["out"] = str(out)
-    return Result(data, f"{what}: {data.get('out', png)}")
+    return Result(data, f"{what}: {data.get('out', image)}")
+
+
+def _write_as(image: Path, out: Path) -> None:
+    """``image`` at ``out``: copied when the suffixes agree, else re-encoded by Pillow in the
+    format the suffix names (a map asked for as map.png is a PNG, whatever the cache holds)."""
+    jpeg = (".jpg", ".jpeg")
+    a, b = image.suffix.lower(), out.suffix.lower()
+    if a == b or (a in jpeg and b in jpeg):
+        shutil.copyfile(image, out)
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            im.save(out)
+    except (ValueError, KeyError) as exc:  # Pillow: unknown extension
+        out.unlink(missing_ok=True)
+        raise UserError(f"--out: cannot tell an image format from {out.name!r} ({exc}); use .jpg or .png") from None

@@ -60,8 +60,8 @@ def test_explain_real_versions(trained, tmp_path, capsys) -> None:
     assert main(["--project", str(project.root), "--json", "explain", str(item_id), "--out", str(out)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["version"] == current.id and data["target"] == pred and not data["cached"]
-    with Image.open(out) as im:
-        assert im.size == (PHOTO_SIZE[0] + 72, PHOTO_SIZE[1])
+    with Image.open(out) as im:  # asked for as .png: re-encoded from the cached JPEG
+        assert im.format == "PNG" and im.size == (PHOTO_SIZE[0] + 72, PHOTO_SIZE[1])
     heat = ax.load_heatmap(Path(data["heatmap"]))
     assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1 and heat.std() > 0.01
 
@@ -72,7 +72,7 @@ def test_explain_real_versions(trained, tmp_path, capsys) -> None:
 
     # the pretrained version explains its own top ImageNet output
     first = ax.explain(project, item_id, version_id=1)
-    assert first.target is None and first.png.is_file()
+    assert first.target is None and first.image.is_file()
 
     png = ax.class_average(project, pred, limit=4)
     assert png.is_file() and json.loads(png.with_suffix(".json").read_text())["items"]

@@ -91,23 +91,23 @@ def test_default_target_is_predicted_class_and_cache_is_reused(explained) -> Non
     project, item = explained.project, explained.ids[1]
     first = ax.explain(project, item)
     assert first.version_id == explained.v2 and first.target == "shirt" and not first.cached
-    assert first.png == project.artifacts / "attributions" / f"v{explained.v2}" / "gradcam" / f"{item}-c1.png"
-    with Image.open(first.png) as im:
-        assert im.format == "PNG"
+    assert first.image == project.artifacts / "attributions" / f"v{explained.v2}" / "gradcam" / f"{item}-c1.jpg"
+    with Image.open(first.image) as im:
+        assert im.format == "JPEG"
         assert im.size == (120 + 72, 160)  # photo + colour bar
     heat = ax.load_heatmap(first)
     assert heat.shape == (149, 112) and np.isfinite(heat).all()  # network input resolution
     assert heat.min() >= 0 and heat.max() <= 1 and heat.std() > 0.01
-    mtime = first.png.stat().st_mtime_ns
+    mtime = first.image.stat().st_mtime_ns
     assert explained.calls == [explained.v2]
 
     again = ax.explain(project, item, target="shirt")
-    assert again.cached and again.png == first.png and again.png.stat().st_mtime_ns == mtime
+    assert again.cached and again.image == first.image and again.image.stat().st_mtime_ns == mtime
     assert explained.calls == [explained.v2]  # no recomputation
-    assert ax.explain_item(project, item) == first.png
+    assert ax.explain_item(project, item) == first.image
 
     other = ax.explain(project, item, target="shoes")
-    assert other.png.name == f"{item}-c2.png" and not other.cached
+    assert other.image.name == f"{item}-c2.jpg" and not other.cached
     assert np.abs(ax.load_heatmap(other) - heat).mean() > 0.02
 
 
@@ -124,7 +124,7 @@ def test_other_methods_are_cached_separately(explained) -> None:
 
 def test_pretrained_version_explains_its_top_output(explained) -> None:
     done = ax.explain(explained.project, explained.ids[4], version_id=explained.v1)
-    assert done.target is None and done.png.name == f"{explained.ids[4]}-top.png"
+    assert done.target is None and done.image.name == f"{explained.ids[4]}-top.jpg"
     with pytest.raises(UserError, match="pretrained backbone"):
         ax.explain(explained.project, explained.ids[4], version_id=explained.v1, target="dress")
 
@@ -199,7 +199,7 @@ def test_cli(explained, tmp_path, capsys) -> None:
     import json
 
     root = str(explained.project.root)
-    out = tmp_path / "map.png"
+    out = tmp_path / "map.jpg"
     # the CLI loads the project from disk: keep the small inputs of the fixture
     explained.project.save()
     assert main(["--project", root, "--json", "explain", str(explained.ids[0]), "--target", "shoes",
@@ -214,6 +214,9 @@ def test_cli(explained, tmp_path, capsys) -> None:
     assert main(["--project", root, "explain"]) == 2
     assert main(["--project", root, "explain", "--class-average", "shirt", "--out", str(out)]) == 0
     assert "class average of 'shirt'" in capsys.readouterr().out
+    odd = tmp_path / "map.xyz"
+    assert main(["--project", root, "explain", str(explained.ids[0]), "--out", str(odd)]) == 2
+    assert "cannot tell an image format from 'map.xyz'" in capsys.readouterr().err and not odd.exists()
 
 
 def test_cli_without_versions(project_dir, capsys) -> None:

@@ -114,9 +114,9 @@ def test_attribution_for_the_field_being_labelled(tmp_path, make_image) -> None:
         probs = torch.softmax(loaded.model(loaded.transform(load_rgb(item.path))[None]), dim=1)[0].numpy()
     assert np.allclose(probs, stored, atol=1e-3)
     done = explain(project, ids[0], field="colour")
-    assert done.target in ("dark", "light") and done.png.is_file() and "-colour-" in done.png.name
+    assert done.target in ("dark", "light") and done.image.is_file() and "-colour-" in done.image.name
     default = explain(project, ids[0])
-    assert default.target in ("dress", "shirt", "shoes") and default.png != done.png
+    assert default.target in ("dress", "shirt", "shoes") and default.image != done.image
 
 
 def test_combined_probs_take_the_most_uncertain_undecided_field() -> None:
@@ -209,7 +209,7 @@ def test_a_fine_tune_has_one_output_block_per_field(tmp_path, make_image, cli) -
     assert np.allclose(out, field_prediction(stored, "colour").probs, atol=1e-3)
     assert modelstore.load_model(project, full).model(loaded.transform(load_rgb(item.path))[None]).shape == (1, 3)
     done = explain(project, ids[0], field="colour")
-    assert done.target in ("dark", "light") and "-colour-" in done.png.name
+    assert done.target in ("dark", "light") and "-colour-" in done.image.name
     status = cli("--project", project.root, "status", "--json").data
     assert status["fields"]["colour"]["holdout"]["accuracy"] == colour["holdout"]["accuracy"]
 
