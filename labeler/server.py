@@ -38,6 +38,8 @@ MAX_THREADS = 16
 # uvicorn takes X-Forwarded-For (the client address the throttle counts) only from these peers:
 # a proxy on the same host. Anyone else's header is ignored.
 TRUSTED_PROXIES = "127.0.0.1,::1"
+ANALYTICS_NEVER = 2**62  # events between two summaries of Gradio's event log (`_no_event_analytics`)
+ANALYTICS_EVENTS_KEPT = 64
 
 
 def _verify(engine: Engine):  # noqa: ANN202
@@ -55,6 +57,21 @@ def _generations(engine: Engine):  # noqa: ANN202
             return users.session_generations(s)
 
     return load
+
+
+def _no_event_analytics(queue: object) -> None:
+    """Stop Gradio's queue from summarising its event log after every event.
+
+    For its monitoring page (which we do not serve: ``enable_monitoring=False``) Gradio's queue
+    builds a pandas DataFrame of its last 10,000 events and groups it by function after each
+    event, no-op included: 12-30 ms of CPU per event on this project's 2-core machine, measured
+    on 100 to 10,000 events (bench/load.py's annotators make thousands). The summary is then
+    never recomputed, and the log it keeps is short. Attributes of gradio.queueing.Queue
+    (Gradio 6; the same as the environment variables GRADIO_ANALYTICS_CACHE_FREQUENCY and
+    GRADIO_ANALYTICS_MAX_EVENTS, which are read when the Blocks are built).
+    """
+    queue.ANAYLTICS_CACHE_FREQUENCY = ANALYTICS_NEVER  # (sic: Gradio's spelling)
+    queue.ANALYTICS_MAX_EVENTS = ANALYTICS_EVENTS_KEPT
 
 
 def serve_blocks(demo: gr.Blocks, engine: Engine | None, *, host: str, port: int,
@@ -79,6 +96,7 @@ def serve_blocks(demo: gr.Blocks, engine: Engine | None, *, host: str, port: int
     auth = make_auth(_verify(engine), throttle or LoginThrottle()) if engine is not None else None
     demo.max_threads = MAX_THREADS
     demo._queue.max_thread_count = MAX_THREADS
+    _no_event_analytics(demo._queue)
     gr.mount_gradio_app(outer, demo, "/", server_name=host, server_port=port, auth=auth, auth_message=auth_message,
                         show_error=False, max_file_size=MAX_UPLOAD_BYTES, footer_links=[], run_history=False,
                         enable_monitoring=False, ssr_mode=False, head=head, css=css, mcp_server=False,
