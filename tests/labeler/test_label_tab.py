@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlmodel import select
 
 from storage import db
 from storage.tables import Label
+from tests.labeler.conftest import PASSWORD
 
 
 def human_labels(project, annotator=None):  # noqa: ANN001, ANN201
@@ -261,3 +264,19 @@ def test_pick_buttons_change_visibility_only_when_the_number_of_suggestions_does
     assert [p.get("visible") for p in back[:n]] == [True] * n
     other = picks(app.show(task, request=SimpleNamespace(username="ann", session_hash="page-2")))
     assert isinstance(other[0], dict)  # another page gets its own updates
+
+
+def test_photos_and_maps_are_served_from_the_prefetch_folder_behind_sign_in(labeller):
+    import httpx
+    from gradio_client import Client
+
+    c = Client(labeller.url, auth=("ann", PASSWORD), verbose=False, download_files=False)
+    out = c.predict(api_name="/start")
+    photo = next(o for o in out if isinstance(o, dict) and o.get("path", "").endswith(".jpg"))
+    overlay, _text = c.predict(True, "gradcam", api_name="/attribution")
+    folder = labeller.app.prefetch.folder.resolve()
+    for f in (photo, overlay):  # as they are: no copy into Gradio's cache per reply
+        assert Path(f["path"]).resolve().parent == folder
+    signed_in = httpx.get(photo["url"], cookies=c.cookies, headers=c.headers)
+    assert signed_in.status_code == 200 and signed_in.content[:2] == b"\xff\xd8"  # the JPEG display copy
+    assert httpx.get(photo["url"]).status_code in (401, 403)  # no session, no photo
