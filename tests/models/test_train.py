@@ -47,6 +47,9 @@ def test_fine_tune_learns_colours_and_keeps_best_epoch(tmp_path: Path, make_imag
                        num_workers=0, progress=False, patience=None)
     accs = [h["val_acc"] for h in result.history]
     assert len(result.history) == 8 and all("loss" in h and "images_per_s" in h for h in result.history)
+    # The rates drop to a tenth after two thirds of the epochs (LR_DECAY_AT), both groups alike.
+    assert [h["lr_head"] for h in result.history] == pytest.approx([1e-2] * 5 + [1e-3] * 3)
+    assert [h["lr_backbone"] for h in result.history] == pytest.approx([1e-2] * 5 + [1e-3] * 3)
     assert result.best_epoch == int(np.argmax(accs)) + 1
     assert max(accs) >= 0.75
     assert not result.model.training
