@@ -45,6 +45,7 @@ import multiprocessing as mp
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -451,6 +452,12 @@ class Background:
         return spans
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of this process's children that have ended and been waited for."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def stop_process(p: subprocess.Popen | mp.Process) -> None:
     """SIGTERM, then SIGKILL after a grace."""
     from active.commands.serve import stop_worker
@@ -679,6 +686,7 @@ def main() -> None:
         print(f"{backend}: {args.items:,} pool items ({scored:,} scored, {args.items - scored:,} left for the "
               f"background scoring), {queued:,} queued, {len(names)} annotators over {args.servers} labeller "
               f"process(es), one worker, overlap 1", flush=True)
+        cpu = {"start": children_cpu_s()}  # children's CPU, read as each group ends (see below)
         urls = []
         for k in range(args.servers):
             port = free_port()
@@ -705,6 +713,9 @@ def main() -> None:
         killed = [p for p in annotators if p.is_alive()]
         for p in killed:
             stop_process(p)
+        for p in annotators:
+            p.join()
+        cpu["clients"] = children_cpu_s()
         wall = time.time() - t0
         spans: list[tuple[float, float]] = []
         if bg is not None:  # a running retrain may publish (bounded); the rest is cancelled
@@ -716,8 +727,10 @@ def main() -> None:
         for server in servers:
             stop_process(server)
         servers = []
+        cpu["labellers"] = children_cpu_s()
         stop_process(worker)
         worker = None
+        cpu["worker"] = children_cpu_s()
         figs = check(root, read_records(files))
         published = count_versions(root) - versions_before
         submits = [ms for _, ms in figs.latencies]
@@ -735,6 +748,12 @@ def main() -> None:
         print(f"lost={figs.lost} duplicates={figs.duplicates} same_annotator_twice={figs.twice} "
               f"committed_but_unacknowledged={figs.unacked_stored} "
               f"double_leases(recorded)={figs.double_leases} double_leases(store)={figs.double_leases_store}")
+        used = {k: cpu[k] - cpu[before] for before, k in (("start", "clients"), ("clients", "labellers"),
+                                                          ("labellers", "worker"))}
+        # The annotators' clients run on this machine too, which real annotators' browsers do not.
+        print(f"CPU seconds over the run ({os.cpu_count()} cores x {wall:.0f} s = {os.cpu_count() * wall:.0f} "
+              f"available): annotator clients {used['clients']:.0f}, labeller processes {used['labellers']:.0f}, "
+              f"worker {used['worker']:.0f}" + (" (PostgreSQL's own processes not counted)" if args.db else ""))
         print(f"errors reaching annotators: {sum(figs.errors.values())} ({figs.lock_errors} locked/busy)")
         for msg, n in figs.errors.most_common(8):
             print(f"  {n:5d} x {msg}")
