@@ -186,7 +186,10 @@ def _candidates(fields: tuple[str, ...] = (DEFAULT_FIELD,)):  # noqa: ANN202
     """SELECT item_id, round_id of the items annotator :who may be served next, best first: those
     with a field open for them (`storage.meaning.sql_open_for`, :overlap)."""
     q = QueueEntry.__table__.alias("q")
-    r = Round.__table__.alias("r")
+    # The open rounds as a list of ids the queue's (round, priority) index is walked for: as a
+    # join, the closed rounds' entries (every past round's) were walked too, each tested before
+    # its round was: 7.5 ms against 0.09 ms per hand-out with five closed rounds of 400 (SQLite).
+    open_ids = select(Round.id).where(Round.closed_at.is_(None))
     lease = Lease.__table__.alias("l")
     lease_count = select(func.count()).where(lease.c.item_id == q.c.item_id).scalar_subquery()
     item = Item.__table__.alias("i")
@@ -195,9 +198,9 @@ def _candidates(fields: tuple[str, ...] = (DEFAULT_FIELD,)):  # noqa: ANN202
         order.insert(0, case((sql_seen_by(q.c.item_id, _ANNOTATOR), 0), else_=1))
     return (
         select(q.c.item_id, q.c.round_id)
-        .select_from(q.join(r, r.c.id == q.c.round_id).join(item, item.c.id == q.c.item_id))
+        .select_from(q.join(item, item.c.id == q.c.item_id))
         .where(
-            r.c.closed_at.is_(None),
+            q.c.round_id.in_(open_ids),
             item.c.error.is_(None),  # unreadable files are never served
             sql_open_for(q.c.item_id, _ANNOTATOR, fields, overlap=bindparam("overlap", type_=Integer),
                          leases=lease_count),

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pytest
 
 from storage import db, items, labels, work
-from storage.tables import Label, utcnow
+from storage.fields import DEFAULT_FIELD
+from storage.tables import QUEUE_ORDER_INDEX, Label, utcnow
 
 
 @pytest.fixture
@@ -147,3 +148,26 @@ def test_undoing_a_skip_does_not_re_serve_an_item_someone_else_labelled(engine, 
                                                               decision="undo", undoes_id=skip2)),
                                       work.lease_item(s, "carol", second))[1])
     assert got is not None and got.item_id == second
+
+
+def test_the_hand_out_walks_the_open_rounds_queue_only(engine, add_items) -> None:  # noqa: ANN001
+    """Closed rounds pile up over a project's life; the hand-out must not step through their
+    entries (it did, testing each, when it joined the rounds instead of listing the open ones)."""
+    ids = add_items(engine, 6)
+
+    def rounds(s) -> None:  # noqa: ANN001
+        old = work.open_round(s, strategy="margin", model_version_id=None, item_ids=ids[:3], scores=[0.1] * 3,
+                              score_name="margin")
+        work.close_round(s, old.id)
+        work.open_round(s, strategy="margin", model_version_id=None, item_ids=ids[3:], scores=[0.1] * 3,
+                        score_name="margin")
+
+    db.write(engine, rounds)
+    assert lease(engine, "alice") == ids[3]  # the closed round's unlabelled items are not served
+    if engine.dialect.name != "sqlite":
+        return
+    stmt = work._candidates((DEFAULT_FIELD,)).limit(1).params(who="alice", overlap=1)
+    sql = stmt.compile(engine, compile_kwargs={"literal_binds": True})
+    with engine.connect() as conn:
+        plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert f"SEARCH q USING INDEX {QUEUE_ORDER_INDEX.name} (round_id=?)" in plan, plan
