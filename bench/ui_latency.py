@@ -45,16 +45,19 @@ def build_small(root: Path) -> None:
 
 
 def open_round(project) -> int:  # noqa: ANN001
-    """Queue the ROUND_SIZE smallest-margin pool items of the current version."""
+    """Queue the ROUND_SIZE smallest-margin pool items of the current version that the bench's
+    annotator has not seen (a project kept with --keep serves fresh items on every run)."""
     from sqlmodel import select
 
     from storage import db, versions, work
+    from storage.meaning import sql_seen_by
     from storage.tables import Item, Prediction
 
     with db.session(project.engine) as s:
         v = versions.latest(s)
         rows = s.exec(select(Prediction.item_id, Prediction.margin).join(Item, Item.id == Prediction.item_id)
-                      .where(Prediction.model_version_id == v.id, Item.split == "pool")
+                      .where(Prediction.model_version_id == v.id, Item.split == "pool",
+                             ~sql_seen_by(Prediction.item_id, USER))
                       .order_by(Prediction.margin).limit(ROUND_SIZE)).all()
     ids, margins = [r[0] for r in rows], [float(r[1]) for r in rows]
     return db.write(project.engine, lambda s: work.open_round(
