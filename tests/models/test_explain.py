@@ -224,3 +224,23 @@ def test_average_maps_and_image() -> None:
     avg = average_image(ims, size=(10, 8))
     assert avg.size == (8, 10)
     assert tuple(np.asarray(avg)[5, 4]) == (100, 0, 50)
+
+
+def test_the_attribution_copy_computes_what_the_model_does(mobilenet, photos) -> None:
+    """The private copy folds BatchNorm into the convolutions and runs channels-last on CPU: a
+    faster network with the same outputs and the same Grad-CAM."""
+    from models.explain import _copy_for_attribution, find_target_layer
+
+    clone = _copy_for_attribution(mobilenet)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in clone.modules())  # all folded (mobilenet_v2)
+    x = preprocess(photos[0], size=SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x.contiguous(memory_format=torch.channels_last)), mobilenet(x),
+                                   rtol=1e-3, atol=1e-3)
+    from captum.attr import LayerGradCam
+
+    layer = find_target_layer(mobilenet)
+    plain = LayerGradCam(mobilenet, mobilenet.get_submodule(layer)).attribute(x, target=3)
+    folded = LayerGradCam(clone, clone.get_submodule(layer)).attribute(
+        x.contiguous(memory_format=torch.channels_last), target=3)
+    torch.testing.assert_close(folded, plain, rtol=1e-2, atol=1e-4)
