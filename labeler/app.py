@@ -238,8 +238,9 @@ class LabelerApp:
         self.auth = auth
         self.prefetch = Prefetcher(self.services.explain_item)
         # Gradio serves the display copies and maps from the prefetch folder as they are (still
-        # behind sign-in) instead of hashing and copying each into its own cache on every reply:
-        # a third of the reply's postprocessing in a py-spy profile of /accept.
+        # behind sign-in) instead of hashing and copying each into its own cache on every reply
+        # (in a py-spy profile of /accept on a busy machine, 277 samples against 419 for our own
+        # handler).
         gr.set_static_paths([self.prefetch.folder])
         self.dashboards = dashboard.DashboardCache(project, self.services)
         self._lock = threading.Lock()
