@@ -8,7 +8,9 @@ photo, shorter side --size). Per backbone and method it reports the median ms pe
 `models.explain.attribute` (the heatmap at photo size), and of the forward pass alone
 (`torch.inference_mode`, batch 1, same input tensors, same run), and their ratio, in wall and
 in process CPU time (the latter is steadier on a shared machine). The gradcam row
-also gives the overlay + PNG encode time (what `active.explain` adds on a cache miss).
+also gives the overlay + JPEG encode time (what `active.explain` adds on a cache miss). The
+attribution runs on `models.explain`'s own copy of the network (BatchNorm folded, channels-last on
+CPU); the forward pass on the network as loaded.
 mobilenet_v2 uses its ImageNet weights when found under TORCH_HOME; resnet50 runs with random
 weights (none are shipped here): the cost of attribution does not depend on the weights' values.
 """
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from active.explain import OVERLAY_QUALITY
     from models.explain import IG_STEPS, attribute, occlusion_geometry, overlay, preprocess
 
     if args.threads:
@@ -116,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
                 def render(heat=heat) -> None:
                     buf = io.BytesIO()
-                    overlay(photos[0], heat).save(buf, format="PNG", compress_level=1)
+                    overlay(photos[0], heat).save(buf, format="JPEG", quality=OVERLAY_QUALITY)
 
                 render()
-                note = "overlay+PNG {:.0f} ms ({:.0f} cpu); ".format(*median(timed(render, 5)))
+                note = "overlay+JPEG {:.0f} ms ({:.0f} cpu); ".format(*median(timed(render, 5)))
             note += f"load {os.getloadavg()[0]:.1f}"
             print(f"{backbone:<13} {weights:<14} {method:<10} {n:>3} {ms:>9.1f} {fwd:>7.1f} {ms / fwd:>6.1f} "
                   f"{cpu:>12.1f} {fwd_cpu:>10.1f} {cpu / fwd_cpu:>9.1f}  {note}", flush=True)

@@ -39,7 +39,6 @@ MAX_THREADS = 16
 # a proxy on the same host. Anyone else's header is ignored.
 TRUSTED_PROXIES = "127.0.0.1,::1"
 ANALYTICS_NEVER = 2**62  # events between two summaries of Gradio's event log (`_no_event_analytics`)
-ANALYTICS_EVENTS_KEPT = 64
 
 
 def _verify(engine: Engine):  # noqa: ANN202
@@ -66,12 +65,11 @@ def _no_event_analytics(queue: object) -> None:
     builds a pandas DataFrame of its last 10,000 events and groups it by function after each
     event, no-op included: 12-30 ms of CPU per event on this project's 2-core machine, measured
     on 100 to 10,000 events (bench/load.py's annotators make thousands). The summary is then
-    never recomputed, and the log it keeps is short. Attributes of gradio.queueing.Queue
-    (Gradio 6; the same as the environment variables GRADIO_ANALYTICS_CACHE_FREQUENCY and
-    GRADIO_ANALYTICS_MAX_EVENTS, which are read when the Blocks are built).
+    never recomputed. The log itself keeps its size: events still in flight are looked up in it.
+    An attribute of gradio.queueing.Queue (Gradio 6; what GRADIO_ANALYTICS_CACHE_FREQUENCY sets
+    when a queue is made), checked by tests/labeler/test_server.py.
     """
     queue.ANAYLTICS_CACHE_FREQUENCY = ANALYTICS_NEVER  # (sic: Gradio's spelling)
-    queue.ANALYTICS_MAX_EVENTS = ANALYTICS_EVENTS_KEPT
 
 
 def serve_blocks(demo: gr.Blocks, engine: Engine | None, *, host: str, port: int,

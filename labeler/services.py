@@ -21,9 +21,9 @@ from active.project import Project
 
 @dataclass
 class Services:
-    # (project, item_id, *, version_id, method, target) -> overlay PNG path
+    # (project, item_id, *, version_id, method, target) -> overlay picture path
     explain_item: Callable[..., Path]
-    # (project, cls, *, version_id, method) -> class-average PNG path, None while a worker makes it
+    # (project, cls, *, version_id, method) -> class-average picture path, None while a worker makes it
     class_average: Callable[..., Path | None]
     # (project, version_id) -> (item_ids (n,), embeddings (n, d))
     load_embeddings: Callable[[Project, int], tuple[np.ndarray, np.ndarray]]

@@ -173,7 +173,8 @@ def _copy_for_attribution(model: nn.Module) -> nn.Module:
 def _fuse_batch_norms(model: nn.Module) -> None:
     """Fold each eval-mode BatchNorm2d that directly follows a Conv2d in a Sequential into that
     convolution (the same function, one op fewer: BatchNorm was 15% of a mobilenet_v2 forward on
-    CPU). Blocks that call their layers by name (ResNet's) are left as they are."""
+    CPU). Pairs that a block calls by name (ResNet's conv1/bn1...) are left as they are; its
+    ``downsample`` Sequential is folded."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:

@@ -7,9 +7,9 @@ under artifacts/attributions/."""
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
+from active.atomic import write_atomic
 from active.attribution_methods import DEFAULT_METHOD, REGISTRY
 from active.commands import Result
 from active.errors import UserError
@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> Result:
         out = args.out.expanduser()
         if out.parent and not out.parent.is_dir():
             raise UserError(f"--out: folder {out.parent} does not exist")
+        if out.is_dir():
+            raise UserError(f"--out: {out} is a folder; give a file name such as {out / 'map.jpg'}")
         _write_as(image, out)
         data["out"] = str(out)
     return Result(data, f"{what}: {data.get('out', image)}")
@@ -63,17 +65,21 @@ def run(args: argparse.Namespace) -> Result:
 
 def _write_as(image: Path, out: Path) -> None:
     """``image`` at ``out``: copied when the suffixes agree, else re-encoded by Pillow in the
-    format the suffix names (a map asked for as map.png is a PNG, whatever the cache holds)."""
+    format the suffix names (a map asked for as map.png is a PNG, whatever the cache holds).
+    Written to a temporary name and renamed: a refused or failed write leaves ``out`` as it was."""
     jpeg = (".jpg", ".jpeg")
     a, b = image.suffix.lower(), out.suffix.lower()
     if a == b or (a in jpeg and b in jpeg):
-        shutil.copyfile(image, out)
+        write_atomic(out, image.read_bytes())
         return
     from PIL import Image
 
+    fmt = Image.registered_extensions().get(b)
+    if fmt is None or fmt not in Image.SAVE:
+        raise UserError(f"--out: Pillow cannot write an image named {out.name!r}; use .jpg or .png")
     try:
         with Image.open(image) as im:
-            im.save(out)
-    except (ValueError, KeyError) as exc:  # Pillow: unknown extension
-        out.unlink(missing_ok=True)
-        raise UserError(f"--out: cannot tell an image format from {out.name!r} ({exc}); use .jpg or .png") from None
+            im.load()
+            write_atomic(out, lambda fh: im.save(fh, format=fmt))
+    except OSError as exc:  # e.g. a format that cannot hold an RGB picture
+        raise UserError(f"--out: cannot write {out.name!r} as {fmt}: {exc}") from None

@@ -214,9 +214,11 @@ def test_cli(explained, tmp_path, capsys) -> None:
     assert main(["--project", root, "explain"]) == 2
     assert main(["--project", root, "explain", "--class-average", "shirt", "--out", str(out)]) == 0
     assert "class average of 'shirt'" in capsys.readouterr().out
-    odd = tmp_path / "map.xyz"
-    assert main(["--project", root, "explain", str(explained.ids[0]), "--out", str(odd)]) == 2
-    assert "cannot tell an image format from 'map.xyz'" in capsys.readouterr().err and not odd.exists()
+    for name in ("notes.xyz", "notes"):  # no image format: refused, and a file already there is kept
+        odd = tmp_path / name
+        odd.write_text("mine")
+        assert main(["--project", root, "explain", str(explained.ids[0]), "--out", str(odd)]) == 2
+        assert f"cannot write an image named {name!r}" in capsys.readouterr().err and odd.read_text() == "mine"
 
 
 def test_cli_without_versions(project_dir, capsys) -> None:

@@ -103,12 +103,17 @@ def test_fine_tune_stops_early_and_reports_progress(tmp_path: Path, make_image) 
     result = fine_tune(Tiny(2), paths[:8], labels[:8], paths[8:], labels[8:], train_transform=_tf(),
                        eval_transform=_tf(), epochs=10, batch_size=4, lr_backbone=0.0, lr_head=0.0,
                        num_workers=0, progress=False, patience=2, on_progress=seen.append,
-                       train_weights=[1.0, 2.0] * 4)
+                       train_weights=[1.0, 2.0] * 4, lr_decay_at=None)
     assert len(result.history) == 3 and result.best_epoch == 1
     assert len(seen) == 3 * 2  # two batches of four per epoch
     assert [(p["epoch"], p["batch"], p["batches"], p["epochs"]) for p in seen[:3]] == [(1, 1, 2, 10), (1, 2, 2, 10),
                                                                                         (2, 1, 2, 10)]
     assert seen[-1]["eta_s"] > 0 and seen[-1]["val_acc"] == result.history[1]["val_acc"]
+    # With a rate decay after epoch 3, patience waits for one epoch at the lower rate (epoch 4).
+    decayed = fine_tune(Tiny(2), paths[:8], labels[:8], paths[8:], labels[8:], train_transform=_tf(),
+                        eval_transform=_tf(), epochs=10, batch_size=4, lr_backbone=0.0, lr_head=0.0,
+                        num_workers=0, progress=False, patience=2, lr_decay_at=0.3)
+    assert len(decayed.history) == 4 and decayed.best_epoch == 1
     with pytest.raises(ValueError, match="train_weights"):
         fine_tune(Tiny(2), paths[:8], labels[:8], [], [], train_transform=_tf(), eval_transform=_tf(), epochs=1,
                   num_workers=0, progress=False, train_weights=[0.0] * 8)
