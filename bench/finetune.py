@@ -14,7 +14,7 @@ folder, imported from a manifest: the fine-tune then has one output block per fi
 holdout accuracy of each field is printed for the fine-tune and the head. ``--per-class N``
 imports only the first N photos per class of each split (a quick run on a small machine).
 
-    python bench/finetune.py --project /tmp/noise-keep/base                  # CPU, mobilenet_v2
+    python bench/finetune.py --project /tmp/noise-keep/base                  # CPU, mobilenet_v2, 5 epochs
     python bench/finetune.py --backbone resnet50 --device cuda --epochs 3    # GPU: bf16 autocast, channels_last
     python bench/finetune.py --zone --per-class 20 --image-size 160 --epochs 2   # two fields, a quick CPU run
 
@@ -88,7 +88,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the sample, when no --project")
     p.add_argument("--backbone", default="mobilenet_v2")
     p.add_argument("--weights", default="IMAGENET1K_V1")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default: the project's retrain.full_epochs, what the loop's fine-tune runs (5)")
     p.add_argument("--batch-size", type=int, default=None, help="default: 32 on CPU, 128 on GPU")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -124,7 +125,8 @@ def main() -> None:
             head_acc = head.metrics["holdout"]["accuracy"]
             head_zone = _zone_accuracy(head.metrics)
         started = time.perf_counter()
-        full = retrain(project, mode="full", epochs=args.epochs, batch_size=batch, num_workers=args.workers,
+        epochs = args.epochs or project.config.retrain.full_epochs
+        full = retrain(project, mode="full", epochs=epochs, batch_size=batch, num_workers=args.workers,
                        device=str(device), score_after=False, progress=False)
         wall = time.perf_counter() - started
         m = full.metrics
