@@ -63,7 +63,7 @@ def _no_event_analytics(queue: object) -> None:
 
     For its monitoring page (which we do not serve: ``enable_monitoring=False``) Gradio's queue
     builds a pandas DataFrame of its last 10,000 events and groups it by function after each
-    event, no-op included: 12-30 ms of CPU per event on this project's 2-core machine, measured
+    event, no-op included: 24-32 ms of CPU per event on this project's busy 2-core machine, measured
     on 100 to 10,000 events (bench/load.py's annotators make thousands). The summary is then
     never recomputed. The log itself keeps its size: events still in flight are looked up in it.
     An attribute of gradio.queueing.Queue (Gradio 6; what GRADIO_ANALYTICS_CACHE_FREQUENCY sets
