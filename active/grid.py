@@ -236,6 +236,11 @@ def _page_class(s: Session, page_id: int, thumbs: dict[int, pages.Thumb]) -> str
     return preds.pop()
 
 
+def top_class(session: Any, version_id: int, item_id: int, field: str = DEFAULT_FIELD) -> str | None:  # noqa: ANN401
+    """The version's top class of ``field`` for one item (None without a prediction)."""
+    return _top(versions.predictions(session, version_id, [item_id]).get(item_id), field)
+
+
 def _top(pred: Any, field: str) -> str | None:
     """The top class of ``field`` in a Prediction row (None without one)."""
     part = field_prediction(pred, field) if pred is not None else None

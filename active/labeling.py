@@ -107,9 +107,8 @@ def _fields_left(s: Session, project: Project, annotator: str, item_id: int,
                  rows: list[Label] | None = None) -> list[str]:
     """The fields of the item still open for this annotator (`storage.meaning.open_fields`), in
     order; ``rows``: the item's label rows when the caller has them already."""
-    if rows is None:
-        rows = labels.item_rows(s, item_id)
-    return meaning.open_fields(rows, annotator, project.field_names, overlap=project.config.labeling.overlap)
+    return labels.open_fields(s, annotator, item_id, project.field_names, overlap=project.config.labeling.overlap,
+                              rows=rows)
 
 
 def switch_field(project: Project, annotator: str, task: Task) -> Task:

@@ -274,7 +274,8 @@ def _network_of(project: Project, version: ModelVersion, field: str | None = DEF
 def load_model(project: Project, version: ModelVersion | int | None = None, *,
                field: str | None = DEFAULT_FIELD) -> LoadedModel:
     """The network of ``version`` (default: the current one) in eval mode, cached per process
-    (the last `CACHE_SIZE` versions). Checkpoints load with ``torch.load(weights_only=True)``.
+    (the last `CACHE_SIZE` (version, field) networks: with several fields one version may take one
+    entry per field and one for ``field=None``). Checkpoints load with ``torch.load(weights_only=True)``.
     The network's outputs are the classes of label field ``field``: a head version's network
     ends in that field's head, a fine-tune trained on several fields in that field's output
     block. ``field=None``: a network version with every output block it has (`output_layout`;

@@ -46,7 +46,7 @@ from active import modelstore, scoring
 from active.errors import UserError
 from storage import aliases, db, disputes, items, labels, versions
 from storage.enums import DisputeReason, Source, Split
-from storage.fields import DEFAULT_FIELD, field_classes
+from storage.fields import DEFAULT_FIELD, field_classes, field_metrics
 from storage.snapshots import labels_hash
 from storage.tables import ModelVersion
 
@@ -487,13 +487,6 @@ def field_head_file(field: str) -> str:
     return f"head-{field}.npz"
 
 
-def _field_metrics(version: ModelVersion, field: str) -> dict:
-    """A version's metrics of one label field: the top level for the default field, else
-    ``metrics["fields"][field]`` (empty when it has none)."""
-    metrics = version.metrics or {}
-    return metrics if field == DEFAULT_FIELD else ((metrics.get("fields") or {}).get(field) or {})
-
-
 def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: list[str], embeddings_from: int,
                       n_kept: int, *, field: str = DEFAULT_FIELD) -> dict | None:
     """The "regularisation" metrics of label field ``field`` in the newest head version whose
@@ -501,7 +494,7 @@ def strength_to_reuse(earlier: list[ModelVersion], data: LabelledSet, classes: l
     trained on (see `REUSE_STRENGTH_CHANGE`), or None: cross-validate again. The label rows
     counted are the field's own: another field's new labels leave its choice standing."""
     for v in reversed(earlier):
-        reg = _field_metrics(v, field).get("regularisation", {})
+        reg = field_metrics(v.metrics, field).get("regularisation", {})
         if v.mode != "head" or "chosen_at_label_id" not in reg:
             continue
         if (field_classes(v, field) != classes or v.artifacts.get("embeddings_from") != embeddings_from

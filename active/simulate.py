@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from active import strategies
+from storage.fields import DEFAULT_FIELD
 
 BASELINE = "random"
 # Offset of the strategies' random streams from the seed's own (init set, noise) stream.
@@ -248,7 +249,7 @@ class ProjectData:
     classes: list[str]
     version_id: int
     missing: int  # labelled items without a cached embedding (not used)
-    field: str = "category"
+    field: str = DEFAULT_FIELD
 
 
 def load_project_data(project, field: str | None = None) -> ProjectData:  # noqa: ANN001
@@ -260,7 +261,7 @@ def load_project_data(project, field: str | None = None) -> ProjectData:  # noqa
     from storage import db, items, labels, versions
     from storage.enums import Split
 
-    field = project.check_field(field or project.field_names[0])
+    field = project.check_field(field or DEFAULT_FIELD)
     with db.session(project.engine) as s:
         version = versions.serving(s)
         if version is None:
@@ -323,7 +324,7 @@ def simulate_project(
                              seeds=seeds, noise=noise, progress=progress)
     out_dir = project.artifacts / "simulations"
     out_dir.mkdir(parents=True, exist_ok=True)
-    other_field = data.field != project.field_names[0]  # named in the file names and the plot
+    other_field = data.field != DEFAULT_FIELD  # named in the file names and the plot
     stem = time.strftime("sim-%Y%m%d-%H%M%S") + f"-v{data.version_id}" + (f"-{data.field}" if other_field else "")
     summary = result.summary() | {
         "field": data.field, "version_id": data.version_id, "pool_items": int(data.pool_x.shape[0]),

@@ -29,8 +29,8 @@ import numpy as np
 from active import grid, labeling, similarity
 from active.errors import UserError
 from models.images import ImageError, load_thumbnail
-from storage import db, labels, versions
-from storage.fields import DEFAULT_FIELD, field_prediction
+from storage import db, labels
+from storage.fields import DEFAULT_FIELD
 
 if TYPE_CHECKING:
     from labeler.app import LabelerApp
@@ -215,11 +215,10 @@ class GridTab:
     # -- showing a page --------------------------------------------------------------------------
     def _field(self, field: str | None) -> str:
         """The field asked for (the default when none); a field the project lacks is an error on the page."""
-        if not field:
-            return DEFAULT_FIELD
-        if field not in self.project.field_names:
-            raise gr.Error(f"no label field {html.escape(field)!r} in this project")
-        return field
+        try:
+            return self.project.check_field(field or DEFAULT_FIELD)
+        except UserError as exc:
+            raise gr.Error(html.escape(str(exc))) from None
 
     def _render(self, page: grid.Page | None, note: str, field: str = DEFAULT_FIELD) -> list[Any]:
         """Outputs of every event that changes the page: state, page HTML, header, note, class
@@ -365,11 +364,8 @@ class GridTab:
         return str(path), f"#{int(focus)}: where the model looked for **{html.escape(state['cls'])}**"
 
     def _top_class(self, version_id: int, item_id: int, field: str) -> str | None:
-        """The serving version's top class of ``field`` for one item (None without a prediction)."""
         with db.session(self.project.engine) as s:
-            pred = versions.predictions(s, version_id, [item_id]).get(item_id)
-        part = field_prediction(pred, field) if pred is not None else None
-        return part.pred if part is not None else None
+            return grid.top_class(s, version_id, item_id, field)
 
     def more_like(self, item_id: int | None, request: gr.Request, field: str | None = None) -> list[Any]:
         """A page of the nearest neighbours of ``item_id`` unlabelled in ``field``, in the serving

@@ -124,7 +124,7 @@ def fine_tune(
     train_labels, val_labels: (n,) ints into the model's outputs; or, with ``outputs`` (the sizes
     of k output blocks laid end to end in the final Linear, summing to its outputs), (n, k): the
     label of each sample in each block, an int into that block or `NO_LABEL` (every training
-    sample has at least one). train_weights: the loss weight of each label, (n,) or (n, k), > 0
+    sample has at least one). train_weights: the loss weight of each label, (n,) with one output block, (n, k) with k, > 0
     where there is a label (None: all 1). ``balanced`` samples each class equally often (with
     replacement, one epoch = n_train draws; several blocks: the first block's classes, samples
     without a label there counting as one more class, and the other blocks' classes balanced by

@@ -245,10 +245,23 @@ def session(engine: Engine, *, write: bool = False) -> Iterator[Session]:
     """One unit of work. ``write=True`` takes SQLite's write lock at BEGIN and commits at the end."""
     bind = engine.execution_options(immediate=True) if write else engine
     writer = _writers.get(engine) if write else None
-    with writer if writer is not None else contextlib.nullcontext(), Session(bind, expire_on_commit=False) as s:
+    with _held(writer) if writer is not None else contextlib.nullcontext(), Session(bind, expire_on_commit=False) as s:
         yield s
         if write:
             s.commit()
+
+
+@contextmanager
+def _held(writer: threading.RLock) -> Iterator[None]:
+    """The process's writer lock, waited for as long as SQLite's busy handler would wait: a
+    writer stuck for longer gives the same clear error, not a wait without end."""
+    if not writer.acquire(timeout=BUSY_TIMEOUT_MS / 1000):
+        raise StoreError(f"the database stayed busy: another write of this process held it for "
+                         f"{BUSY_TIMEOUT_MS / 1000:.0f} s")
+    try:
+        yield
+    finally:
+        writer.release()
 
 
 # SQLite file engine -> the lock its write units take in this process before BEGIN IMMEDIATE.

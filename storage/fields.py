@@ -51,6 +51,13 @@ class FieldPrediction:
     probs: list[float] | None
 
 
+def field_metrics(metrics: dict | None, field: str) -> dict:
+    """A version's metrics for one label field: the default field's are the top level, the other
+    fields' under ``metrics["fields"][field]`` (`active.retrain`; empty when it has none)."""
+    metrics = metrics or {}
+    return metrics if field == DEFAULT_FIELD else ((metrics.get("fields") or {}).get(field) or {})
+
+
 def field_classes(version: Any, field: str = DEFAULT_FIELD) -> list[str]:  # noqa: ANN401 - a ModelVersion
     """The classes a version's head for ``field`` predicts, in output order ([] without one): the
     default field's in ``ModelVersion.classes``, the others' in ``artifacts["fields"][field]``."""

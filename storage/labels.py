@@ -26,7 +26,6 @@ from storage.meaning import (
     effective,
     label_table,
     resolve_class,
-    seen_by,
     sql_done,
     sql_effective,
     sql_human_class,
@@ -37,7 +36,7 @@ from storage.tables import DECISIONS, LABEL_KINDS, Item, Label
 __all__ = [
     "CurrentLabel", "append", "append_many", "count_done", "count_human_class", "count_labelled", "current",
     "current_by_field", "decisions_by_annotator",
-    "derive", "effective", "for_items", "has_seen", "open_fields", "item_rows", "human_ratings", "item_ids_since", "last_human", "latest_given",
+    "derive", "effective", "for_items", "open_fields", "item_rows", "human_ratings", "item_ids_since", "last_human", "latest_given",
     "labelled_by_split", "passes_by_item", "snapshot", "through_aliases", "uses_by_class",
 ]
 
@@ -146,16 +145,13 @@ def last_human(session: Session, annotator: str, *, kind: str = Kind.HUMAN) -> L
     return kept[-1] if kept else None
 
 
-def open_fields(session: Session, annotator: str, item_id: int, fields: Sequence[str], *, overlap: int) -> list[str]:
+def open_fields(session: Session, annotator: str, item_id: int, fields: Sequence[str], *, overlap: int,
+                rows: list[Label] | None = None) -> list[str]:
     """The fields of ``item_id`` still open for ``annotator`` (`storage.meaning.open_fields`; the
-    leases on the item are not counted: they hold it themselves)."""
-    return meaning.open_fields(item_rows(session, item_id), annotator, fields, overlap=overlap)
-
-
-def has_seen(session: Session, annotator: str, item_id: int, *, field: str | None = None) -> bool:
-    """Whether ``annotator`` has already dealt with ``item_id`` (`storage.meaning.seen_by`), in
-    ``field`` when given (any field when None)."""
-    return seen_by(item_rows(session, item_id), annotator, field)
+    leases on the item are not counted: they hold it themselves); ``rows``: the item's label rows
+    when the caller has read them already."""
+    rows = item_rows(session, item_id) if rows is None else rows
+    return meaning.open_fields(rows, annotator, fields, overlap=overlap)
 
 
 def item_rows(session: Session, item_id: int) -> list[Label]:

@@ -182,7 +182,7 @@ _EXPIRES = bindparam("expires", type_=Lease.__table__.c.expires_at.type)
 
 
 @functools.cache
-def _candidates(fields: tuple[str, ...] = (DEFAULT_FIELD,)):  # noqa: ANN202
+def _candidates(fields: tuple[str, ...]):  # noqa: ANN202
     """SELECT item_id, round_id of the items annotator :who may be served next, best first: those
     with a field open for them (`storage.meaning.sql_open_for`, :overlap)."""
     q = QueueEntry.__table__.alias("q")
@@ -317,20 +317,22 @@ def active_leases(session: Session, *, now: datetime | None = None) -> list[Leas
     return list(session.scalars(select(Lease).where(Lease.expires_at >= now)))
 
 
-def round_progress(session: Session, round_id: int, fields: Sequence[str] = (DEFAULT_FIELD,)) -> RoundProgress:
+def round_progress(session: Session, round_id: int, fields: Sequence[str] = (DEFAULT_FIELD,), *,
+                   per_field: bool = False) -> RoundProgress:
     """How far a round is: its queued items by `storage.meaning.round_state` over ``fields`` (the
-    project's label fields), and with several fields the items labelled in each."""
+    project's label fields); with ``per_field`` and several fields also the items labelled in each
+    (``by_field``: one more subquery per field and item, which only `status` shows)."""
     q = QueueEntry.__table__.alias("q")
     item = Item.__table__.alias("i")
     states = sql_round_state(q.c.item_id, item.c.error, fields)
-    per_field = list(fields) if len(fields) > 1 else []
+    each = list(fields) if per_field and len(fields) > 1 else []
     counts = [func.count(case((cond, 1))) for cond in states.values()]
-    counts += [func.count(case((sql_labelled(q.c.item_id, f), 1))) for f in per_field]
+    counts += [func.count(case((sql_labelled(q.c.item_id, f), 1))) for f in each]
     row = session.execute(
         select(func.count(), *counts).select_from(q.join(item, item.c.id == q.c.item_id)).where(q.c.round_id == round_id)
     ).one()
     got = dict(zip(states, row[1:1 + len(states)], strict=True))
-    by_field = {f: int(n or 0) for f, n in zip(per_field, row[1 + len(states):], strict=True)}
+    by_field = {f: int(n or 0) for f, n in zip(each, row[1 + len(states):], strict=True)}
     return RoundProgress(labelled=int(got[RoundState.LABELLED] or 0), skipped=int(got[RoundState.SKIPPED] or 0),
                          unsure=int(got[RoundState.UNSURE] or 0), unreadable=int(got[RoundState.UNREADABLE] or 0),
                          total=int(row[0]), by_field=by_field)

@@ -32,6 +32,7 @@ def collect(project) -> dict:  # noqa: ANN001
     from storage import db, items, labels, pages, versions, work
     from storage import disputes as store_disputes
     from storage.enums import Source, Split
+    from storage.fields import field_metrics
 
     with db.session(project.engine) as s:
         splits = items.count_by_split(s)
@@ -54,7 +55,7 @@ def collect(project) -> dict:  # noqa: ANN001
                   for f in project.field_names}
         done = labels.count_done(s, project.field_names)
         rounds = [{"id": r.id, "strategy": r.strategy,
-                   **work.round_progress(s, r.id, project.field_names).to_dict()} for r in work.open_rounds(s)]
+                   **work.round_progress(s, r.id, project.field_names, per_field=True).to_dict()} for r in work.open_rounds(s)]
     holdout = holdout_hash(project)
 
     per_split = {}
@@ -102,15 +103,6 @@ def collect(project) -> dict:  # noqa: ANN001
         "done": done,
         "fine_tune": fine_tune_progress(project),
     }
-
-
-def field_metrics(metrics: dict | None, field: str) -> dict:
-    """A version's metrics for one label field: the default field's are the top level, the other
-    fields' under ``metrics["fields"][field]`` (`active.retrain`)."""
-    from storage.fields import DEFAULT_FIELD
-
-    metrics = metrics or {}
-    return metrics if field == DEFAULT_FIELD else ((metrics.get("fields") or {}).get(field) or {})
 
 
 def same_holdout(metrics: dict | None, holdout: str) -> bool | None:

@@ -8,12 +8,11 @@ import pytest
 from activefixtures import two_field_catalogue
 
 from active import modelstore
-from active.commands.status import field_metrics
 from active.disputes import refresh
 from active.retrain import retrain
 from active.scoring import load_probs
 from storage import db, disputes, versions
-from storage.fields import field_classes, field_prediction
+from storage.fields import field_classes, field_metrics, field_prediction
 
 
 @pytest.fixture(autouse=True)

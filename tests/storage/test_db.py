@@ -188,3 +188,30 @@ def test_unknown_split_is_refused(memory_engine) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match="unknown split 'train'"):
         db.write(memory_engine, lambda s: items.add(s, [Item(sha256="c" * 64, path="/c", width=1, height=1,
                                                              mode="RGB", split="train")]))
+
+
+def test_a_writer_stuck_in_this_process_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    eng = db.make_engine(f"sqlite:///{tmp_path / 'a.db'}")
+    db.create_schema(eng)
+    monkeypatch.setattr(db, "BUSY_TIMEOUT_MS", 200)
+    holding, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        with db.session(eng, write=True):
+            holding.set()
+            release.wait(10)
+
+    t = threading.Thread(target=stuck)
+    t.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(db.StoreError, match="stayed busy"):
+            db.write(eng, lambda s: s.add(Meta(key="x", value="y")))
+    finally:
+        release.set()
+        t.join()
+    db.write(eng, lambda s: s.add(Meta(key="x", value="y")))  # the lock is free again: written
+    assert _meta(eng)["x"] == "y"
+    eng.dispose()

@@ -188,7 +188,7 @@ def test_an_item_is_handed_out_until_every_field_is_decided(engine, add_items, o
     def progress():  # noqa: ANN202
         with db.session(engine) as s:
             rnd = work.open_rounds(s)[0]
-            return work.round_progress(s, rnd.id, FIELDS)
+            return work.round_progress(s, rnd.id, FIELDS, per_field=True)
 
     assert lease("ann") == a
     decide("ann", a, DEFAULT_FIELD)  # ... and ann leaves: colour is still open

@@ -54,7 +54,7 @@ def test_predicates_and_sql_agree(engine, add_items) -> None:  # noqa: ANN001
                 len(meaning.done_by(group))
             for who in ANNOTATORS:
                 assert s.execute(select(meaning.sql_seen_by(Item.id, who)).where(Item.id == i)).scalar_one() == \
-                    meaning.seen_by(group, who) == labels.has_seen(s, who, i)
+                    meaning.seen_by(group, who)
             conds = meaning.sql_round_state(Item.id, Item.error)
             got = [state for state, cond in conds.items()
                    if s.execute(select(cond).where(Item.id == i)).scalar_one()]
@@ -99,7 +99,7 @@ def test_undo_takes_a_decision_out_of_every_count(engine, add_items) -> None:  #
         assert labels.count_labelled(s) == 0 and labels.count_human_class(s) == 0
         assert labels.decisions_by_annotator(s) == {}
         assert labels.human_ratings(s) == {} and labels.current(s) == {}
-        assert not labels.has_seen(s, "alice", i)
+        assert not meaning.seen_by(labels.item_rows(s, i), "alice")
 
 
 def _version(engine, predicted: list[int]) -> int:  # noqa: ANN001
