@@ -236,7 +236,8 @@ class LabelerApp:
         self.project = project
         self.services = services or default_services()
         self.auth = auth
-        self.prefetch = Prefetcher(self.services.explain_item)
+        child = self.services.maps_child
+        self.prefetch = Prefetcher(self.services.explain_item, maps_in=child.explain_item if child else None)
         # Gradio serves the display copies and maps from the prefetch folder as they are (still
         # behind sign-in) instead of hashing and copying each into its own cache on every reply
         # (in a py-spy profile of /accept on a busy machine, 277 samples against 419 for our own
@@ -258,6 +259,8 @@ class LabelerApp:
         if self.services.warm_up is None:
             return
         started = time.perf_counter()
+        if self.services.maps_child is not None:
+            self.services.maps_child.warm_up(self.project)  # the same in the child, meanwhile
         try:
             loaded = self.services.warm_up(self.project)
         except Exception:  # a map that cannot be made is reported where it is asked for

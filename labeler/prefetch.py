@@ -1,9 +1,11 @@
 """Work done ahead of the annotator: the display copy of a photo and its attribution map.
 
-While someone looks at the current item, one background thread prepares the next items' photos
+While someone looks at the current item, background threads prepare the next items' photos
 and Grad-CAM maps, so that after a label the next item (photo + suggestions + map) is served from
 memory. Each piece of work is a `Future` keyed by what it makes; asking for something already in
-flight waits for it instead of computing it twice.
+flight waits for it instead of computing it twice. The default method's maps may be made in
+another process (``maps_in``: `labeler.mapchild.ChildMaps`); a thread of their own waits for
+them, so photos are never queued behind a map.
 """
 
 from __future__ import annotations
@@ -50,17 +52,21 @@ def _one_thread() -> None:
 
 
 class Prefetcher:
-    """Two small thread pools: `ahead` for prefetching, `demand` for maps asked for on the page
-    (Integrated Gradients or occlusion take seconds; they must not hold up the next item)."""
+    """Three small thread pools: `ahead` for photos and other background work, `maps` for the
+    default method's maps, `demand` for other methods' maps asked for on the page (Integrated
+    Gradients or occlusion take seconds; they must not hold up the next item)."""
 
-    def __init__(self, explain: Callable[..., Path], *, root: Path | None = None) -> None:
+    def __init__(self, explain: Callable[..., Path], *, root: Path | None = None,
+                 maps_in: Callable[..., Path] | None = None) -> None:
         self._explain = explain
+        self._explain_default = maps_in or explain  # the default method's maps (every item's)
         self._tmp = tempfile.TemporaryDirectory(prefix="active-labeler-")
         # Gradio serves files returned by events only from the temp folder or the working dir;
         # display copies and maps are placed here (never the original image roots).
         self.folder = Path(self._tmp.name)
         self._ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch", initializer=_one_thread)
         self._demand = ThreadPoolExecutor(1, thread_name_prefix="attribution", initializer=_one_thread)
+        self._maps = ThreadPoolExecutor(1, thread_name_prefix="maps", initializer=_one_thread)
         self._lock = threading.Lock()
         self._futures: OrderedDict[Hashable, Future] = OrderedDict()
         self._root = root
@@ -70,6 +76,7 @@ class Prefetcher:
         # job that is writing into it fails ("Directory not empty").
         self._ahead.shutdown(wait=True, cancel_futures=True)
         self._demand.shutdown(wait=True, cancel_futures=True)
+        self._maps.shutdown(wait=True, cancel_futures=True)
         self._tmp.cleanup()
 
     def _future(self, key: Hashable, fn: Callable[[], Any], *, pool: ThreadPoolExecutor) -> Future:
@@ -119,7 +126,8 @@ class Prefetcher:
                   field: str = DEFAULT_FIELD) -> Path:
         # Another label field's head is asked for by name; the default field's call is unchanged.
         extra = {} if field == DEFAULT_FIELD else {"field": field}
-        src = Path(self._explain(project, item_id, version_id=version_id, method=method, target=target, **extra))
+        explain = self._explain_default if method == DEFAULT_METHOD else self._explain
+        src = Path(explain(project, item_id, version_id=version_id, method=method, target=target, **extra))
         # A copy in our temp folder, so Gradio can serve it wherever the project lies.
         out = self.folder / f"map-{item_id}-v{version_id}-{method}-{abs(hash((field, target))) % 10**8}{src.suffix}"
         if not out.exists():
@@ -130,7 +138,7 @@ class Prefetcher:
                     target: str | None = None, wait: bool = True, ahead: bool = False,
                     field: str = DEFAULT_FIELD) -> Path | Future:
         key = map_key(item_id, version_id, method, target, field)
-        pool = self._ahead if ahead or method == DEFAULT_METHOD else self._demand
+        pool = self._maps if ahead or method == DEFAULT_METHOD else self._demand
         fut = self._future(key, lambda: self._make_map(project, item_id, version_id, method, target, field),
                            pool=pool)
         return fut.result() if wait else fut

@@ -3,7 +3,8 @@
 `Services` bundles them so tests can hand in small fakes and the app never imports torch or
 captum itself. `default_services()` binds the real functions: attribution maps from
 `active.explain`, embeddings from `active.scoring`, an uploaded photo's embedding from `active.grid`, the head refresh of `active.policy` and
-the class-average maps (both queued as jobs for a worker), and disputes from `storage.disputes`. The imports are lazy so that the app
+the class-average maps (both queued as jobs for a worker), and disputes from `storage.disputes`;
+every item's map is made in a child process (`labeler.mapchild`). The imports are lazy so that the app
 loads torch only when an attribution or embedding is first asked for.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from active.project import Project
+from labeler.mapchild import ChildMaps
 
 
 @dataclass
@@ -37,6 +39,8 @@ class Services:
     embed_photo: Callable[[Project, int, str], tuple[np.ndarray, str]] | None = None
     # (project) -> whether it loaded the serving network: run once before the server listens
     warm_up: Callable[[Project], bool] | None = None
+    # where the default method's maps are made, every item's (None: by explain_item, in this process)
+    maps_child: ChildMaps | None = None
 
 
 def default_services() -> Services:
@@ -89,4 +93,4 @@ def default_services() -> Services:
         return impl(project)
 
     return Services(explain_item, class_average, load_embeddings, maybe_refresh, open_disputes, resolve_dispute,
-                    embed_photo, warm_up)
+                    embed_photo, warm_up, ChildMaps())

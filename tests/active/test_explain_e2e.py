@@ -78,3 +78,74 @@ def test_explain_real_versions(trained, tmp_path, capsys) -> None:
     assert png.is_file() and json.loads(png.with_suffix(".json").read_text())["items"]
     inplace_after = {n: m.inplace for n, m in loaded.model.named_modules() if hasattr(m, "inplace")}
     assert inplace_after == inplace_before and any(inplace_before.values())
+
+
+def test_labeller_maps_are_made_in_a_niced_child_process(trained) -> None:
+    """`labeler.mapchild.ChildMaps`: the child writes the map into the project's cache (the
+    in-process call then finds it), runs at a lower priority, and a child that dies is replaced
+    without losing the map asked for."""
+    import os
+    import signal
+
+    from active import explain as ax
+    from labeler.mapchild import ChildMaps
+    from storage import db, items, versions
+
+    project = trained
+    current = modelstore.current_version(project)
+    with db.session(project.engine) as s:
+        ids = items.ids(s)[:2]
+        preds = versions.predictions(s, current.id, ids)
+    maps = ChildMaps(nice=5)
+    try:
+        pid = maps.pid()
+        assert pid != os.getpid()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+        path = maps.explain_item(project, ids[0], version_id=current.id, method="gradcam", target=preds[ids[0]].pred)
+        again = ax.explain(project, ids[0], version_id=current.id, method="gradcam", target=preds[ids[0]].pred)
+        assert again.cached and again.image == path and path.stat().st_size > 0
+
+        os.kill(pid, signal.SIGKILL)
+        other = maps.explain_item(project, ids[1], version_id=current.id, method="gradcam",
+                                  target=preds[ids[1]].pred)
+        assert other.is_file()
+        assert maps.pid() != pid  # a new child took over
+    finally:
+        maps.close()
+
+
+def test_the_map_child_exits_with_its_labeller(tmp_path: Path) -> None:
+    """A labeller killed with SIGKILL leaves no map process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from labeler.mapchild import ChildMaps\n"
+        "if __name__ == '__main__':\n"
+        "    m = ChildMaps(nice=0)\n"
+        "    print(m.pid(), flush=True)\n"
+        "    time.sleep(600)\n")
+    repo = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(child, 0)  # alive
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:  # gone, or a zombie nobody reaped yet (a container's init may not)
+            if Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.2)
+    os.kill(child, signal.SIGKILL)
+    pytest.fail("the map child outlived its killed labeller")
