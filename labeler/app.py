@@ -13,6 +13,7 @@ import html
 import itertools
 import logging
 import re
+import signal
 import socket
 import threading
 import time
@@ -252,6 +253,12 @@ class LabelerApp:
         self._shown: OrderedDict[str, tuple[int | None, int, str | None]] = OrderedDict()
         self._served = itertools.count(1)  # a new token per item output, so the page sees every reply
         self.grid = GridTab(self)
+
+    def close(self) -> None:
+        """Stop the background threads and the map child (waited for, so nothing is left running)."""
+        self.prefetch.close()
+        if self.services.maps_child is not None:
+            self.services.maps_child.close()
 
     def warm_up(self) -> None:
         """Before listening: load what the first attribution map needs (the services say what),
@@ -906,9 +913,13 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
     demo, app = build_app(project, services=services, auth=not no_auth)
     app.warm_up()
     demo.queue(default_concurrency_limit=4)
-    serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
-                 auth_message="active-labeler: sign in with the name and password from `active users add`",
-                 head=KEYS_JS + GRID_JS, css=CSS + GRID_CSS, block=block, quiet=quiet)
+    try:
+        serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
+                     auth_message="active-labeler: sign in with the name and password from `active users add`",
+                     head=KEYS_JS + GRID_JS, css=CSS + GRID_CSS, block=block, quiet=quiet)
+    finally:
+        if block:  # stopped (Ctrl-C, SIGTERM): so is its background work; otherwise the caller closes
+            app.close()
     return demo, app
 
 
@@ -927,5 +938,13 @@ def serve(project: Project, *, host: str = "127.0.0.1", port: int = 7860, no_aut
           allowed_origins: Sequence[str] = ()) -> None:
     """`active serve`: run until interrupted."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it found;
+    # with Python's default one the process would die there, before the map child and the local
+    # worker are stopped (`launch`, `active serve`). This one ends it through those cleanups.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     launch(project, host=host, port=port, block=True, no_auth=no_auth, allowed_origins=allowed_origins)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:  # noqa: ANN401
+    raise SystemExit(0)
 

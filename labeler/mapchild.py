@@ -132,3 +132,4 @@ class ChildMaps:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+            log.info("attribution child process stopped")

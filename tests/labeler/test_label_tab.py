@@ -280,3 +280,27 @@ def test_photos_and_maps_are_served_from_the_prefetch_folder_behind_sign_in(labe
     signed_in = httpx.get(photo["url"], cookies=c.cookies, headers=c.headers)
     assert signed_in.status_code == 200 and signed_in.content[:2] == b"\xff\xd8"  # the JPEG display copy
     assert httpx.get(photo["url"]).status_code in (401, 403)  # no session, no photo
+
+
+def test_the_benches_page_client_speaks_the_pages_protocol(labeller):
+    """bench/_common.PageClient (the UI benches' client: the page's own event protocol, no 50 ms
+    polling) gets the same answers gradio_client does, its photos fetched, and sends two events
+    at once on one stream."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from _common import PageClient
+
+    c = PageClient(labeller.url, "ann", PASSWORD)
+    try:
+        out = c.predict(True, "gradcam", api_name="/start")
+        item, photo = out[0], out[2]
+        assert item in labeller.item_ids and photo[:2] == b"\xff\xd8"  # the JPEG, fetched
+        assert c.predict(api_name="/noop") == "ann"  # who signed in
+        answers = c.predict_many([((item, True, "gradcam"), "/accept")] * 2)
+        notes = sorted(a[5] for a in answers)
+        assert notes[0].startswith(f"#{item}: accepted") and "no longer your current item" in notes[1]
+    finally:
+        c.close()
+    with db.session(labeller.project.engine) as s:
+        assert len(s.exec(select(Label).where(Label.item_id == item, Label.annotator == "ann")).all()) == 1

@@ -114,3 +114,48 @@ def test_serve_on_a_busy_port_is_one_line_naming_the_option(project_dir, capsys)
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--port" in err and str(port) in err and "Traceback" not in err
 
+
+
+def test_sigterm_stops_the_labeller_with_its_map_child_and_worker(project_dir):
+    """`active serve` stopped with SIGTERM (a service manager, bench/load.py) exits 0 after
+    stopping what it started: the local worker and the attribution child."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from active.project import Project
+
+    db.write(Project.load(project_dir).engine, lambda s: users.add(s, "ann", "pw-123456", role="annotator"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    server = subprocess.Popen([sys.executable, "-m", "active.cli", "--project", str(project_dir), "serve",
+                               "--port", str(port)], env={**os.environ, "PYTHONPATH": str(repo)},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # up, with its two children (worker, map child; and multiprocessing's tracker)
+            kids = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                if len(kids) >= 2:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
+            time.sleep(0.2)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    err = server.stderr.read()
+    assert "attribution child process stopped" in err and "Traceback" not in err
+    for pid in map(int, kids):  # each gone, or a zombie nobody reaped yet (a container's init may not)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] == "Z"
