@@ -247,26 +247,33 @@ def ui_client(url: str, user: str, password: str, **kwargs: Any) -> Any:  # noqa
 
 
 class PageClient:
-    """A signed-in client that gets an event's photos the way a browser page does.
+    """A signed-in client that sends events and gets their photos the way a browser page does.
 
-    The event goes through gradio_client (the same POST + event stream as the page). The files
-    its outputs name (photo, attention map) are then fetched as a browser fetches the `<img>`s
-    it is handed at once: concurrently, over kept-alive connections, into memory. gradio_client's
-    own download opens a new connection per file, one after the other, and writes each to a temp
-    folder, hashes and moves it: costs of that client, which a page never pays.
-    ``predict`` returns the outputs with each file replaced by its bytes (b"" for no file).
+    gradio_client signs in and reads the app's config; events then go over the same protocol as
+    the page's own client (POST ``queue/join``, then the ``queue/data`` event stream, read as it
+    arrives), on one kept-alive connection per client. gradio_client's own event path is not used
+    for timing: it waits for messages by polling every 50 ms (`gradio_client.utils`,
+    ``time.sleep(0.05)``), so every round trip it measures is rounded up to a step of 50 ms (a
+    no-op read as ~60 ms, an event of the labeller as ~115), and it opens new connections for each
+    event, a cost a page never pays. The files an event's outputs name (photo, attention map) are
+    fetched as a browser fetches the `<img>`s it is handed at once: concurrently, over kept-alive
+    connections, into memory. ``predict`` returns the outputs without State components, with
+    each file replaced by its bytes (b"" for no file); ``files=False`` leaves file outputs as
+    gradio_client describes them (dicts), unfetched.
     """
 
     FETCHERS = 4  # parallel image requests, as a browser makes to one host (it allows 6)
 
-    def __init__(self, url: str, user: str, password: str, **kwargs: Any) -> None:  # noqa: ANN401
+    def __init__(self, url: str, user: str, password: str, *, files: bool = True,
+                 **kwargs: Any) -> None:  # noqa: ANN401
         from concurrent.futures import ThreadPoolExecutor
 
         import httpx
 
         self.client = ui_client(url, user, password, download_files=False, **kwargs)
+        self.files = files
         self.http = httpx.Client(cookies=self.client.cookies, headers=self.client.headers, verify=False,
-                                 limits=httpx.Limits(max_keepalive_connections=self.FETCHERS), timeout=60)
+                                 limits=httpx.Limits(max_keepalive_connections=self.FETCHERS + 1), timeout=120)
         self._pool = ThreadPoolExecutor(self.FETCHERS, thread_name_prefix="img")
 
     def _get(self, url: str) -> bytes:
@@ -274,17 +281,61 @@ class PageClient:
         r.raise_for_status()
         return r.content
 
+    def events(self, calls: list[tuple[tuple, str]]) -> list[list[Any]]:
+        """Send events at once, as a page does when two arrive together (``calls``: (arguments,
+        api name) each), and wait for all their outputs (State components included)."""
+        import json
+
+        c = self.client
+        ids: dict[str, int] = {}
+        for k, (args, api_name) in enumerate(calls):
+            fn_index = c._infer_fn_index(api_name, None)
+            body = {"data": list(c.endpoints[fn_index].insert_empty_state(*args)), "fn_index": fn_index,
+                    "event_data": None, "session_hash": c.session_hash, "trigger_id": None}
+            r = self.http.post(c.sse_data_url, json=body)
+            r.raise_for_status()
+            ids[r.json()["event_id"]] = k
+        results: dict[int, list[Any]] = {}
+        # One event stream per page (session), read as messages arrive; the server ends it when
+        # the session has no event left.
+        with self.http.stream("GET", c.sse_url, params={"session_hash": c.session_hash}) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                msg = json.loads(line[5:])
+                k = ids.get(msg.get("event_id"))
+                if msg.get("msg") == "process_completed" and k is not None:
+                    if not msg.get("success", True):
+                        err = (msg.get("output") or {}).get("error")
+                        raise RuntimeError(f"{calls[k][1]} failed: {err}")
+                    results[k] = list(msg["output"]["data"])
+                    if len(results) == len(calls):
+                        break
+                elif msg.get("msg") in ("close_stream", "unexpected_error"):
+                    break
+        if len(results) != len(calls):
+            raise RuntimeError(f"{[a for _, a in calls]}: the event stream ended before every event's outputs")
+        return [results[k] for k in range(len(calls))]
+
+    def predict_many(self, calls: list[tuple[tuple, str]]) -> list[Any]:
+        """`events`, each answer as `predict` returns it."""
+        return [self.outputs(api_name, out) for (_, api_name), out in zip(calls, self.events(calls), strict=True)]
+
     def predict(self, *args: Any, api_name: str) -> Any:  # noqa: ANN401
+        return self.predict_many([(args, api_name)])[0]
+
+    def outputs(self, api_name: str, raw: list[Any]) -> Any:  # noqa: ANN401
+        """An event's raw outputs as `predict` returns them (State left out, files fetched)."""
         from gradio_client import utils
 
-        out = self.client.predict(*args, api_name=api_name)
-        single = not isinstance(out, tuple)
-        values = [out] if single else list(out)
-        files = {k: self._pool.submit(self._get, v["url"]) for k, v in enumerate(values)
-                 if isinstance(v, dict) and utils.is_file_obj_with_meta(v) and v.get("url")}
-        for k, fut in files.items():
-            values[k] = fut.result()
-        return values[0] if single else tuple(values)
+        c = self.client
+        values = list(c.endpoints[c._infer_fn_index(api_name, None)].remove_skipped_components(*raw))
+        if self.files:
+            files = {k: self._pool.submit(self._get, v["url"]) for k, v in enumerate(values)
+                     if isinstance(v, dict) and utils.is_file_obj_with_meta(v) and v.get("url")}
+            for k, fut in files.items():
+                values[k] = fut.result()
+        return values[0] if len(values) == 1 else tuple(values)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

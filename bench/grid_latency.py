@@ -1,7 +1,7 @@
 """How long the Grid tab takes to show a page of 48 thumbnails, through the UI, at 3,781 and 50,000 items.
 
-Runs `python -m labeler` as a separate server and drives it with gradio_client like the browser
-does: open a page of one class (`/grid_open`), then, page after page, look at it for ``--think-ms``
+Runs `python -m labeler` as a separate server and drives it like the browser does
+(`_common.PageClient`): open a page of one class (`/grid_open`), then, page after page, look at it for ``--think-ms``
 and confirm it with one thumbnail marked (`/grid_confirm`, which records 47 labels, queues one item
 and returns the next page of the class). The time measured is Enter -> next page on screen: the
 confirm, the lease of the next page and its 48 thumbnails (new items on every page, made from the
@@ -33,11 +33,11 @@ import numpy as np
 from _common import DEFAULT_DATA as DATASET
 from _common import (
     LARGE_ITEMS,
+    PageClient,
     import_clothing,
     labeller_server,
     latency_parser,
     small_and_large,
-    ui_client,
 )
 
 USER, PASSWORD = "bench", "bench-password"
@@ -85,7 +85,7 @@ def measure(root: Path, *, pages: int, warmup: int, think_s: float) -> list[floa
     project = Project.load(root)
     db.write(project.engine, lambda s: users.get(s, USER) or users.add(s, USER, PASSWORD, role="annotator"))
     with labeller_server(root) as port:
-        client = ui_client(f"http://127.0.0.1:{port}/", USER, PASSWORD)
+        client = PageClient(f"http://127.0.0.1:{port}/", USER, PASSWORD, files=False)
         out = client.predict("(next class)", api_name="/grid_open")
         times: list[float] = []
         seen = 0

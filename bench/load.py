@@ -11,7 +11,7 @@ PostgreSQL: one throwaway database per run, dropped at the end).
 Each run: N users, one round queueing every pool item (scored items by margin first), overlap 1,
 ``--servers`` labeller processes (`active serve --no-worker`, each on a free loopback port) and one
 `active worker` process (niced, as `active serve` starts it), then N annotator processes spread
-over the servers, each with its own signed-in `gradio_client.Client`, labelling for ``--seconds``
+over the servers, each with its own signed-in page client (`_common.PageClient`: the page's own protocol, read as messages arrive), labelling for ``--seconds``
 (mostly accept, some corrections, skips, unsure, undo) after looking at each item for about
 ``--think-ms`` (as an annotator does: 20 annotators are 20 people, not 20 scripts in a tight loop;
 ``--think-ms 0`` submits as fast as the server answers, a throughput test in which every request
@@ -62,7 +62,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from _common import DEFAULT_DATA, add_synthetic_items, cli, free_port, ui_client  # noqa: E402
+from _common import DEFAULT_DATA, PageClient, add_synthetic_items, cli, free_port  # noqa: E402
 
 DATASET = DEFAULT_DATA
 SPLIT_FOLDERS = ("train", "validation", "test")
@@ -276,8 +276,8 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
     client = None
     for attempt in range(10):
         try:
-            client = ui_client(url, name, PASSWORD, download_files=False, analytics_enabled=False,
-                               httpx_kwargs={"timeout": 120})
+            client = PageClient(url, name, PASSWORD, files=False, analytics_enabled=False,
+                                httpx_kwargs={"timeout": 120})
             break
         except Exception as exc:  # noqa: BLE001
             emit(t="error", api="/login", msg=f"{type(exc).__name__}: {exc}")
@@ -335,8 +335,7 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
         at, t = time.time(), time.perf_counter()
         try:
             if twice:  # two tabs / two keys at once: both requests carry the same item
-                jobs = [client.submit(*args, api_name=api) for _ in range(2)]
-                answers = [j.result() for j in jobs]
+                answers = client.predict_many([(args, api)] * 2)
             else:
                 answers = [client.predict(*args, api_name=api)]
         except Exception as exc:  # noqa: BLE001
