@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 N_PICKS = 9  # keys 1-9
 TOP_BARS = 5
 SIMILAR_K = 6
+WARM_UP_WAIT_S = 300  # at most, for the map child's imports and network before listening
 PREFETCH_AHEAD = 2  # items prepared after the current one (two, so a colleague taking one does not empty it)
 STATUS_EVERY_S = 3.0
 TRAINING_GIVE_UP_S = 3600  # stop saying "training…" when no new version came after this long
@@ -266,10 +267,11 @@ class LabelerApp:
         if self.services.warm_up is None:
             return
         started = time.perf_counter()
-        if self.services.maps_child is not None:
-            self.services.maps_child.warm_up(self.project)  # the same in the child, meanwhile
+        child = self.services.maps_child.warm_up(self.project) if self.services.maps_child else None
         try:
             loaded = self.services.warm_up(self.project)
+            if child is not None:  # the same in the map child, meanwhile: ready when this listens
+                child.result(timeout=WARM_UP_WAIT_S)
         except Exception:  # a map that cannot be made is reported where it is asked for
             log.exception("warm-up failed: attention maps will load on first use")
             return
