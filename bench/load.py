@@ -8,6 +8,9 @@ background scoring job has real network work (chunked commits) to do. The scored
 DIR`` and copied for each run (SQLite) or cloned row by row into a fresh database (``--db``,
 PostgreSQL: one throwaway database per run, dropped at the end).
 
+Latencies and CPU are measured from the moment every annotator has signed in and sees an item
+(a barrier): N clients signing in at once is a start-up burst, not labelling.
+
 Each run: N users, one round queueing every pool item (scored items by margin first), overlap 1,
 ``--servers`` labeller processes (`active serve --no-worker`, each on a free loopback port) and one
 `active worker` process (niced, as `active serve` starts it), then N annotator processes spread
@@ -52,10 +55,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +75,7 @@ PASSWORD = "load-bench-password"
 BACKBONE, WEIGHTS = "mobilenet_v2", "IMAGENET1K_V1"
 SERVER_START_S = 180.0
 STOP_GRACE_S = 20.0
+SIGN_IN_S = 180.0  # for every annotator to sign in and see an item
 MAX_RETRAINS = 4
 NOOP_EVERY = 4  # a no-op round trip after every this many submissions
 LOCK_WORDS = ("locked", "busy")
@@ -254,9 +260,10 @@ def _unescape(md: str) -> str:
     return re.sub(r"\\(.)", r"\1", md or "").strip()
 
 
-def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, seed: int,
-             classes: list[str], double: float, think_s: float) -> None:
-    """One annotator process: sign in, then label until ``deadline`` (time.time()) or ``max_labels``,
+def annotate(name: str, url: str, seconds: float, max_labels: int, out: str, seed: int,
+             classes: list[str], double: float, think_s: float, ready: Any) -> None:  # noqa: ANN401
+    """One annotator process: sign in and open the first item, wait at ``ready`` (a barrier) until
+    every annotator has, then label for ``seconds`` or ``max_labels``,
     looking at each item for ``think_s`` seconds on average (uniform between half and 1.5 times
     that, so the annotators do not press in step) before deciding.
 
@@ -289,6 +296,10 @@ def annotate(name: str, url: str, deadline: float, max_labels: int, out: str, se
     except Exception as exc:  # noqa: BLE001
         emit(t="error", api="/start", msg=f"{type(exc).__name__}: {exc}")
         return
+    with contextlib.suppress(threading.BrokenBarrierError):  # one that never signed in does not hold us up
+        ready.wait(SIGN_IN_S)
+    deadline = time.time() + seconds
+    time.sleep(think_s * rng.uniform(0, 1))  # people do not look up at one instant: no burst at the start
     labelled = sent = 0
     while time.time() < deadline and labelled < max_labels:
         if think_s > 0:
@@ -455,6 +466,33 @@ def children_cpu_s() -> float:
     """CPU seconds (user + system) of this process's children that have ended and been waited for."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
+
+
+def tree_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by a running process (with its children that ended
+    and were waited for: a worker's job processes) and by its descendants now alive (Linux /proc):
+    (the process itself, its live descendants). A labeller's live descendant is its attribution child."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        return sum(int(f) for f in fields[11:15]) / tick  # utime, stime, and of children waited for
+
+    def kids(p: int) -> list[int]:
+        try:
+            return [int(c) for t in Path(f"/proc/{p}/task").iterdir() for c in (t / "children").read_text().split()]
+        except OSError:
+            return []
+
+    below, todo = 0.0, kids(pid)
+    while todo:
+        p = todo.pop()
+        below += own(p)
+        todo += kids(p)
+    return own(pid), below
 
 
 def stop_process(p: subprocess.Popen | mp.Process) -> None:
@@ -685,7 +723,7 @@ def main() -> None:
         print(f"{backend}: {args.items:,} pool items ({scored:,} scored, {args.items - scored:,} left for the "
               f"background scoring), {queued:,} queued, {len(names)} annotators over {args.servers} labeller "
               f"process(es), one worker, overlap 1", flush=True)
-        cpu = {"start": children_cpu_s()}  # children's CPU, read as each group ends (see below)
+        cpu = {"start": children_cpu_s()}  # the clients' CPU: children's, read as they end (see below)
         urls = []
         for k in range(args.servers):
             port = free_port()
@@ -694,22 +732,30 @@ def main() -> None:
         worker = start_worker(project)  # niced, as `active serve` starts it; its log in artifacts/worker.log
         ctx = mp.get_context("spawn")
         files = {n: run_dir / f"{n}.jsonl" for n in names}
-        t0 = time.time()
-        deadline = t0 + args.seconds + 15  # sign-in of N clients on a busy machine takes a while
+        # Measured from the moment every annotator has signed in and sees an item: the sign-in of
+        # N clients at once (each fetching the app's config) is a start-up burst, not labelling.
+        ready = ctx.Barrier(len(names) + 1)
         for k, n in enumerate(names):
-            p = ctx.Process(target=annotate, args=(n, urls[k % len(urls)], deadline, args.max_labels, str(files[n]),
-                                                   args.seed * 1000 + k, classes, args.double,
-                                                   args.think_ms / 1000), daemon=True)
+            p = ctx.Process(target=annotate, args=(n, urls[k % len(urls)], args.seconds, args.max_labels,
+                                                   str(files[n]), args.seed * 1000 + k, classes, args.double,
+                                                   args.think_ms / 1000, ready), daemon=True)
             p.start()
             annotators.append(p)
+        try:
+            ready.wait(SIGN_IN_S)
+        except threading.BrokenBarrierError:
+            print(f"not every annotator signed in within {SIGN_IN_S:.0f} s: the others label meanwhile", flush=True)
+        window = {"before": [tree_cpu_s(p.pid) for p in [*servers, worker]]}
+        t0 = time.time()
         if not args.no_background:
-            bg = Background(root, quiet_s + 15)  # after the sign-ins, half the labelling time quiet
-        hard_stop = deadline + max(60.0, args.seconds)
+            bg = Background(root, quiet_s)  # the first part of the labelling time quiet
+        hard_stop = t0 + args.seconds + max(60.0, args.seconds)
         while any(p.is_alive() for p in annotators) and time.time() < hard_stop:
             if bg is not None:
-                bg.poll(more=time.time() < deadline)
+                bg.poll(more=time.time() < t0 + args.seconds)
             time.sleep(0.5)
         killed = [p for p in annotators if p.is_alive()]
+        window["after"] = [tree_cpu_s(p.pid) for p in [*servers, worker]]
         for p in killed:
             stop_process(p)
         for p in annotators:
@@ -726,10 +772,8 @@ def main() -> None:
         for server in servers:
             stop_process(server)
         servers = []
-        cpu["labellers"] = children_cpu_s()
         stop_process(worker)
         worker = None
-        cpu["worker"] = children_cpu_s()
         figs = check(root, read_records(files))
         published = count_versions(root) - versions_before
         submits = [ms for _, ms in figs.latencies]
@@ -747,12 +791,13 @@ def main() -> None:
         print(f"lost={figs.lost} duplicates={figs.duplicates} same_annotator_twice={figs.twice} "
               f"committed_but_unacknowledged={figs.unacked_stored} "
               f"double_leases(recorded)={figs.double_leases} double_leases(store)={figs.double_leases_store}")
-        used = {k: cpu[k] - cpu[before] for before, k in (("start", "clients"), ("clients", "labellers"),
-                                                          ("labellers", "worker"))}
+        used = [(a[0] - b[0], a[1] - b[1]) for b, a in zip(window["before"], window["after"], strict=True)]
+        labellers, maps = sum(u[0] for u in used[:-1]), sum(u[1] for u in used[:-1])
         # The annotators' clients run on this machine too, which real annotators' browsers do not.
-        print(f"CPU seconds over the run ({os.cpu_count()} cores x {wall:.0f} s = {os.cpu_count() * wall:.0f} "
-              f"available): annotator clients {used['clients']:.0f}, labeller processes {used['labellers']:.0f}, "
-              f"worker {used['worker']:.0f}" + (" (PostgreSQL's own processes not counted)" if args.db else ""))
+        print(f"CPU seconds while labelling ({os.cpu_count()} cores x {wall:.0f} s = {os.cpu_count() * wall:.0f} "
+              f"available): annotator clients {cpu['clients'] - cpu['start']:.0f}, labeller processes "
+              f"{labellers:.0f}, their attribution children {maps:.0f}, worker {sum(used[-1]):.0f}"
+              + (" (PostgreSQL's own processes not counted)" if args.db else ""))
         print(f"errors reaching annotators: {sum(figs.errors.values())} ({figs.lock_errors} locked/busy)")
         for msg, n in figs.errors.most_common(8):
             print(f"  {n:5d} x {msg}")
