@@ -93,14 +93,14 @@ def warm_up(project: Project) -> bool:
     cache, so that the first map a labeller makes does not pay for them while annotators wait:
     importing torch and torchvision alone took ~13 s on a busy 2-core machine, and an import holds
     up every request of the process meanwhile. False when there is no version to load yet."""
+    try:
+        version = resolve_version(project, None)
+    except UserError:  # nothing to explain yet: no imports (a new project's labeller starts at once)
+        return False
     from captum.attr import LayerGradCam  # noqa: F401 - the default method (Grad-CAM)'s
 
     import models.explain  # noqa: F401 - torch, torchvision and the overlay's imports
 
-    try:
-        version = resolve_version(project, None)
-    except UserError:
-        return False
     _load_model(project, version)
     return True
 

@@ -309,10 +309,8 @@ class PageClient:
                         err = (msg.get("output") or {}).get("error")
                         raise RuntimeError(f"{calls[k][1]} failed: {err}")
                     results[k] = list(msg["output"]["data"])
-                    if len(results) == len(calls):
-                        break
                 elif msg.get("msg") in ("close_stream", "unexpected_error"):
-                    break
+                    break  # read to here (close_stream follows the last event at once), so the connection is kept
         if len(results) != len(calls):
             raise RuntimeError(f"{[a for _, a in calls]}: the event stream ended before every event's outputs")
         return [results[k] for k in range(len(calls))]

@@ -87,11 +87,13 @@ DONE_DECISIONS = ("accepted", "corrected", "unsure")
 
 # Outputs of the item events as gradio_client returns them (State and Buttons are left out):
 # item id, served token, photo, suggestions, why, note, class picker, map, map note.
-OUT_BARS, OUT_WHY, OUT_NOTE = 3, 4, 5
+OUT_BARS, OUT_WHY, OUT_NOTE, OUT_MAP = 3, 4, 5, 7
 ITEM_RE = re.compile(r"item #(\d+)")
 ACK_RE = re.compile(r"^#(\d+): (accepted|corrected|skipped|unsure)(?: (.+))?$")
 UNDO_RE = re.compile(r"^undid your label on #(\d+)$")
-NOT_TWICE = "is no longer your current item"
+# The second of two submissions naming one item is refused ("#X is no longer your current item",
+# or "#X is not the item on this page" when it started after the first had sent the next item).
+NOT_TWICE = "not recorded: #"
 
 
 # ------------------------------------------------------------------------------------ the project
@@ -290,11 +292,13 @@ def annotate(name: str, url: str, seconds: float, max_labels: int, out: str, see
             emit(t="error", api="/login", msg=f"{type(exc).__name__}: {exc}")
             time.sleep(min(2 ** attempt * 0.2, 5))
     if client is None:
+        ready.abort()  # the others start now, without this one
         return
     try:
         out_ = client.predict(True, "gradcam", api_name="/start")
     except Exception as exc:  # noqa: BLE001
         emit(t="error", api="/start", msg=f"{type(exc).__name__}: {exc}")
+        ready.abort()
         return
     with contextlib.suppress(threading.BrokenBarrierError):  # one that never signed in does not hold us up
         ready.wait(SIGN_IN_S)
@@ -310,7 +314,7 @@ def annotate(name: str, url: str, seconds: float, max_labels: int, out: str, see
             emit(t="done", msg=_unescape(why)[:200])  # nothing left to label
             break
         item = int(m.group(1))
-        emit(t="shown", item=item)
+        emit(t="shown", item=item, map=out_[OUT_MAP] is not None)  # the map came with the item
         bars = out_[OUT_BARS] if isinstance(out_[OUT_BARS], dict) else None
         ranked = [c["label"] for c in (bars or {}).get("confidences", [])]
         r = rng.random()
@@ -366,7 +370,7 @@ def annotate(name: str, url: str, seconds: float, max_labels: int, out: str, see
                 labelled += 1
                 if got != (item, want, label) and not twice:
                     emit(t="error", api=api, item=item, msg=f"stored {got} where {(item, want, label)} was sent")
-            elif note == "nothing to undo" or (twice and NOT_TWICE in note):
+            elif note == "nothing to undo" or (twice and note.startswith(NOT_TWICE)):
                 emit(t="refused", item=item, note=note)
             else:
                 emit(t="error", api=api, item=item, msg=f"unexpected note: {note!r} for {want} {label}", ms=ms)
@@ -744,7 +748,7 @@ def main() -> None:
         try:
             ready.wait(SIGN_IN_S)
         except threading.BrokenBarrierError:
-            print(f"not every annotator signed in within {SIGN_IN_S:.0f} s: the others label meanwhile", flush=True)
+            print("not every annotator signed in and saw an item: the others label without them", flush=True)
         window = {"before": [tree_cpu_s(p.pid) for p in [*servers, worker]]}
         t0 = time.time()
         if not args.no_background:
@@ -774,7 +778,9 @@ def main() -> None:
         servers = []
         stop_process(worker)
         worker = None
-        figs = check(root, read_records(files))
+        records = read_records(files)
+        figs = check(root, records)
+        shown = [r for recs in records.values() for r in recs if r.get("t") == "shown"]
         published = count_versions(root) - versions_before
         submits = [ms for _, ms in figs.latencies]
         busy, quiet = split_by_jobs(figs.latencies, spans)
@@ -795,9 +801,10 @@ def main() -> None:
         labellers, maps = sum(u[0] for u in used[:-1]), sum(u[1] for u in used[:-1])
         # The annotators' clients run on this machine too, which real annotators' browsers do not.
         print(f"CPU seconds while labelling ({os.cpu_count()} cores x {wall:.0f} s = {os.cpu_count() * wall:.0f} "
-              f"available): annotator clients {cpu['clients'] - cpu['start']:.0f}, labeller processes "
+              f"available): annotator clients {cpu['clients'] - cpu['start']:.0f} (with their sign-in), labeller processes "
               f"{labellers:.0f}, their attribution children {maps:.0f}, worker {sum(used[-1]):.0f}"
               + (" (PostgreSQL's own processes not counted)" if args.db else ""))
+        print(f"the attention map came with the item {sum(bool(r.get('map')) for r in shown):,} of {len(shown):,} times")
         print(f"errors reaching annotators: {sum(figs.errors.values())} ({figs.lock_errors} locked/busy)")
         for msg, n in figs.errors.most_common(8):
             print(f"  {n:5d} x {msg}")

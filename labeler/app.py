@@ -2,8 +2,9 @@
 
 It owns no business logic: leasing and recording labels are `active.labeling`, users are
 `storage.users`, attribution maps, embeddings and retraining come through `labeler.services`.
-Event handlers run in Gradio's thread pool; slow work (attribution maps, plots, the head refresh)
-runs in background threads so the next item is shown first.
+Event handlers run in Gradio's thread pool; slow work (plots, the head refresh) runs in background
+threads, and every item's attribution map in a child process (`labeler.mapchild`), so the next
+item is shown first.
 """
 
 from __future__ import annotations
@@ -256,8 +257,9 @@ class LabelerApp:
         self.grid = GridTab(self)
 
     def close(self) -> None:
-        """Stop the background threads and the map child (waited for, so nothing is left running)."""
+        """Stop the background work: prefetch and thumbnail threads, the map child."""
         self.prefetch.close()
+        self.grid.close()
         if self.services.maps_child is not None:
             self.services.maps_child.close()
 
@@ -913,15 +915,17 @@ def launch(project: Project, *, host: str = "127.0.0.1", port: int = 7860, servi
                 raise UserError("no users yet: add one first (`active users add NAME --role reviewer`), "
                                 "or pass --no-auth for a local demo without sign-in")
     demo, app = build_app(project, services=services, auth=not no_auth)
-    app.warm_up()
-    demo.queue(default_concurrency_limit=4)
     try:
+        app.warm_up()
+        demo.queue(default_concurrency_limit=4)
         serve_blocks(demo, None if no_auth else project.engine, host=host, port=port, allowed_origins=allowed_origins,
                      auth_message="active-labeler: sign in with the name and password from `active users add`",
                      head=KEYS_JS + GRID_JS, css=CSS + GRID_CSS, block=block, quiet=quiet)
-    finally:
-        if block:  # stopped (Ctrl-C, SIGTERM): so is its background work; otherwise the caller closes
-            app.close()
+    except BaseException:  # Ctrl-C or SIGTERM while blocking, or a failed start: stop what was started
+        app.close()
+        raise
+    if block:  # stopped: so is its background work (otherwise the caller closes it)
+        app.close()
     return demo, app
 
 
@@ -943,8 +947,11 @@ def serve(project: Project, *, host: str = "127.0.0.1", port: int = 7860, no_aut
     # uvicorn stops gracefully on SIGTERM, then raises the signal again with the handler it found;
     # with Python's default one the process would die there, before the map child and the local
     # worker are stopped (`launch`, `active serve`). This one ends it through those cleanups.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    launch(project, host=host, port=port, block=True, no_auth=no_auth, allowed_origins=allowed_origins)
+    before = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        launch(project, host=host, port=port, block=True, no_auth=no_auth, allowed_origins=allowed_origins)
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:  # noqa: ANN401

@@ -9,8 +9,9 @@ worker (`active.policy.BACKGROUND_NICE`), so annotators' requests come first on 
 child writes each map into the project's cache (`active.explain`, atomic files) and returns its
 path; the labeller only reads the file.
 
-A child that dies is replaced on the next map, and that one map is made in the labeller; a
-child whose labeller is gone (even SIGKILLed) exits by itself within ``PARENT_CHECK_S``.
+A child that dies is replaced and the map asked for again there (never in the labeller: what
+crashed the child could crash it); one that hangs is stopped after ``MAP_TIMEOUT_S``. A child
+whose labeller is gone (even SIGKILLed) exits by itself within ``PARENT_CHECK_S``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -28,6 +30,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PARENT_CHECK_S = 1.0
+MAP_TIMEOUT_S = 120.0  # one map (seconds on a busy CPU): a child that takes longer is stopped
+CLOSE_WAIT_S = 10.0  # for the map in hand when the labeller stops
 
 # -------------------------------------------------------------------- in the child process
 _projects: dict[str, Any] = {}
@@ -41,12 +45,16 @@ def _watch_parent(parent: int) -> None:
 
 
 def _child_init(parent: int, nice: int) -> None:
+    # Ctrl-C in the labeller's terminal reaches its whole process group: the labeller stops this
+    # child itself (`ChildMaps.close`), and the watchdog covers a labeller that is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if nice:
         os.nice(nice)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (map child): %(message)s")
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
-    from labeler.prefetch import _one_thread
+    from labeler.prefetch import limit_torch_threads
 
-    _one_thread()
+    limit_torch_threads()
 
 
 def _project(root: str) -> Any:  # noqa: ANN401 - an active.project.Project
@@ -74,6 +82,18 @@ def _pid() -> int:
 
 
 # -------------------------------------------------------------------- in the labeller
+def _stop_processes(pool: ProcessPoolExecutor, wait_s: float) -> None:
+    """Stop a pool's process: asked first, killed after ``wait_s`` (a hung map never answers)."""
+    # ProcessPoolExecutor has no public way to stop a hung worker before Python 3.14's kill_workers().
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.join(wait_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
 class ChildMaps:
     """`active.explain.explain_item`, run in one spawned child process (started on first use)."""
 
@@ -84,10 +104,13 @@ class ChildMaps:
             nice = BACKGROUND_NICE
         self.nice = nice
         self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
         self._lock = threading.Lock()
 
     def _executor(self) -> ProcessPoolExecutor:
         with self._lock:
+            if self._closed:
+                raise RuntimeError("the attribution child process was stopped with its labeller")
             if self._pool is None:
                 # spawn, not fork: the labeller has threads (a forked lock held by one of them
                 # would never be released in the child) and torch's thread pools do not survive fork.
@@ -95,41 +118,49 @@ class ChildMaps:
                                                  initializer=_child_init, initargs=(os.getpid(), self.nice))
             return self._pool
 
-    def _submit(self, fn: Any, *args: Any) -> Future:  # noqa: ANN401
-        try:
-            return self._executor().submit(fn, *args)
-        except BrokenProcessPool:
-            self._replace()
-            return self._executor().submit(fn, *args)
-
-    def _replace(self) -> None:
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        """Stop ``broken``; the next call starts a new child (unless another caller did already)."""
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            if self._pool is not broken:
+                return
+            self._pool = None
+        _stop_processes(broken, 0)
+
+    def _run(self, fn: Any, *args: Any, timeout: float) -> Any:  # noqa: ANN401
+        """``fn(*args)`` in the child. A child that died is replaced and asked once more (never
+        the labeller: what crashed the child could crash it); one that takes over ``timeout`` is
+        stopped and replaced, and the call fails."""
+        for attempt in (1, 2):
+            pool = self._executor()
+            try:
+                return pool.submit(fn, *args).result(timeout=timeout)
+            except BrokenProcessPool:
+                log.warning("the attribution child process died: a new one takes over")
+                self._replace(pool)
+                if attempt == 2:
+                    raise
+            except TimeoutError:
+                log.warning("the attribution child process took over %.0f s: stopped, a new one takes over", timeout)
+                self._replace(pool)
+                raise
+        raise AssertionError("unreachable")
 
     def explain_item(self, project: Any, item_id: int, **kwargs: Any) -> Path:  # noqa: ANN401
         """The overlay's path, as `active.explain.explain_item` gives it (same arguments)."""
-        try:
-            return Path(self._submit(_explain, str(project.root), int(item_id), kwargs).result())
-        except BrokenProcessPool:
-            log.warning("the attribution child process died: this map is made here, the next one in a new child")
-            self._replace()
-            from active.explain import explain_item
-
-            return explain_item(project, item_id, **kwargs)
+        return Path(self._run(_explain, str(project.root), int(item_id), kwargs, timeout=MAP_TIMEOUT_S))
 
     def warm_up(self, project: Any) -> Future:  # noqa: ANN401
-        """Start the child and load the serving network there (returns at once)."""
-        return self._submit(_warm, str(project.root))
+        """Start the child and load the serving network there; returns at once (wait on the Future)."""
+        return self._executor().submit(_warm, str(project.root))
 
     def pid(self) -> int:
         """The child's process id (starts it when needed)."""
-        return int(self._submit(_pid).result())
+        return int(self._run(_pid, timeout=MAP_TIMEOUT_S))
 
     def close(self) -> None:
+        """Stop the child (a map in hand may finish for ``CLOSE_WAIT_S``); no child starts after."""
         with self._lock:
-            pool, self._pool = self._pool, None
+            pool, self._pool, self._closed = self._pool, None, True
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            _stop_processes(pool, CLOSE_WAIT_S)
             log.info("attribution child process stopped")

@@ -43,7 +43,7 @@ def map_key(item_id: int, version_id: int, method: str, target: str | None, fiel
     return ("map", item_id, version_id, method, target, field)
 
 
-def _one_thread() -> None:
+def limit_torch_threads() -> None:
     try:
         import torch
     except ImportError:  # no torch: the explain module reports that itself
@@ -64,9 +64,9 @@ class Prefetcher:
         # Gradio serves files returned by events only from the temp folder or the working dir;
         # display copies and maps are placed here (never the original image roots).
         self.folder = Path(self._tmp.name)
-        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch", initializer=_one_thread)
-        self._demand = ThreadPoolExecutor(1, thread_name_prefix="attribution", initializer=_one_thread)
-        self._maps = ThreadPoolExecutor(1, thread_name_prefix="maps", initializer=_one_thread)
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch", initializer=limit_torch_threads)
+        self._demand = ThreadPoolExecutor(1, thread_name_prefix="attribution", initializer=limit_torch_threads)
+        self._maps = ThreadPoolExecutor(1, thread_name_prefix="maps", initializer=limit_torch_threads)
         self._lock = threading.Lock()
         self._futures: OrderedDict[Hashable, Future] = OrderedDict()
         self._root = root
@@ -135,10 +135,11 @@ class Prefetcher:
         return out
 
     def attribution(self, project: Any, item_id: int, version_id: int, *, method: str = DEFAULT_METHOD,
-                    target: str | None = None, wait: bool = True, ahead: bool = False,
+                    target: str | None = None, wait: bool = True,
                     field: str = DEFAULT_FIELD) -> Path | Future:
         key = map_key(item_id, version_id, method, target, field)
-        pool = self._maps if ahead or method == DEFAULT_METHOD else self._demand
+        # by method: a prefetched IG or occlusion map (seconds) must not hold up every item's map
+        pool = self._maps if method == DEFAULT_METHOD else self._demand
         fut = self._future(key, lambda: self._make_map(project, item_id, version_id, method, target, field),
                            pool=pool)
         return fut.result() if wait else fut
@@ -148,7 +149,7 @@ class Prefetcher:
         for t in tasks:
             self.photo(t.item_id, t.path, wait=False)
             if t.version_id is not None and t.top is not None:
-                self.attribution(project, t.item_id, t.version_id, target=t.top[0], wait=False, ahead=True,
+                self.attribution(project, t.item_id, t.version_id, target=t.top[0], wait=False,
                                  field=t.field)
 
     def later(self, fn: Callable[[], Any]) -> Future:

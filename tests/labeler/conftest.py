@@ -146,4 +146,4 @@ def labeller(project, tmp_path: Path, request: pytest.FixtureRequest) -> Iterato
         yield Running(f"http://127.0.0.1:{port}/", project, app, fakes, item_ids, vid)
     finally:
         demo.close()
-        app.prefetch.close()
+        app.close()

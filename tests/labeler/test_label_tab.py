@@ -282,13 +282,11 @@ def test_photos_and_maps_are_served_from_the_prefetch_folder_behind_sign_in(labe
     assert httpx.get(photo["url"]).status_code in (401, 403)  # no session, no photo
 
 
-def test_the_benches_page_client_speaks_the_pages_protocol(labeller):
+def test_the_benches_page_client_speaks_the_pages_protocol(labeller, monkeypatch):
     """bench/_common.PageClient (the UI benches' client: the page's own event protocol, no 50 ms
     polling) gets the same answers gradio_client does, its photos fetched, and sends two events
     at once on one stream."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
     from _common import PageClient
 
     c = PageClient(labeller.url, "ann", PASSWORD)
@@ -299,7 +297,9 @@ def test_the_benches_page_client_speaks_the_pages_protocol(labeller):
         assert c.predict(api_name="/noop") == "ann"  # who signed in
         answers = c.predict_many([((item, True, "gradcam"), "/accept")] * 2)
         notes = sorted(a[5] for a in answers)
-        assert notes[0].startswith(f"#{item}: accepted") and "no longer your current item" in notes[1]
+        # the second is refused: as not current any more, or as not this page's item (when it
+        # started after the first had sent the next item), depending on timing
+        assert notes[0].startswith(f"#{item}: accepted") and notes[1].startswith("not recorded")
     finally:
         c.close()
     with db.session(labeller.project.engine) as s:

@@ -20,7 +20,7 @@ def test_every_items_map_goes_to_maps_in_and_other_methods_stay_here(tmp_path: P
 
     prefetch = Prefetcher(maker("here"), maps_in=maker("child"))
     try:
-        ahead = prefetch.attribution(None, 1, 2, method="gradcam", target="shirt", wait=False, ahead=True).result()
+        ahead = prefetch.attribution(None, 1, 2, method="gradcam", target="shirt", wait=False).result()
         asked = prefetch.attribution(None, 3, 2, method="gradcam", target="shirt")
         other = prefetch.attribution(None, 1, 2, method="ig", target="shirt")
         assert calls == [("child", "gradcam"), ("child", "gradcam"), ("here", "ig")]

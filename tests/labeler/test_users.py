@@ -115,7 +115,6 @@ def test_serve_on_a_busy_port_is_one_line_naming_the_option(project_dir, capsys)
     assert "\n" not in err and "--port" in err and str(port) in err and "Traceback" not in err
 
 
-
 def test_sigterm_stops_the_labeller_with_its_map_child_and_worker(project_dir):
     """`active serve` stopped with SIGTERM (a service manager, bench/load.py) exits 0 after
     stopping what it started: the local worker and the attribution child."""
@@ -128,11 +127,10 @@ def test_sigterm_stops_the_labeller_with_its_map_child_and_worker(project_dir):
     from pathlib import Path
 
     from active.project import Project
+    from tests.labeler.conftest import free_port
 
     db.write(Project.load(project_dir).engine, lambda s: users.add(s, "ann", "pw-123456", role="annotator"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     repo = Path(__file__).resolve().parents[2]
     server = subprocess.Popen([sys.executable, "-m", "active.cli", "--project", str(project_dir), "serve",
                                "--port", str(port)], env={**os.environ, "PYTHONPATH": str(repo)},
@@ -147,7 +145,9 @@ def test_sigterm_stops_the_labeller_with_its_map_child_and_worker(project_dir):
                     break
             except OSError:
                 pass
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()[-2000:]
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()  # first: its stderr ends only with it
+                pytest.fail(f"the labeller did not start: {server.stderr.read()[-2000:]}")
             time.sleep(0.2)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
