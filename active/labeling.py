@@ -87,20 +87,31 @@ def merged_probs(classes: list[str], probs: Any) -> dict[str, float]:
     return merged
 
 
+def _tasks(session: Session, queued: list[work.Queued], label_field: str = DEFAULT_FIELD) -> list[Task]:
+    """The tasks of queued items, with the serving version's suggestions: a few queries for all
+    of them (the labeller builds the next items' tasks after every label)."""
+    ids = [q.item_id for q in queued]
+    rows = items.many(session, ids)
+    version, preds = versions.serving_predictions(session, ids, field=label_field)
+    out = []
+    for q in queued:
+        item = rows.get(q.item_id)
+        if item is None:
+            raise UserError(f"item {q.item_id} is queued but missing from the store")
+        ranked: tuple[tuple[str, float], ...] = ()
+        version_id = None
+        pred = preds.get(q.item_id)
+        if pred is not None and version is not None:
+            merged = merged_probs(field_classes(version, label_field), field_prediction(pred, label_field).probs)
+            ranked = tuple(sorted(merged.items(), key=lambda cp: -cp[1]))  # stable: ties keep class order
+            version_id = version.id
+        out.append(Task(q.item_id, item.path, q.round_id or None, q.score, q.score_name, q.strategy, version_id,
+                        ranked, dict(item.meta or {}), label_field))
+    return out
+
+
 def _task(session: Session, q: work.Queued, label_field: str = DEFAULT_FIELD) -> Task:
-    item = items.get(session, q.item_id)
-    if item is None:
-        raise UserError(f"item {q.item_id} is queued but missing from the store")
-    ranked: tuple[tuple[str, float], ...] = ()
-    version_id = None
-    found = versions.serving_prediction(session, q.item_id, field=label_field)
-    if found is not None:
-        pred, version = found
-        merged = merged_probs(field_classes(version, label_field), field_prediction(pred, label_field).probs)
-        ranked = tuple(sorted(merged.items(), key=lambda cp: -cp[1]))  # stable: ties keep class order
-        version_id = version.id
-    return Task(q.item_id, item.path, q.round_id or None, q.score, q.score_name, q.strategy, version_id,
-                ranked, dict(item.meta or {}), label_field)
+    return _tasks(session, [q], label_field)[0]
 
 
 def _fields_left(s: Session, project: Project, annotator: str, item_id: int,
@@ -156,7 +167,7 @@ def upcoming(project: Project, annotator: str, *, n: int = 1) -> list[Task]:
     """The items this annotator would get after the current one (read-only, for prefetching)."""
     with db.session(project.engine) as s:
         ids = work.peek_next(s, annotator, n=n, overlap=project.config.labeling.overlap, fields=project.field_names)
-        return [_task(s, work.Queued(i, 0, 0, 0.0, "", "")) for i in ids]
+        return _tasks(s, [work.Queued(i, 0, 0, 0.0, "", "") for i in ids])
 
 
 def decide(task: Task, label: str) -> str:

@@ -63,6 +63,11 @@ def get(session: Session, item_id: int) -> Item | None:
     return session.get(Item, item_id)
 
 
+def many(session: Session, item_ids: Iterable[int]) -> dict[int, Item]:
+    """Items by id, in one query per chunk (ids not in the store are left out)."""
+    return {i.id: i for i in in_chunks(session, select(Item), Item.id, list(item_ids))}
+
+
 def ids(session: Session, *, split: str | None = None, readable_only: bool = True) -> list[int]:
     query = select(Item.id).order_by(Item.id)
     if split is not None:

@@ -103,20 +103,24 @@ def covers_pool(session: Session, version_id: int) -> bool:
     return bool(session.execute(select(sql_covers_pool(literal(version_id)))).scalar_one())
 
 
-def serving_prediction(session: Session, item_id: int, *,
-                       field: str = DEFAULT_FIELD) -> tuple[Prediction, ModelVersion] | None:
-    """The serving version's prediction with probabilities for one item, with that version;
-    None when it has none for ``field`` (no version, or one without a head for that field's
-    classes; read the field's part with `storage.fields.field_prediction`)."""
+def serving_predictions(session: Session, item_ids: Iterable[int], *,
+                        field: str = DEFAULT_FIELD) -> tuple[ModelVersion | None, dict[int, Prediction]]:
+    """The serving version, and its predictions with probabilities for ``field`` of those items
+    that have one (none: no version, or one without a head for that field's classes; read the
+    field's part with `storage.fields.field_prediction`). The version is looked up once."""
     version = serving(session)
     if version is None:
-        return None
-    pred = session.exec(select(Prediction).where(Prediction.item_id == item_id,
-                                                 Prediction.model_version_id == version.id)).first()
-    part = field_prediction(pred, field) if pred is not None else None
-    if part is None or part.probs is None:
-        return None
-    return _named(session, [pred])[0], version
+        return None, {}
+    found = predictions(session, version.id, item_ids)
+    return version, {i: p for i, p in found.items()
+                     if (part := field_prediction(p, field)) is not None and part.probs is not None}
+
+
+def serving_prediction(session: Session, item_id: int, *,
+                       field: str = DEFAULT_FIELD) -> tuple[Prediction, ModelVersion] | None:
+    """`serving_predictions` of one item: (prediction, version), or None."""
+    version, found = serving_predictions(session, [item_id], field=field)
+    return None if item_id not in found else (found[item_id], version)
 
 
 def get(session: Session, version_id: int, *, as_stored: bool = False) -> ModelVersion | None:
