@@ -296,8 +296,8 @@ class PageClient:
             r.raise_for_status()
             ids[r.json()["event_id"]] = k
         results: dict[int, list[Any]] = {}
-        # One event stream per page (session), read as messages arrive; the server ends it when
-        # the session has no event left.
+        # One event stream per page (session), read as messages arrive. The server ends it after
+        # the session's last event (close_stream): read to that end, so the connection is kept.
         with self.http.stream("GET", c.sse_url, params={"session_hash": c.session_hash}) as stream:
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
@@ -309,8 +309,6 @@ class PageClient:
                         err = (msg.get("output") or {}).get("error")
                         raise RuntimeError(f"{calls[k][1]} failed: {err}")
                     results[k] = list(msg["output"]["data"])
-                elif msg.get("msg") in ("close_stream", "unexpected_error"):
-                    break  # read to here (close_stream follows the last event at once), so the connection is kept
         if len(results) != len(calls):
             raise RuntimeError(f"{[a for _, a in calls]}: the event stream ended before every event's outputs")
         return [results[k] for k in range(len(calls))]

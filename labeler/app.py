@@ -31,6 +31,7 @@ from active.labeling import Task
 from active.project import Project
 from labeler import dashboard
 from labeler.grid import GRID_CSS, GRID_JS, GridTab
+from labeler.mapchild import WARM_UP_S
 from labeler.prefetch import Prefetcher, map_key
 from labeler.security import is_loopback
 from labeler.server import serve_blocks
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 N_PICKS = 9  # keys 1-9
 TOP_BARS = 5
 SIMILAR_K = 6
-WARM_UP_WAIT_S = 300  # at most, for the map child's imports and network before listening
 PREFETCH_AHEAD = 2  # items prepared after the current one (two, so a colleague taking one does not empty it)
 STATUS_EVERY_S = 3.0
 TRAINING_GIVE_UP_S = 3600  # stop saying "training…" when no new version came after this long
@@ -257,11 +257,12 @@ class LabelerApp:
         self.grid = GridTab(self)
 
     def close(self) -> None:
-        """Stop the background work: prefetch and thumbnail threads, the map child."""
-        self.prefetch.close()
-        self.grid.close()
+        """Stop the background work: the map child (first: a prefetch thread waiting on it then
+        ends at once), prefetch and thumbnail threads."""
         if self.services.maps_child is not None:
             self.services.maps_child.close()
+        self.prefetch.close()
+        self.grid.close()
 
     def warm_up(self) -> None:
         """Before listening: load what the first attribution map needs (the services say what),
@@ -273,7 +274,7 @@ class LabelerApp:
         try:
             loaded = self.services.warm_up(self.project)
             if child is not None:  # the same in the map child, meanwhile: ready when this listens
-                child.result(timeout=WARM_UP_WAIT_S)
+                child.result(timeout=WARM_UP_S)
         except Exception:  # a map that cannot be made is reported where it is asked for
             log.exception("warm-up failed: attention maps will load on first use")
             return

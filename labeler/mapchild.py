@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 PARENT_CHECK_S = 1.0
 MAP_TIMEOUT_S = 120.0  # one map (seconds on a busy CPU): a child that takes longer is stopped
 CLOSE_WAIT_S = 10.0  # for the map in hand when the labeller stops
+WARM_UP_S = 300.0  # at most, for the child's imports and network before its first map
 
 # -------------------------------------------------------------------- in the child process
 _projects: dict[str, Any] = {}
@@ -52,9 +53,6 @@ def _child_init(parent: int, nice: int) -> None:
         os.nice(nice)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s (map child): %(message)s")
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
-    from labeler.prefetch import limit_torch_threads
-
-    limit_torch_threads()
 
 
 def _project(root: str) -> Any:  # noqa: ANN401 - an active.project.Project
@@ -67,14 +65,21 @@ def _project(root: str) -> Any:  # noqa: ANN401 - an active.project.Project
 
 def _explain(root: str, item_id: int, kwargs: dict[str, Any]) -> str:
     from active.explain import explain_item
+    from labeler.prefetch import limit_torch_threads
 
+    limit_torch_threads()  # here, not at start: a project with no model yet needs no torch
     return str(explain_item(_project(root), item_id, **kwargs))
 
 
 def _warm(root: str) -> bool:
     from active.explain import warm_up
 
-    return warm_up(_project(root))
+    loaded = warm_up(_project(root))
+    if loaded:
+        from labeler.prefetch import limit_torch_threads
+
+        limit_torch_threads()
+    return loaded
 
 
 def _pid() -> int:
@@ -104,6 +109,7 @@ class ChildMaps:
             nice = BACKGROUND_NICE
         self.nice = nice
         self._pool: ProcessPoolExecutor | None = None
+        self._warming: Future | None = None
         self._closed = False
         self._lock = threading.Lock()
 
@@ -130,19 +136,25 @@ class ChildMaps:
         """``fn(*args)`` in the child. A child that died is replaced and asked once more (never
         the labeller: what crashed the child could crash it); one that takes over ``timeout`` is
         stopped and replaced, and the call fails."""
+        warming = self._warming
+        if warming is not None:  # a map's time starts after the child's imports and network load
+            wait([warming], timeout=WARM_UP_S)
         for attempt in (1, 2):
             pool = self._executor()
+            fut = pool.submit(fn, *args)
             try:
-                return pool.submit(fn, *args).result(timeout=timeout)
+                return fut.result(timeout=timeout)
             except BrokenProcessPool:
                 log.warning("the attribution child process died: a new one takes over")
                 self._replace(pool)
                 if attempt == 2:
                     raise
             except TimeoutError:
+                if fut.done():  # raised in the child (a socket's timeout, say): not a hung child
+                    raise
                 log.warning("the attribution child process took over %.0f s: stopped, a new one takes over", timeout)
                 self._replace(pool)
-                raise
+                raise TimeoutError(f"the attention map took over {timeout:.0f} s") from None
         raise AssertionError("unreachable")
 
     def explain_item(self, project: Any, item_id: int, **kwargs: Any) -> Path:  # noqa: ANN401
@@ -151,7 +163,8 @@ class ChildMaps:
 
     def warm_up(self, project: Any) -> Future:  # noqa: ANN401
         """Start the child and load the serving network there; returns at once (wait on the Future)."""
-        return self._executor().submit(_warm, str(project.root))
+        self._warming = self._executor().submit(_warm, str(project.root))
+        return self._warming
 
     def pid(self) -> int:
         """The child's process id (starts it when needed)."""

@@ -299,7 +299,9 @@ def test_the_benches_page_client_speaks_the_pages_protocol(labeller, monkeypatch
         notes = sorted(a[5] for a in answers)
         # the second is refused: as not current any more, or as not this page's item (when it
         # started after the first had sent the next item), depending on timing
-        assert notes[0].startswith(f"#{item}: accepted") and notes[1].startswith("not recorded")
+        assert notes[0].startswith(f"#{item}: accepted")
+        assert notes[1].startswith(f"not recorded: #{item} is ") and (
+            "is no longer your current item" in notes[1] or "is not the item on this page" in notes[1])
     finally:
         c.close()
     with db.session(labeller.project.engine) as s:
