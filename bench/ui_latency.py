@@ -1,8 +1,9 @@
 """How long after a label the next item (photo + suggestions + Grad-CAM) is ready, through the UI.
 
 Runs `python -m labeler` as a separate server process and drives it like a browser does
-(`_common.PageClient`: the page's event protocol, messages read as they arrive): submit a label (`/accept`, naming the item on screen), fetch the photo and map it
-names (both at once, over kept-alive connections: `_common.PageClient`), or ask for the map
+(`_common.PageClient`: the page's event protocol, messages read as they arrive, kept-alive
+connections): submit a label (`/accept`, naming the item on screen), fetch the photo and map it
+names (both at once), or ask for the map
 (`/attribution`, Grad-CAM) when it was not ready yet, with a think time between items (the annotator looking
 at the photo, which is when the prefetch works). After each label the same signed-in client makes
 a no-op round trip (`/noop`) through the same server: the floor any event pays (queue, SSE,

@@ -266,7 +266,10 @@ class LabelerApp:
 
     def warm_up(self) -> None:
         """Before listening: load what the first attribution map needs (the services say what),
-        so the first annotators' labels do not wait behind imports. Never stops the server."""
+        so the first annotators' labels do not wait behind imports. Never stops the server. The
+        labeller loads the network too, though every item's map is made in the map child: other
+        methods' maps and the Grid's photo search run here, and importing torch at their first use
+        would hold up every request of the process for seconds."""
         if self.services.warm_up is None:
             return
         started = time.perf_counter()

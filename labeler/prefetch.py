@@ -64,9 +64,12 @@ class Prefetcher:
         # Gradio serves files returned by events only from the temp folder or the working dir;
         # display copies and maps are placed here (never the original image roots).
         self.folder = Path(self._tmp.name)
-        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch", initializer=limit_torch_threads)
+        # Only threads that run a network limit torch's threads (which imports torch, seconds):
+        # photos and other background work never need it, nor maps made in another process.
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
         self._demand = ThreadPoolExecutor(1, thread_name_prefix="attribution", initializer=limit_torch_threads)
-        self._maps = ThreadPoolExecutor(1, thread_name_prefix="maps", initializer=limit_torch_threads)
+        self._maps = ThreadPoolExecutor(1, thread_name_prefix="maps",
+                                        initializer=None if maps_in else limit_torch_threads)
         self._lock = threading.Lock()
         self._futures: OrderedDict[Hashable, Future] = OrderedDict()
         self._root = root
